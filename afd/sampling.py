@@ -1,0 +1,365 @@
+"""``afd sample``: K responses per prompt from a policy, into a sample pool.
+
+Every method in afd spends most of its time here (Best-of-N, reward-model data, the iterated
+methods), so the transformers engine is written for throughput on a plain HF model:
+
+- prompts are batched together and each prompt's prefill runs once; its KV cache is then
+  repeated K times (``DynamicCache.batch_repeat_interleave``), where ``generate(...,
+  num_return_sequences=K)`` would prefill every prompt K times;
+- only the last position's logits are computed at prefill (``logits_to_keep=1``);
+- rows that have finished are dropped from the batch (``batch_select_indices``), so a batch
+  costs what its live rows cost;
+- each row draws its randomness from its own seed, ``hash(seed, prompt_id, sample_index)``,
+  via inverse-CDF sampling with pre-drawn uniforms. A row's response does not depend on how
+  the prompts were batched with others, and a resumed run reproduces the rows it lost.
+
+The pool is written as prompts finish, one JSON line per sample. A killed run, rerun with the
+same options, keeps every complete prompt, drops the partial ones and carries on; the result
+equals an uninterrupted run's. With ``backend: vllm`` (when vLLM is installed) generation is
+handed to vLLM, which users scale to; the pool format is the same.
+
+Pool row: ``prompt_id, prompt, sample_index, response, num_tokens, finish_reason ("stop" or
+"length"), seed, logprob`` where ``num_tokens`` counts the response tokens without EOS and ``logprob`` is the summed log-probability of the response
+tokens (EOS included when it was sampled) under the distribution they were sampled from
+(the model's, after temperature / top-k / top-p).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from afd import models
+from afd.config import check_choice, opt
+from afd.errors import AfdError
+from afd.runs import DataOptions, StageDir, StageOptions
+
+POOL = "pool.jsonl"
+
+
+@dataclass
+class SampleConfig(StageOptions, DataOptions):
+    model: str = opt("tiny-random", "policy: built-in name, local folder or hub id")
+    template: str = opt("auto", "prompt rendering: auto (chat template if the tokenizer has one), chat, raw")
+    num_samples: int = opt(4, "K, samples per prompt")
+    max_new_tokens: int = opt(128, "longest response, in tokens")
+    temperature: float = opt(1.0, "sampling temperature (0 = greedy)")
+    top_p: float = opt(1.0, "nucleus sampling mass (1 = off)")
+    top_k: int = opt(0, "sample among the k likeliest tokens only (0 = off)")
+    seed: int = opt(0, "base seed; each row's seed is derived from it, the prompt id and the sample index")
+    batch_size: int = opt(128, "sequences decoded together (prompts per batch = batch_size // K, at least 1)")
+    max_prompt_length: int = opt(1024, "prompts longer than this many tokens follow long_prompts")
+    long_prompts: str = opt("drop", "over-long prompts: drop (and count them) or error")
+    ignore_eos: bool = opt(False, "keep generating past EOS (benchmarks: every response gets max_new_tokens)")
+    backend: str = opt("auto", "auto (vllm if installed and on CUDA), hf, or vllm")
+    output_format: str = opt("jsonl", "pool file: jsonl (always written) and, with parquet, also pool.parquet")
+    device: str = opt("auto", "auto, cpu, cuda, cuda:N or mps")
+    dtype: str = opt("auto", "auto (bf16 on CUDA, else fp32), float32, bfloat16, float16")
+
+    def validate(self) -> None:
+        check_choice("template", self.template, models.TEMPLATES)
+        check_choice("long_prompts", self.long_prompts, ("drop", "error"))
+        check_choice("backend", self.backend, ("auto", "hf", "vllm"))
+        check_choice("output_format", self.output_format, ("jsonl", "parquet"))
+        for name in ("num_samples", "max_new_tokens", "batch_size", "max_prompt_length"):
+            if getattr(self, name) < 1:
+                raise AfdError(f"option '{name}' must be at least 1; got {getattr(self, name)}")
+        if self.temperature < 0 or not 0 < self.top_p <= 1 or self.top_k < 0:
+            raise AfdError("options need temperature >= 0, 0 < top_p <= 1 and top_k >= 0")
+
+
+def row_seed(seed: int, prompt_id: str, sample_index: int) -> int:
+    digest = hashlib.blake2b(f"{seed}\x00{prompt_id}\x00{sample_index}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") & ((1 << 63) - 1)
+
+
+@dataclass
+class Completion:
+    token_ids: list[int]
+    logprob: float
+    finish_reason: str  # "stop" | "length"
+
+
+# --------------------------------------------------------------------------- the HF engine
+
+def warp_logits(logits: torch.Tensor, temperature: float, top_k: int, top_p: float) -> torch.Tensor:
+    """Logits of the distribution actually sampled from."""
+    logits = logits.float()
+    if temperature != 1.0:
+        logits = logits / temperature
+    if 0 < top_k < logits.shape[-1]:
+        kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
+        probs = sorted_logits.softmax(-1)
+        drop = probs.cumsum(-1) - probs > top_p  # keep the smallest prefix with mass >= top_p
+        sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
+        logits = torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)
+    return logits
+
+
+def draw(logits: torch.Tensor, uniforms: torch.Tensor, greedy: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """One token per row by inverse-CDF sampling with the row's own uniform; and its log-prob."""
+    logp = logits.log_softmax(-1)
+    if greedy:
+        token = logits.argmax(-1)
+        return token, torch.zeros_like(token, dtype=torch.float32)
+    cdf = logp.exp().cumsum(-1)
+    target = (uniforms * cdf[:, -1]).unsqueeze(-1)
+    token = torch.searchsorted(cdf, target, right=True).squeeze(-1).clamp_(max=logits.shape[-1] - 1)
+    return token, logp.gather(-1, token[:, None]).squeeze(-1)
+
+
+class HFEngine:
+    """Batched sampling from a transformers causal LM, one prefill per prompt."""
+
+    def __init__(self, model, tokenizer, stop_ids: list[int]):
+        self.model = model
+        self.device = next(model.parameters()).device
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stop_ids[0]
+        self.stop_ids = torch.tensor(stop_ids, device=self.device)
+
+    @torch.inference_mode()
+    def generate(self, prompts: list[list[int]], seeds: list[list[int]], max_new_tokens: int,
+                 temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
+                 ignore_eos: bool = False) -> list[list[Completion]]:
+        """``seeds[i]`` holds one seed per sample of prompt i; returns completions likewise."""
+        k = len(seeds[0])
+        assert all(len(s) == k for s in seeds), "every prompt needs the same number of samples"
+        dev = self.device
+        width = max(map(len, prompts))
+        ids = torch.full((len(prompts), width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(prompts), width), dtype=torch.long)
+        for i, p in enumerate(prompts):  # left padding: every prompt ends at the last column
+            ids[i, width - len(p):] = torch.tensor(p)
+            mask[i, width - len(p):] = 1
+        ids, mask = ids.to(dev), mask.to(dev)
+        pos = (mask.cumsum(-1) - 1).clamp(min=0)
+        out = self.model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True,
+                         logits_to_keep=1)
+        cache = out.past_key_values
+        if k > 1:
+            cache.batch_repeat_interleave(k)
+        logits = out.logits[:, -1].repeat_interleave(k, 0)
+        mask = mask.repeat_interleave(k, 0)
+        next_pos = pos[:, -1].repeat_interleave(k, 0) + 1
+
+        n = len(prompts) * k
+        uniforms = torch.stack([
+            torch.rand(max_new_tokens, generator=torch.Generator().manual_seed(s), dtype=torch.float64)
+            for row in seeds for s in row]).to(dev)
+        tokens = torch.full((n, max_new_tokens), -1, dtype=torch.long, device=dev)
+        logprob = torch.zeros(n, dtype=torch.float64, device=dev)
+        length = torch.full((n,), max_new_tokens, dtype=torch.long, device=dev)
+        stopped = torch.zeros(n, dtype=torch.bool, device=dev)
+        live = torch.arange(n, device=dev)  # original row of each batch row
+        greedy = temperature == 0
+        for t in range(max_new_tokens):
+            warped = warp_logits(logits, 1.0 if greedy else temperature, top_k, top_p)
+            tok, lp = draw(warped, uniforms[live, t].float(), greedy)
+            tokens[live, t] = tok
+            logprob[live] += lp.double()
+            ended = torch.zeros_like(tok, dtype=torch.bool) if ignore_eos else torch.isin(tok, self.stop_ids)
+            if ended.any():
+                length[live[ended]] = t
+                stopped[live[ended]] = True
+                keep = (~ended).nonzero().squeeze(-1)
+                if keep.numel() == 0:
+                    break
+                live, tok, mask, next_pos = live[keep], tok[keep], mask[keep], next_pos[keep]
+                cache.batch_select_indices(keep)
+            if t == max_new_tokens - 1:
+                break
+            mask = torch.cat([mask, mask.new_ones(len(live), 1)], dim=1)
+            out = self.model(input_ids=tok[:, None], attention_mask=mask, position_ids=next_pos[:, None],
+                             past_key_values=cache, use_cache=True)
+            logits = out.logits[:, -1]
+            next_pos = next_pos + 1
+
+        tokens, logprob, length, stopped = tokens.cpu(), logprob.cpu(), length.cpu(), stopped.cpu()
+        result = []
+        for i in range(len(prompts)):
+            row = []
+            for j in range(k):
+                r = i * k + j
+                row.append(Completion(tokens[r, : length[r]].tolist(), float(logprob[r]),
+                                      "stop" if stopped[r] else "length"))
+            result.append(row)
+        return result
+
+
+# --------------------------------------------------------------------------- the pool file
+
+class PoolWriter:
+    """Appends finished prompts' rows to ``pool.jsonl``; on open, keeps only complete prompts."""
+
+    def __init__(self, path: Path, num_samples: int):
+        self.path = path
+        self.k = num_samples
+        rows = read_pool(path, tolerate_truncation=True) if path.exists() else []
+        counts: dict[str, int] = {}
+        for r in rows:
+            counts[r["prompt_id"]] = counts.get(r["prompt_id"], 0) + 1
+        self.complete = {pid for pid, c in counts.items() if c == num_samples}
+        kept = [r for r in rows if r["prompt_id"] in self.complete]
+        self.resumed_rows = len(kept)
+        if path.exists() and len(kept) != len(rows) or (path.exists() and not _ends_cleanly(path)):
+            tmp = path.with_name(f".{path.name}.tmp")
+            with tmp.open("w") as f:
+                f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in kept)
+            os.replace(tmp, path)
+        self.file = path.open("a")
+
+    def write(self, rows: list[dict]) -> None:
+        self.file.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
+        self.file.flush()
+        os.fsync(self.file.fileno())
+        self.complete.update(r["prompt_id"] for r in rows)
+
+    def close(self) -> None:
+        self.file.close()
+
+
+def _ends_cleanly(path: Path) -> bool:
+    with path.open("rb") as f:
+        f.seek(0, os.SEEK_END)
+        if f.tell() == 0:
+            return True
+        f.seek(-1, os.SEEK_END)
+        return f.read(1) == b"\n"
+
+
+def read_pool(path: str | Path, tolerate_truncation: bool = False) -> list[dict]:
+    """Rows of a sample pool (``.jsonl`` or ``.parquet``)."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / POOL
+    if not path.is_file():
+        raise AfdError(f"sample pool {path} does not exist")
+    if path.suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        return pq.read_table(path).to_pylist()
+    rows = []
+    lines = path.read_text().split("\n")
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            if tolerate_truncation and n == len(lines):  # the last line of a killed run
+                break
+            raise AfdError(f"sample pool {path}, line {n}: not valid JSON") from None
+    return rows
+
+
+# --------------------------------------------------------------------------- the stage
+
+def vllm_available() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("vllm") is not None
+
+
+def make_engine(cfg: SampleConfig):
+    """(engine, tokenizer) for the configured backend."""
+    backend = cfg.backend
+    if backend == "auto":
+        backend = "vllm" if vllm_available() and models.pick_device(cfg.device).type == "cuda" else "hf"
+    if backend == "vllm":
+        from afd.vllm_engine import VLLMEngine
+
+        tok = models.load_tokenizer(cfg.model)
+        return VLLMEngine(models.resolve(cfg.model), tok, cfg.dtype), tok
+    model, tok = models.load_causal_lm(cfg.model, cfg.device, cfg.dtype)
+    return HFEngine(model, tok, models.stop_token_ids(model, tok)), tok
+
+
+def sample(cfg: SampleConfig) -> dict:
+    """Run the stage; returns its metrics."""
+    from tqdm.auto import tqdm
+
+    from afd.data import load_prompts
+
+    stage = StageDir(cfg, "sample")
+    if not stage.begin():
+        return stage.metrics()
+    prompts, stats = load_prompts(cfg.data_config())
+    seen: set[str] = set()
+    for p in prompts:
+        if p.id in seen:
+            raise AfdError(f"prompt id '{p.id}' appears twice in {cfg.data}; sample pools need unique ids")
+        seen.add(p.id)
+
+    engine, tok = make_engine(cfg)
+    encoded, dropped = [], 0
+    for p in prompts:
+        ids = models.encode_prompt(tok, p.prompt, cfg.template)
+        if len(ids) > cfg.max_prompt_length:
+            if cfg.long_prompts == "error":
+                raise AfdError(f"prompt '{p.id}' in {cfg.data} has {len(ids)} tokens, over "
+                               f"max_prompt_length={cfg.max_prompt_length}")
+            dropped += 1
+            continue
+        encoded.append((p, ids))
+    if not encoded:
+        raise AfdError(f"no prompt in {cfg.data} is within max_prompt_length={cfg.max_prompt_length} tokens")
+
+    pool = PoolWriter(stage.path / POOL, cfg.num_samples)
+    # Batches are fixed by the options alone (prompts sorted by length, then cut), so a
+    # resumed run rebuilds exactly the batches of an uninterrupted one.
+    order = sorted(range(len(encoded)), key=lambda i: (len(encoded[i][1]), i))
+    per_batch = max(1, cfg.batch_size // cfg.num_samples)
+    batches = [order[i:i + per_batch] for i in range(0, len(order), per_batch)]
+    todo = [b for b in batches if any(encoded[i][0].id not in pool.complete for i in b)]
+
+    new_tokens, started = 0, time.time()
+    bar = tqdm(total=len(encoded) * cfg.num_samples, initial=pool.resumed_rows, unit="sample",
+               desc=f"sample {cfg.model}")
+    for batch in todo:
+        seeds = [[row_seed(cfg.seed, encoded[i][0].id, j) for j in range(cfg.num_samples)] for i in batch]
+        outs = engine.generate([encoded[i][1] for i in batch], seeds, cfg.max_new_tokens,
+                               cfg.temperature, cfg.top_k, cfg.top_p, cfg.ignore_eos)
+        rows = []
+        for i, row_seeds, completions in zip(batch, seeds, outs):
+            p = encoded[i][0]
+            if p.id in pool.complete:
+                continue
+            for j, (s, c) in enumerate(zip(row_seeds, completions)):
+                rows.append({"prompt_id": p.id, "prompt": p.prompt, "sample_index": j,
+                             "response": models.decode_response(tok, p.prompt, c.token_ids, cfg.template),
+                             "num_tokens": len(c.token_ids), "finish_reason": c.finish_reason,
+                             "seed": s, "logprob": c.logprob})
+                new_tokens += len(c.token_ids)
+        pool.write(rows)
+        bar.update(len(rows))
+        bar.set_postfix(tok_s=f"{new_tokens / max(time.time() - started, 1e-9):.0f}")
+    bar.close()
+    pool.close()
+
+    rows = read_pool(stage.path / POOL)
+    if cfg.output_format == "parquet":
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        pq.write_table(pa.Table.from_pylist(rows), stage.path / "pool.parquet")
+    elapsed = time.time() - started
+    n = len(rows)
+    return stage.finish({
+        "prompts": len(encoded), "samples": n, "num_samples": cfg.num_samples,
+        "prompts_dropped_too_long": dropped, "rows_read": stats.rows, "rows_skipped": stats.skipped,
+        "resumed_rows": pool.resumed_rows,
+        "new_tokens": new_tokens, "tokens_per_second": new_tokens / elapsed if elapsed > 0 else None,
+        "mean_num_tokens": sum(r["num_tokens"] for r in rows) / n,
+        "finished_by_eos": sum(r["finish_reason"] == "stop" for r in rows) / n,
+        "mean_logprob": sum(r["logprob"] for r in rows) / n,
+    })
+
