@@ -105,16 +105,85 @@ def warp_logits(logits: torch.Tensor, temperature: float, top_k: int, top_p: flo
     return logits
 
 
+BLOCK = 256  # vocabulary block for two-level inverse-CDF sampling
+
+
 def draw(logits: torch.Tensor, uniforms: torch.Tensor, greedy: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """One token per row by inverse-CDF sampling with the row's own uniform; and its log-prob."""
-    logp = logits.log_softmax(-1)
+    """One token per row by inverse-CDF sampling with the row's own uniform; and its log-prob.
+
+    The CDF is walked in two levels (sums of 256-token blocks, then within one block), so the
+    only full-vocabulary work is one fused softmax and a block sum: no full-vocabulary
+    ``cumsum`` or ``log_softmax``, each of which costs as much as the softmax on a CPU.
+    """
     if greedy:
         token = logits.argmax(-1)
         return token, torch.zeros_like(token, dtype=torch.float32)
-    cdf = logp.exp().cumsum(-1)
-    target = (uniforms * cdf[:, -1]).unsqueeze(-1)
-    token = torch.searchsorted(cdf, target, right=True).squeeze(-1).clamp_(max=logits.shape[-1] - 1)
-    return token, logp.gather(-1, token[:, None]).squeeze(-1)
+    probs = logits.softmax(-1)  # one fused pass; fresh large temporaries cost more than the math
+    rows, vocab = probs.shape
+    pad = -vocab % BLOCK
+    blocks = (torch.nn.functional.pad(probs, (0, pad)) if pad else probs).view(rows, -1, BLOCK)
+    cdf = blocks.sum(-1).cumsum(-1)
+    total = cdf[:, -1]
+    target = torch.minimum(uniforms * total, torch.nextafter(total, torch.zeros_like(total)))
+    b = torch.searchsorted(cdf, target[:, None], right=True).clamp_(max=cdf.shape[1] - 1)
+    before = torch.where(b > 0, cdf.gather(1, (b - 1).clamp(min=0)), torch.zeros_like(b, dtype=cdf.dtype))
+    inner = blocks[torch.arange(rows, device=probs.device), b.squeeze(-1)].cumsum(-1)
+    rest = torch.minimum(target[:, None] - before, torch.nextafter(inner[:, -1:], torch.zeros_like(inner[:, -1:])))
+    t = torch.searchsorted(inner, rest, right=True).clamp_(max=BLOCK - 1)
+    token = (b * BLOCK + t).squeeze(-1)
+    return token, (probs.gather(1, token[:, None]).squeeze(-1) / total).log()
+
+
+def preallocated_cache(extra_tokens: int):
+    """A ``DynamicCache`` whose layers write into buffers sized for the prompt plus
+    ``extra_tokens``, instead of concatenating on every step (a full copy of the cache per
+    token, ~8% of a decode step on a CPU). ``None`` where transformers has no cache layers
+    (older versions), in which case the model builds its default cache."""
+    try:
+        from transformers.cache_utils import DynamicCache, DynamicLayer
+    except ImportError:
+        return None
+
+    class Layer(DynamicLayer):
+        def update(self, key_states, value_states, *args, **kwargs):
+            if not self.is_initialized:
+                self.lazy_initialization(key_states, value_states)
+                self.buffers, self.length = None, 0
+            end = self.length + key_states.shape[-2]
+            if self.buffers is None or end > self.buffers[0].shape[-2]:
+                grown = []
+                for old, new in zip(self.buffers or (None, None), (key_states, value_states)):
+                    shape = (*new.shape[:2], end + extra_tokens, new.shape[-1])
+                    buf = new.new_empty(shape)
+                    if old is not None:
+                        buf[:, :, : self.length] = old[:, :, : self.length]
+                    grown.append(buf)
+                self.buffers = tuple(grown)
+            self.buffers[0][:, :, self.length:end] = key_states
+            self.buffers[1][:, :, self.length:end] = value_states
+            self.length = end
+            self.keys, self.values = (b[:, :, :end] for b in self.buffers)
+            return self.keys, self.values
+
+        def get_seq_length(self) -> int:
+            return self.length if self.is_initialized else 0
+
+        def _reindex(self, fn) -> None:
+            if self.is_initialized and self.buffers is not None:
+                self.buffers = tuple(fn(b) for b in self.buffers)
+                self.keys, self.values = (b[:, :, : self.length] for b in self.buffers)
+
+        def batch_repeat_interleave(self, repeats: int) -> None:
+            self._reindex(lambda b: b.repeat_interleave(repeats, dim=0))
+
+        def batch_select_indices(self, indices: torch.Tensor) -> None:
+            self._reindex(lambda b: b[indices])
+
+    cache = DynamicCache()
+    if not hasattr(cache, "layer_class_to_replicate"):
+        return None
+    cache.layer_class_to_replicate = Layer
+    return cache
 
 
 class HFEngine:
@@ -143,7 +212,7 @@ class HFEngine:
         ids, mask = ids.to(dev), mask.to(dev)
         pos = (mask.cumsum(-1) - 1).clamp(min=0)
         out = self.model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True,
-                         logits_to_keep=1)
+                         past_key_values=preallocated_cache(max_new_tokens), logits_to_keep=1)
         cache = out.past_key_values
         if k > 1:
             cache.batch_repeat_interleave(k)

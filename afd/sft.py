@@ -15,10 +15,12 @@ are merged into the saved policy, so any tool loads ``OUT/sft/model`` with
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from transformers import TrainerCallback
 
 from afd import models
 from afd.config import check_choice, opt
@@ -82,6 +84,19 @@ def tokenize_demos(tokenizer, demos, cfg) -> tuple[list[dict], dict]:
     return rows, {"prompts_dropped_too_long": dropped, "responses_truncated": truncated}
 
 
+class TokenRate(TrainerCallback):
+    """Non-padding tokens per second of one ``train()`` call (a resumed run counts its own)."""
+
+    tokens, rate = 0, None
+
+    def on_train_begin(self, args, state, control, **kw):
+        self.start_tokens, self.start = state.num_input_tokens_seen, time.time()
+
+    def on_train_end(self, args, state, control, **kw):
+        self.tokens = state.num_input_tokens_seen - self.start_tokens
+        self.rate = self.tokens / max(time.time() - self.start, 1e-9)
+
+
 class PadCollator:
     """Right-pads a batch; padded positions are masked and carry label -100."""
 
@@ -127,7 +142,7 @@ def training_arguments(cfg, output_dir: Path, has_eval: bool, **extra):
         logging_steps=cfg.logging_steps, save_strategy="steps", save_steps=cfg.save_steps,
         save_total_limit=2, eval_strategy="steps" if has_eval and cfg.eval_steps > 0 else "no",
         eval_steps=cfg.eval_steps or None, report_to="none", remove_unused_columns=False,
-        dataloader_num_workers=0, **_checkpointing(TrainingArguments, cfg.gradient_checkpointing), **extra)
+        dataloader_num_workers=0, include_num_input_tokens_seen="non_padding", **_checkpointing(TrainingArguments, cfg.gradient_checkpointing), **extra)
 
 
 def _warmup(cls, ratio: float) -> dict:
@@ -195,8 +210,10 @@ def sft(cfg: SFTConfig) -> dict:
 
     checkpoints = stage.path / "checkpoints"
     args = training_arguments(cfg, checkpoints, bool(eval_rows))
+    rate = TokenRate()
     trainer = Trainer(model=model, args=args, train_dataset=train_rows, eval_dataset=eval_rows or None,
-                      data_collator=PadCollator(tok.pad_token_id), processing_class=tok)
+                      data_collator=PadCollator(tok.pad_token_id), processing_class=tok,
+                      callbacks=[rate])
     resume = any(checkpoints.glob("checkpoint-*"))
     eval_before = trainer.evaluate()["eval_loss"] if eval_rows and not resume else None
     result = trainer.train(resume_from_checkpoint=True if resume else None)
@@ -207,14 +224,12 @@ def sft(cfg: SFTConfig) -> dict:
     history = trainer.state.log_history
     (stage.path / "log_history.json").write_text(json.dumps(history, indent=1))
     loss_plot(history, stage.path / "loss.png")
-    seq_tokens = sum(len(r["input_ids"]) for r in train_rows) * cfg.epochs
-    runtime = result.metrics.get("train_runtime") or float("nan")
     return stage.finish({
         "model": str(stage.path / "model"), "train_examples": len(train_rows), "eval_examples": len(eval_rows),
         "rows_read": stats.rows, "rows_skipped": stats.skipped, **counts,
         "response_tokens": sum(sum(1 for x in r["labels"] if x != -100) for r in train_rows),
         "train_loss": result.training_loss, "eval_loss_before": eval_before, "eval_loss_after": eval_after,
         "steps": trainer.state.global_step, "resumed": resume,
-        "train_tokens_per_second": seq_tokens / runtime if cfg.max_steps < 0 else None,
-        "train_runtime": runtime,
+        "train_tokens": rate.tokens, "train_tokens_per_second": rate.rate,
+        "train_runtime": result.metrics.get("train_runtime"),
     })

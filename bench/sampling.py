@@ -1,0 +1,135 @@
+"""Sampling and SFT throughput on smollm2-135m-instruct (issue: the foundation benchmark).
+
+    python bench/sampling.py                 # full run: 64 prompts x K=16 x 64 new tokens
+    python bench/sampling.py --quick         # a smaller smoke run
+
+afd's engine (afd.sampling.HFEngine: prompts batched together, one prefill per prompt, KV
+cache repeated K times, finished rows dropped) against the naive baseline that TRL's removed
+BestOfNSampler used: repeat each prompt K times and call ``model.generate`` one prompt at a
+time. Both sample from the same distribution (temperature 1, no top-k/top-p) and generate
+exactly ``max_new_tokens`` tokens per sample (EOS ignored), so tokens/s compare like for like.
+The naive baseline is slow, so it runs on the first ``--naive-prompts`` prompts only; its
+tokens/s is a rate and does not depend on how many prompts it sees (each call is the same
+shape). The fraction of the compute ceiling counts 2 x parameters FLOPs per generated token
+against the fp32 matmul rate measured in the same run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import SHARED_DATA, machine, matmul_gflops, save  # noqa: E402
+
+from afd import models  # noqa: E402
+from afd.sampling import HFEngine, row_seed  # noqa: E402
+
+
+def imdb_prompts(n: int) -> list[list[dict]]:
+    """Prompts: continue the opening of an IMDB review (../shared/data/imdb_subset.csv)."""
+    with open(SHARED_DATA / "imdb_subset.csv", newline="") as f:
+        rows = list(csv.DictReader(f))[:n]
+    return [[{"role": "user", "content": "Continue this movie review: "
+              + " ".join(r["review"].replace("<br />", " ").split()[:24])}] for r in rows]
+
+
+def run_afd(engine, prompts, k, new_tokens, batch_size) -> float:
+    per_batch = max(1, batch_size // k)
+    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+    t = time.perf_counter()
+    generated = 0
+    for s in range(0, len(order), per_batch):
+        batch = order[s:s + per_batch]
+        seeds = [[row_seed(0, str(i), j) for j in range(k)] for i in batch]
+        outs = engine.generate([prompts[i] for i in batch], seeds, new_tokens, ignore_eos=True)
+        generated += sum(len(c.token_ids) for row in outs for c in row)
+    return generated / (time.perf_counter() - t)
+
+
+@torch.inference_mode()
+def run_naive(model, tok, prompts, k, new_tokens) -> float:
+    t = time.perf_counter()
+    generated = 0
+    for p in prompts:
+        ids = torch.tensor([p] * k)
+        out = model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=True, temperature=1.0,
+                             top_k=0, top_p=1.0, max_new_tokens=new_tokens, min_new_tokens=new_tokens,
+                             pad_token_id=tok.pad_token_id)
+        generated += (out.shape[1] - ids.shape[1]) * k
+    return generated / (time.perf_counter() - t)
+
+
+def sft_rate(steps: int) -> dict:
+    import tempfile
+
+    from afd.sft import SFTConfig, sft
+
+    with tempfile.TemporaryDirectory() as out:
+        m = sft(SFTConfig(out=out, model="smollm2-135m-instruct", data=str(SHARED_DATA / "hh-rlhf_harmless-base_test.jsonl.gz"),
+                          on_invalid="skip", max_examples=steps * 8, eval_fraction=0.0, batch_size=8,
+                          max_steps=steps, max_length=256, max_prompt_length=192, device="cpu", save_steps=10_000,
+                          logging_steps=1))
+    return {"sft_tokens_per_second": m["train_tokens_per_second"], "sft_tokens": m["train_tokens"],
+            "sft_steps": m["steps"], "sft_batch_size": 8}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--prompts", type=int, default=64)
+    ap.add_argument("--k", type=int, default=16)
+    ap.add_argument("--new-tokens", type=int, default=64)
+    ap.add_argument("--batch-size", type=int, default=128, help="afd: sequences decoded together")
+    ap.add_argument("--naive-prompts", type=int, default=8)
+    ap.add_argument("--sft-steps", type=int, default=6)
+    ap.add_argument("--quick", action="store_true", help="16 prompts, 2 naive prompts, 2 SFT steps; results not saved")
+    args = ap.parse_args()
+    if args.quick:
+        args.prompts, args.naive_prompts, args.sft_steps = 16, 2, 2
+
+    model, tok = models.load_causal_lm("smollm2-135m-instruct", device="cpu", dtype="float32")
+    params = sum(p.numel() for p in model.parameters())
+    prompts = [models.encode_prompt(tok, m) for m in imdb_prompts(args.prompts)]
+    engine = HFEngine(model, tok, models.stop_token_ids(model, tok))
+    engine.generate(prompts[:2], [[1, 2], [3, 4]], 4)  # warm-up
+
+    ceiling = matmul_gflops()
+    naive = run_naive(model, tok, prompts[: args.naive_prompts], args.k, args.new_tokens)
+    ours = run_afd(engine, prompts, args.k, args.new_tokens, args.batch_size)
+    ceiling = max(ceiling, matmul_gflops())  # measured before and after: keep the better
+    flops_per_token = 2 * params
+    result = {
+        "model": "smollm2-135m-instruct", "params": params, "prompts": args.prompts, "k": args.k,
+        "new_tokens": args.new_tokens, "afd_batch_size": args.batch_size, "naive_prompts": args.naive_prompts,
+        "afd_tokens_per_second": ours, "naive_tokens_per_second": naive, "speedup": ours / naive,
+        "matmul_gflops_fp32": ceiling,
+        "ceiling_tokens_per_second": ceiling * 1e9 / flops_per_token,
+        "afd_fraction_of_ceiling": ours * flops_per_token / (ceiling * 1e9),
+        "naive_fraction_of_ceiling": naive * flops_per_token / (ceiling * 1e9),
+        **sft_rate(args.sft_steps), "machine": machine(),
+    }
+    table = (
+        f"# Sampling throughput: smollm2-135m-instruct, {args.prompts} prompts x K={args.k} x "
+        f"{args.new_tokens} new tokens (fp32)\n\n"
+        f"Machine: {result['machine']['cpu']}, {result['machine']['cores']} cores, torch {result['machine']['torch']}\n\n"
+        "| engine | generated tokens/s | x naive | share of fp32 ceiling |\n|---|---|---|---|\n"
+        f"| naive (`generate` per prompt, prompt repeated K times; {args.naive_prompts} prompts) | {naive:.1f} | 1.00 | "
+        f"{result['naive_fraction_of_ceiling']:.1%} |\n"
+        f"| afd HFEngine (batch {args.batch_size} sequences) | {ours:.1f} | {ours / naive:.2f} | "
+        f"{result['afd_fraction_of_ceiling']:.1%} |\n\n"
+        f"Compute ceiling: {ceiling:.1f} GFLOP/s fp32 matmul (2048^2, measured in the same run) = "
+        f"{result['ceiling_tokens_per_second']:.0f} tokens/s at 2 x {params / 1e6:.1f}M FLOPs per token.\n\n"
+        f"SFT (full fine-tuning, batch 8, max length 256, HH-RLHF harmless demos): "
+        f"{result['sft_tokens_per_second']:.1f} tokens/s over {result['sft_steps']} steps.\n")
+    print(table)
+    if not args.quick:
+        print("saved", save("sampling-cpu", result, table))
+
+
+if __name__ == "__main__":
+    main()
