@@ -156,7 +156,8 @@ def pick_dtype(dtype: str, device: torch.device) -> torch.dtype:
 def _load_error(name: str, err: Exception) -> AfdError:
     if Path(name).exists():
         return AfdError(f"model folder {name} could not be loaded: {str(err).splitlines()[0]}")
-    if name.startswith((".", "/", "~")) or os.sep in name.strip("/").replace("/", os.sep, 1)[1:]:
+    # a hub id is "name" or "org/name"; anything else path-like is meant as a local folder
+    if name.startswith((".", "/", "~")) or name.count("/") > 1 or (os.sep != "/" and os.sep in name):
         return AfdError(f"model '{name}' is not an existing folder")
     return AfdError(
         f"model '{name}' is not a built-in ({', '.join(BUILTINS)}), not a local folder, and could "

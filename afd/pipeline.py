@@ -57,7 +57,14 @@ def plan(config_path: str, overrides: dict[str, Any] | None = None, out: str | N
     reg = registry()
     artifacts: dict[str, str] = {}
     result = []
+    everyone = set().union(*(field_types(cls) for cls, _, _ in reg.values()))
+    unknown = sorted(set(shared) - everyone)
+    if unknown:
+        raise ConfigError(f"{config_path}: top-level option '{unknown[0]}' is not an option of any stage")
     for name, options in stages.items():
+        if options is not None and not isinstance(options, dict):
+            raise ConfigError(f"{config_path}, stage '{name}': expected a mapping of option: value, "
+                              f"got {type(options).__name__}")
         options = dict(options or {})
         kind = options.pop("kind", name)
         where = f"{config_path}, stage '{name}'"

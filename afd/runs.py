@@ -11,7 +11,7 @@ import math
 import os
 import shutil
 import time
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -86,11 +86,14 @@ class StageDir:
             theirs = yaml.safe_load(config_file.read_text()) or {}
             theirs = {k: v for k, v in theirs.items() if k not in IGNORED_IN_FINGERPRINT}
             changed = sorted(k for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k))
-            if changed:
+            # a folder holding nothing but its config (a run that stopped on its inputs)
+            # has no work to protect: the corrected command simply starts it again
+            has_work = any(p.name != CONFIG for p in self.path.iterdir())
+            if changed and has_work:
                 raise AfdError(
                     f"{self.path} was made with different options ({', '.join(changed)}); "
                     f"pass --force to redo it, or choose another --out")
-            if self.done:
+            if self.done and not changed:
                 return False
         self.path.mkdir(parents=True, exist_ok=True)
         atomic_write_text(config_file, yaml.safe_dump(to_dict(self.cfg), sort_keys=False))
@@ -103,10 +106,6 @@ class StageDir:
             metrics.setdefault("seconds", round(time.time() - self.started, 2))
         write_json(self.path / METRICS, metrics)
         return metrics
-
-
-def stage_fields(cls: type) -> list[str]:
-    return [f.name for f in fields(cls)]
 
 
 @dataclass

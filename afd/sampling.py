@@ -99,7 +99,7 @@ def warp_logits(logits: torch.Tensor, temperature: float, top_k: int, top_p: flo
     if top_p < 1.0:
         sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
         probs = sorted_logits.softmax(-1)
-        drop = probs.cumsum(-1) - probs > top_p  # keep the smallest prefix with mass >= top_p
+        drop = probs.cumsum(-1) - probs >= top_p  # keep the smallest prefix with mass >= top_p
         sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
         logits = torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)
     return logits
@@ -344,6 +344,8 @@ def make_engine(cfg: SampleConfig):
     if backend == "auto":
         backend = "vllm" if vllm_available() and models.pick_device(cfg.device).type == "cuda" else "hf"
     if backend == "vllm":
+        if not vllm_available():
+            raise AfdError("option 'backend' is 'vllm' but vLLM is not installed: pip install afd[vllm]")
         from afd.vllm_engine import VLLMEngine
 
         tok = models.load_tokenizer(cfg.model)

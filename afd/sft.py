@@ -61,6 +61,14 @@ class SFTConfig(StageOptions, DataOptions):
         check_choice("long_prompts", self.long_prompts, ("drop", "error"))
         if not 0 <= self.eval_fraction < 1:
             raise AfdError(f"option 'eval_fraction' must be in [0, 1); got {self.eval_fraction}")
+        for name in ("batch_size", "grad_accum", "max_length", "max_prompt_length"):
+            if getattr(self, name) < 1:
+                raise AfdError(f"option '{name}' must be at least 1; got {getattr(self, name)}")
+        if self.lora_r < 0:
+            raise AfdError(f"option 'lora_r' must be 0 (full fine-tuning) or a positive rank; got {self.lora_r}")
+        from transformers import SchedulerType
+
+        check_choice("lr_scheduler", self.lr_scheduler, tuple(s.value for s in SchedulerType))
         if self.max_prompt_length >= self.max_length:
             raise AfdError("option 'max_prompt_length' must be smaller than 'max_length'")
 
@@ -222,6 +230,8 @@ def sft(cfg: SFTConfig) -> dict:
     if trainer.is_world_process_zero():
         save_policy(trainer.model, tok, stage.path / "model")
     history = trainer.state.log_history
+    if eval_before is not None:  # train() starts a fresh log; keep the step-0 evaluation
+        history = [{"step": 0, "eval_loss": eval_before}] + history
     (stage.path / "log_history.json").write_text(json.dumps(history, indent=1))
     loss_plot(history, stage.path / "loss.png")
     return stage.finish({

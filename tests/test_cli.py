@@ -1,0 +1,238 @@
+"""The ``afd`` command and ``afd run`` pipelines: flags over YAML, one-sentence errors, references."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from afd import cli, pipeline
+from afd.errors import AfdError
+from afd.sampling import POOL, read_pool
+from conftest import REPO
+
+
+def write_yaml(path, data):
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return str(path)
+
+
+def run_cli(argv, capsys):
+    """(exit status, stdout, stderr) of ``afd ARGV`` run in this process."""
+    try:
+        code = cli.main([str(a) for a in argv])
+    except SystemExit as e:  # argparse: --help, or a flag it cannot parse
+        code = e.code
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def assert_one_sentence(err, *names):
+    line = err.strip()
+    assert "\n" not in line and "Traceback" not in err, err
+    assert line.startswith("afd ") and ": error: " in line, line
+    for name in names:
+        assert str(name) in line, (name, line)
+
+
+# ---------------------------------------------------------------------------------------------
+# Stage commands
+
+
+def test_stage_help_lists_every_option(capsys):
+    code, out, _ = run_cli(["sft", "--help"], capsys)
+    assert code == 0
+    for flag in ("--lr", "--max-steps", "--lora-r", "--save-steps", "--data", "--out", "--force", "--config"):
+        assert flag in out
+    assert "peak learning rate" in out and "(default: 2e-05)" in out
+    code, out, _ = run_cli(["sample", "--help"], capsys)
+    assert code == 0 and "--num-samples" in out and "--ignore-eos" in out
+
+
+def test_flags_override_yaml(tmp_path, prompts_file, capsys):
+    config = write_yaml(tmp_path / "sample.yaml", {
+        "model": "tiny-random", "data": prompts_file, "num_samples": 2, "max_new_tokens": 3,
+        "device": "cpu", "out": str(tmp_path / "from-yaml"), "temperature": 0.7})
+    code, out, err = run_cli(["sample", "--config", config, "--num-samples", "3",
+                              "--out", tmp_path / "from-flag"], capsys)
+    assert code == 0, err
+    stage = tmp_path / "from-flag" / "sample"
+    assert not (tmp_path / "from-yaml").exists()
+    resolved = yaml.safe_load((stage / "config.yaml").read_text())
+    assert (resolved["num_samples"], resolved["max_new_tokens"], resolved["temperature"]) == (3, 3, 0.7)
+    rows = read_pool(stage / POOL)
+    assert len(rows) == 6 * 3 and all(r["num_tokens"] <= 3 for r in rows)
+    printed = json.loads(out.strip().splitlines()[-1].removeprefix("[sample] "))
+    assert printed["samples"] == 18
+
+
+def test_unknown_yaml_key_is_one_sentence(tmp_path, prompts_file, capsys):
+    config = write_yaml(tmp_path / "typo.yaml", {"data": prompts_file, "num_sampels": 3})
+    code, out, err = run_cli(["sample", "--config", config, "--out", tmp_path / "run"], capsys)
+    assert code == 2
+    assert_one_sentence(err, "'num_sampels'", "typo.yaml")
+    assert not (tmp_path / "run").exists()
+
+
+def test_wrong_yaml_value_type_names_key_and_file(tmp_path, demos_file, capsys):
+    config = write_yaml(tmp_path / "bad.yaml", {"data": demos_file, "lr": "fast"})
+    code, _, err = run_cli(["sft", "--config", config], capsys)
+    assert code == 2
+    assert_one_sentence(err, "'lr'", "bad.yaml", "'fast'")
+
+
+def test_wrong_flag_type_names_the_option(tmp_path, prompts_file, capsys):
+    code, _, err = run_cli(["sample", "--data", prompts_file, "--num-samples", "abc",
+                            "--out", tmp_path / "run"], capsys)
+    assert code == 2
+    assert_one_sentence(err, "'num_samples'", "'abc'", "command line")
+
+
+@pytest.mark.parametrize("flag, value, option", [("--template", "jinja", "template"),
+                                                 ("--long-prompts", "truncate", "long_prompts"),
+                                                 ("--dtype", "float64", "dtype")])
+def test_bad_choice_names_the_option(tmp_path, prompts_file, capsys, flag, value, option):
+    code, _, err = run_cli(["sample", "--data", prompts_file, flag, value, "--device", "cpu",
+                            "--out", tmp_path / "run"], capsys)
+    assert code == 2
+    assert_one_sentence(err, f"'{option}'", value)
+
+
+def test_missing_data_file_names_the_file(tmp_path, capsys):
+    missing = tmp_path / "missing.jsonl"
+    code, _, err = run_cli(["sft", "--data", missing, "--out", tmp_path / "run", "--device", "cpu"], capsys)
+    assert code == 2
+    assert_one_sentence(err, str(missing))
+
+
+def test_missing_config_file_names_the_file(tmp_path, capsys):
+    code, _, err = run_cli(["sample", "--config", tmp_path / "nope.yaml"], capsys)
+    assert code == 2
+    assert_one_sentence(err, "nope.yaml")
+
+
+# ---------------------------------------------------------------------------------------------
+# Pipelines
+
+
+def test_example_pipeline_runs_end_to_end(tmp_path):
+    out = tmp_path / "tiny"
+    done = subprocess.run([sys.executable, "-m", "afd", "run", "examples/tiny.yaml", "--out", str(out)],
+                          cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "[sft] " in done.stdout and "[sample] " in done.stdout
+    assert (out / "sft" / "model" / "config.json").is_file()
+    assert (out / "sft" / "loss.png").is_file()
+    sft_metrics = json.loads((out / "sft" / "metrics.json").read_text())
+    assert sft_metrics["eval_loss_after"] < sft_metrics["eval_loss_before"]
+    sample_metrics = json.loads((out / "sample" / "metrics.json").read_text())
+    assert (sample_metrics["prompts"], sample_metrics["samples"]) == (16, 64)
+    resolved = yaml.safe_load((out / "sample" / "config.yaml").read_text())
+    assert resolved["model"] == str(out / "sft" / "model")  # "@sft" resolved
+    assert resolved["seed"] == 0 and resolved["device"] == "cpu"  # top-level defaults
+    rows = read_pool(out / "sample" / POOL)
+    assert len(rows) == 64
+    assert read_pool(out / "sample" / "pool.parquet") == rows
+
+
+def two_stage_pipeline(tmp_path, demos_file, prompts_file, **top):
+    return write_yaml(tmp_path / "pipe.yaml", {
+        "out": str(tmp_path / "yaml-out"), "seed": 3, "device": "cpu", **top,
+        "stages": {
+            "sft": {"data": demos_file, "max_steps": 1, "seed": 4},
+            "policy_samples": {"kind": "sample", "model": "@sft", "data": prompts_file},
+            "more_samples": {"kind": "sample", "model": "@sft", "data": "@policy_samples"},
+        }})
+
+
+def test_pipeline_references_resolve_to_earlier_artifacts(tmp_path, demos_file, prompts_file):
+    config = two_stage_pipeline(tmp_path, demos_file, prompts_file)
+    out = tmp_path / "flag-out"
+    stages = pipeline.plan(config, out=str(out))
+    assert [(name, kind) for name, kind, _ in stages] == [
+        ("sft", "sft"), ("policy_samples", "sample"), ("more_samples", "sample")]
+    sft_cfg, first, second = (cfg for _, _, cfg in stages)
+    assert first.model == second.model == str(out / "sft" / "model")
+    assert second.data == str(out / "policy_samples" / POOL)
+    assert (sft_cfg.seed, first.seed) == (4, 3)  # a stage's own option beats the top-level default
+    assert all(cfg.out == str(out) for cfg in (sft_cfg, first, second))
+    assert (first.stage_name, second.stage_name) == ("policy_samples", "more_samples")
+    assert pipeline.plan(config)[0][2].out == str(tmp_path / "yaml-out")  # without --out, the YAML's
+
+
+def test_pipeline_unknown_stage_kind(tmp_path, demos_file, capsys):
+    config = write_yaml(tmp_path / "pipe.yaml", {"stages": {"sft": {"data": demos_file},
+                                                            "best": {"kind": "bestofn"}}})
+    code, _, err = run_cli(["run", config, "--out", tmp_path / "run"], capsys)
+    assert code == 2
+    assert_one_sentence(err, "pipe.yaml", "'best'", "'bestofn'", "sft, sample")
+    assert not (tmp_path / "run").exists()  # planned in full before anything runs
+
+
+@pytest.mark.parametrize("ref", ["@policy", "@nowhere"])
+def test_pipeline_reference_to_a_later_or_missing_stage(tmp_path, demos_file, prompts_file, capsys, ref):
+    config = write_yaml(tmp_path / "pipe.yaml", {"stages": {
+        "samples": {"kind": "sample", "model": ref, "data": prompts_file},
+        "policy": {"kind": "sft", "data": demos_file}}})
+    code, _, err = run_cli(["run", config, "--out", tmp_path / "run"], capsys)
+    assert code == 2
+    assert_one_sentence(err, "'samples'", "'model'", f"'{ref[1:]}'", "not an earlier stage")
+
+
+def test_pipeline_unknown_option_in_a_stage(tmp_path, demos_file, capsys):
+    config = write_yaml(tmp_path / "pipe.yaml", {"stages": {"sft": {"data": demos_file, "epoch": 2}}})
+    code, _, err = run_cli(["run", config], capsys)
+    assert code == 2
+    assert_one_sentence(err, "'epoch'", "pipe.yaml", "stage 'sft'")
+
+
+def test_pipeline_without_stages(tmp_path, capsys):
+    code, _, err = run_cli(["run", write_yaml(tmp_path / "pipe.yaml", {"out": "x"})], capsys)
+    assert code == 2
+    assert_one_sentence(err, "pipe.yaml", "'stages:'")
+
+
+def test_pipeline_top_level_key_no_stage_knows(tmp_path, demos_file, prompts_file):
+    config = two_stage_pipeline(tmp_path, demos_file, prompts_file, sede=1)
+    with pytest.raises(AfdError, match="'sede'"):
+        pipeline.plan(config, out=str(tmp_path / "run"))
+
+
+def test_pipeline_stage_section_that_is_not_a_mapping(tmp_path, capsys):
+    config = write_yaml(tmp_path / "pipe.yaml", {"stages": {"sft": "demos.jsonl"}})
+    code, _, err = run_cli(["run", config, "--out", tmp_path / "run"], capsys)
+    assert code == 2
+    assert_one_sentence(err, "pipe.yaml", "'sft'")
+
+
+# ---------------------------------------------------------------------------------------------
+# Options and inputs that once ended in a traceback or a stuck run folder
+
+
+@pytest.mark.parametrize("flag, value", [("--lr-scheduler", "cosinus"), ("--batch-size", "0"),
+                                         ("--grad-accum", "0")])
+def test_sft_option_out_of_range_is_one_sentence(tmp_path, demos_file, capsys, flag, value):
+    code, _, err = run_cli(["sft", "--data", demos_file, "--out", tmp_path / "run", "--device", "cpu",
+                            "--max-steps", "1", flag, value], capsys)
+    assert code == 2
+    assert_one_sentence(err, "'" + flag[2:].replace("-", "_") + "'")
+
+
+def test_vllm_backend_is_one_sentence_when_unavailable(tmp_path, prompts_file, capsys):
+    import importlib.util
+
+    if importlib.util.find_spec("vllm") is not None:
+        pytest.skip("vllm is installed")
+    code, _, err = run_cli(["sample", "--data", prompts_file, "--backend", "vllm", "--device", "cpu",
+                            "--out", tmp_path / "run"], capsys)
+    assert code == 2
+    assert_one_sentence(err, "vllm")
+
+
+def test_a_run_that_failed_on_its_inputs_does_not_block_the_corrected_command(tmp_path, prompts_file, capsys):
+    args = ["sample", "--out", tmp_path / "run", "--max-new-tokens", "2", "--num-samples", "1", "--device", "cpu"]
+    code, _, _ = run_cli([*args, "--data", tmp_path / "prompt.jsonl"], capsys)
+    assert code == 2
+    code, _, err = run_cli([*args, "--data", prompts_file], capsys)
+    assert code == 0, err
