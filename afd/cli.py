@@ -44,7 +44,8 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Any]]:
     sub = parser.add_subparsers(dest="command", required=True)
     stages = registry()
     helps = {"sft": "supervised fine-tuning on demonstrations (forward-KL imitation)",
-             "sample": "K samples per prompt from a policy into a sample pool"}
+             "sample": "K samples per prompt from a policy into a sample pool",
+             "reward": "train a reward model: IRL classifier (init-sft, init-demo, sft-demo) or preference bt"}
     for kind, (cls, _, _) in stages.items():
         _add_options(sub.add_parser(kind, help=helps.get(kind), description=helps.get(kind)), cls)
     run = sub.add_parser("run", help="run the stages of a pipeline YAML, each cached in the run folder")

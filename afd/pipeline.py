@@ -24,12 +24,14 @@ from afd.errors import ConfigError
 
 def registry() -> dict[str, tuple[type, Callable[[Any], dict], Callable[[Path], str]]]:
     """kind -> (config class, stage function, artifact of a stage folder)."""
+    from afd.reward import RewardConfig, reward
     from afd.sampling import POOL, SampleConfig, sample
     from afd.sft import SFTConfig, sft
 
     return {
         "sft": (SFTConfig, sft, lambda p: str(p / "model")),
         "sample": (SampleConfig, sample, lambda p: str(p / POOL)),
+        "reward": (RewardConfig, reward, lambda p: str(p / "model")),
     }
 
 

@@ -53,7 +53,7 @@ class SampleConfig(StageOptions, DataOptions):
     top_p: float = opt(1.0, "nucleus sampling mass (1 = off)")
     top_k: int = opt(0, "sample among the k likeliest tokens only (0 = off)")
     seed: int = opt(0, "base seed; each row's seed is derived from it, the prompt id and the sample index")
-    batch_size: int = opt(128, "sequences decoded together (prompts per batch = batch_size // K, at least 1)")
+    batch_size: int = opt(256, "sequences decoded together (prompts per batch = batch_size // K, at least 1)")
     max_prompt_length: int = opt(1024, "prompts longer than this many tokens follow long_prompts")
     long_prompts: str = opt("drop", "over-long prompts: drop (and count them) or error")
     ignore_eos: bool = opt(False, "keep generating past EOS (benchmarks: every response gets max_new_tokens)")

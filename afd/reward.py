@@ -1,0 +1,345 @@
+"""``afd reward``: reward models from demonstrations (AfD's IRL reward models) or preferences.
+
+METHODS §1 (Sun & van der Schaar, 2024). Minimising the reverse KL needs a discriminator
+``D_phi(y|x) = sigma(r_phi(x, y))`` trained with binary cross-entropy
+
+    max_phi  E_pos[log sigma(r_phi)] + E_neg[log(1 - sigma(r_phi))]
+
+whose logit ``r_phi`` is the reward. The variants differ only in what is positive and what
+is negative:
+
+    variant     positives               negatives
+    init-sft    samples of pi_sft       samples of pi_0      (proposed: same model family)
+    init-demo   demonstrations          samples of pi_0      (heterogeneous: reward-hacks)
+    sft-demo    demonstrations          samples of pi_sft    (most heterogeneous)
+    bt          chosen                  rejected             (preference baseline)
+
+``loss: bt`` trains any variant with the pairwise Bradley-Terry loss
+``-log sigma(r(x, y+) - r(x, y-))`` instead, pairing positives and negatives of the same
+prompt; ``bt`` always uses it. The model is an ``AutoModelForSequenceClassification`` with one
+label (default backbone: the initial policy), saved with ``save_pretrained`` so that
+``pipeline("text-classification")`` loads it. Its input is the prompt rendered exactly as in
+SFT and sampling, followed by the response and EOS.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from afd import models
+from afd.config import check_choice, opt
+from afd.errors import AfdError
+from afd.runs import DataOptions, StageDir, StageOptions
+from afd.training import TokenRate, TrainOptions, apply_lora, loss_plot, save_model, training_arguments
+
+VARIANTS = ("init-sft", "init-demo", "sft-demo", "bt")
+
+
+@dataclass
+class RewardConfig(StageOptions, DataOptions, TrainOptions):
+    model: str = opt("tiny-random", "backbone: built-in name, local folder or hub id (default: the initial policy)")
+    variant: str = opt("init-sft", "init-sft, init-demo, sft-demo (from demonstrations) or bt (from preference pairs)")
+    loss: str = opt("bce", "bce (classifier: logit = reward) or bt (pairwise Bradley-Terry on same-prompt pairs)")
+    init_pool: str = opt("", "samples of the initial policy pi_0 (a pool file or a sample stage folder)")
+    sft_pool: str = opt("", "samples of the SFT policy pi_sft (a pool file or a sample stage folder)")
+    eval_pairs: str = opt("", "preference pairs (any pair format) to report pair accuracy on; never trained on")
+    eval_pairs_max: int | None = opt(None, "use only the first N valid eval pairs")
+
+    def validate(self) -> None:
+        self.validate_training()
+        check_choice("variant", self.variant, VARIANTS)
+        check_choice("loss", self.loss, ("bce", "bt"))
+        need = {"init-sft": ("init_pool", "sft_pool"), "init-demo": ("init_pool", "data"),
+                "sft-demo": ("sft_pool", "data"), "bt": ("data",)}[self.variant]
+        for name in need:
+            if not getattr(self, name):
+                raise AfdError(f"variant '{self.variant}' needs option '{name}'")
+
+
+@dataclass
+class Example:
+    prompt: list[dict]
+    response: str
+    label: float  # 1.0 positive, 0.0 negative
+    group: str    # the prompt, as a key: examples of one prompt share a split and form BT pairs
+
+
+def prompt_key(prompt: list[dict]) -> str:
+    return json.dumps(prompt, sort_keys=True, ensure_ascii=False)
+
+
+def examples(cfg: RewardConfig) -> list[Example]:
+    """Positives and negatives of the configured variant."""
+    from afd.data import load_demos, load_pairs
+    from afd.sampling import read_pool
+
+    def pool(path: str, label: float) -> list[Example]:
+        return [Example(r["prompt"], r["response"], label, prompt_key(r["prompt"])) for r in read_pool(path)]
+
+    def demos(label: float) -> list[Example]:
+        return [Example(d.prompt, d.response, label, prompt_key(d.prompt)) for d in load_demos(cfg.data_config())[0]]
+
+    if cfg.variant == "bt":
+        out = []
+        for p in load_pairs(cfg.data_config())[0]:
+            key = prompt_key(p.prompt) + "\x00" + p.id  # a pair is its own group
+            out += [Example(p.prompt, p.chosen, 1.0, key), Example(p.prompt, p.rejected, 0.0, key)]
+        return out
+    positives = pool(cfg.sft_pool, 1.0) if cfg.variant == "init-sft" else demos(1.0)
+    negatives = pool(cfg.sft_pool if cfg.variant == "sft-demo" else cfg.init_pool, 0.0)
+    return positives + negatives
+
+
+def split_groups(items: list[Example], fraction: float, seed: int) -> tuple[list[Example], list[Example]]:
+    """Held-out examples by prompt, so no prompt is both trained and evaluated on."""
+    from afd.data import split
+
+    groups = sorted({e.group for e in items})
+    _, held = split(groups, fraction, seed) if fraction > 0 and len(groups) > 1 else (groups, [])
+    held = set(held)
+    return [e for e in items if e.group not in held], [e for e in items if e.group in held]
+
+
+def bt_pairs(items: list[Example], seed: int) -> list[tuple[Example, Example]]:
+    """Pair each prompt's positives with its negatives (shuffled, as many pairs as the
+    smaller side): the data of the pairwise loss."""
+    rng = random.Random(seed)
+    by_group: dict[str, tuple[list, list]] = {}
+    for e in items:
+        by_group.setdefault(e.group, ([], []))[0 if e.label > 0.5 else 1].append(e)
+    pairs = []
+    for group in sorted(by_group):
+        pos, neg = by_group[group]
+        rng.shuffle(pos)
+        rng.shuffle(neg)
+        pairs += list(zip(pos, neg))
+    return pairs
+
+
+def encode(tokenizer, prompt, response, cfg) -> list[int] | None:
+    """Classifier input ids, or None when the prompt is over-long (dropped, or an error)."""
+    p = models.encode_prompt(tokenizer, prompt, cfg.template)
+    if len(p) > cfg.max_prompt_length:
+        if cfg.long_prompts == "error":
+            raise AfdError(f"a prompt of {len(p)} tokens is over max_prompt_length={cfg.max_prompt_length}")
+        return None
+    return (p + models.encode_response(tokenizer, prompt, response, cfg.template))[: cfg.max_length]
+
+
+class RewardCollator:
+    """Right-padded classifier inputs; BT batches hold the chosen rows then the rejected ones."""
+
+    def __init__(self, pad_id: int):
+        self.pad_id = pad_id
+
+    def pad(self, seqs: list[list[int]]) -> dict[str, torch.Tensor]:
+        width = max(map(len, seqs))
+        ids = torch.full((len(seqs), width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros_like(ids)
+        for i, s in enumerate(seqs):
+            ids[i, : len(s)] = torch.tensor(s)
+            mask[i, : len(s)] = 1
+        return {"input_ids": ids, "attention_mask": mask}
+
+    def __call__(self, batch: list[dict]) -> dict[str, torch.Tensor]:
+        if "chosen" in batch[0]:
+            return self.pad([b["chosen"] for b in batch] + [b["rejected"] for b in batch])
+        return {**self.pad([b["input_ids"] for b in batch]),
+                "labels": torch.tensor([b["label"] for b in batch], dtype=torch.float32)}
+
+
+def reward_loss(rewards: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
+    """BCE with the logit as reward (labels given), or Bradley-Terry on [chosen; rejected]."""
+    if labels is not None:
+        return torch.nn.functional.binary_cross_entropy_with_logits(rewards, labels)
+    chosen, rejected = rewards.chunk(2)
+    return -torch.nn.functional.logsigmoid(chosen - rejected).mean()
+
+
+def _trainer_class():
+    from transformers import Trainer
+
+    class RewardTrainer(Trainer):
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            labels = inputs.pop("labels", None)
+            rewards = model(**inputs).logits.squeeze(-1).float()
+            loss = reward_loss(rewards, labels)
+            return (loss, {"rewards": rewards}) if return_outputs else loss
+
+        def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
+            with torch.no_grad():
+                loss = self.compute_loss(model, dict(inputs))
+            return loss.detach(), None, None
+
+    return RewardTrainer
+
+
+def load_reward_model(path: str, device: str = "auto", dtype: str = "auto"):
+    from transformers import AutoModelForSequenceClassification
+
+    dev = models.pick_device(device)
+    try:
+        model = AutoModelForSequenceClassification.from_pretrained(models.resolve(path),
+                                                                   dtype=models.pick_dtype(dtype, dev))
+    except (OSError, ValueError) as e:
+        raise models._load_error(path, e) from None
+    tok = models.load_tokenizer(path)
+    model.config.pad_token_id = tok.pad_token_id
+    return model.to(dev).eval(), tok
+
+
+@torch.inference_mode()
+def score_texts(model, tokenizer, prompts: list[list[dict]], responses: list[str], template: str = "auto",
+                batch_size: int = 16, max_length: int | None = None) -> list[float]:
+    """Reward (the classifier logit) of each response to its prompt."""
+    device = next(model.parameters()).device
+    collate = RewardCollator(tokenizer.pad_token_id)
+    seqs = [(models.encode_prompt(tokenizer, p, template) + models.encode_response(tokenizer, p, r, template))
+            [:max_length] for p, r in zip(prompts, responses)]
+    order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))
+    out = [0.0] * len(seqs)
+    for s in range(0, len(order), batch_size):
+        idx = order[s:s + batch_size]
+        batch = {k: v.to(device) for k, v in collate.pad([seqs[i] for i in idx]).items()}
+        for i, r in zip(idx, model(**batch).logits.squeeze(-1).float().tolist()):
+            out[i] = r
+    return out
+
+
+def auc(scores: list[float], labels: list[float]) -> float | None:
+    """Area under the ROC curve = P(score of a positive > score of a negative), ties half."""
+    pos = [s for s, l in zip(scores, labels) if l > 0.5]
+    neg = [s for s, l in zip(scores, labels) if l <= 0.5]
+    if not pos or not neg:
+        return None
+    ranked = sorted((s, l > 0.5) for s, l in zip(scores, labels))
+    # average ranks for ties (Mann-Whitney U)
+    rank_sum, i = 0.0, 0
+    while i < len(ranked):
+        j = i
+        while j + 1 < len(ranked) and ranked[j + 1][0] == ranked[i][0]:
+            j += 1
+        avg = (i + j) / 2 + 1
+        rank_sum += avg * sum(1 for k in range(i, j + 1) if ranked[k][1])
+        i = j + 1
+    return (rank_sum - len(pos) * (len(pos) + 1) / 2) / (len(pos) * len(neg))
+
+
+def pair_accuracy(chosen: list[float], rejected: list[float]) -> float:
+    """Share of pairs ranked right (ties count half)."""
+    return sum(1.0 if c > r else 0.5 if c == r else 0.0 for c, r in zip(chosen, rejected)) / len(chosen)
+
+
+def reward(cfg: RewardConfig) -> dict:
+    """Run the stage; returns its metrics. The reward model is saved to OUT/reward/model."""
+    from transformers import AutoModelForSequenceClassification
+
+    stage = StageDir(cfg, "reward")
+    if not stage.begin():
+        return stage.metrics()
+    items = examples(cfg)
+    train, held = split_groups(items, cfg.eval_fraction, cfg.seed)
+    tok = models.load_tokenizer(cfg.model)
+    pairwise = cfg.loss == "bt" or cfg.variant == "bt"
+
+    def rows(part: list[Example]) -> tuple[list[dict], int]:
+        dropped = 0
+        if pairwise:
+            out = []
+            for c, r in bt_pairs(part, cfg.seed):
+                a, b = encode(tok, c.prompt, c.response, cfg), encode(tok, r.prompt, r.response, cfg)
+                if a is None or b is None:
+                    dropped += 1
+                else:
+                    out.append({"chosen": a, "rejected": b})
+            return out, dropped
+        out = []
+        for e in part:
+            ids = encode(tok, e.prompt, e.response, cfg)
+            if ids is None:
+                dropped += 1
+            else:
+                out.append({"input_ids": ids, "label": e.label})
+        return out, dropped
+
+    train_rows, dropped = rows(train)
+    eval_rows, _ = rows(held)
+    if not train_rows:
+        raise AfdError(f"variant '{cfg.variant}' has no training examples after filtering")
+
+    dev = models.pick_device(cfg.device)
+    dtype = torch.float32 if cfg.dtype == "auto" else models.pick_dtype(cfg.dtype, dev)
+    try:
+        model = AutoModelForSequenceClassification.from_pretrained(models.resolve(cfg.model), num_labels=1,
+                                                                   dtype=dtype)
+    except (OSError, ValueError) as e:
+        raise models._load_error(cfg.model, e) from None
+    model.config.pad_token_id = tok.pad_token_id
+    model.config.afd = {"variant": cfg.variant, "loss": "bt" if pairwise else "bce", "template": cfg.template}
+    if cfg.lora_r > 0:
+        model = apply_lora(model, cfg, task_type="SEQ_CLS")
+
+    checkpoints = stage.path / "checkpoints"
+    rate = TokenRate()
+    trainer = _trainer_class()(model=model, args=training_arguments(cfg, checkpoints, bool(eval_rows)),
+                               train_dataset=train_rows, eval_dataset=eval_rows or None,
+                               data_collator=RewardCollator(tok.pad_token_id), processing_class=tok,
+                               callbacks=[rate])
+    resume = any(checkpoints.glob("checkpoint-*"))
+    result = trainer.train(resume_from_checkpoint=True if resume else None)
+    trained = trainer.model
+    if hasattr(trained, "merge_and_unload"):
+        trained = trained.merge_and_unload()
+    trained.eval()
+
+    metrics = {"variant": cfg.variant, "loss": "bt" if pairwise else "bce", "train_examples": len(train_rows),
+               "eval_examples": len(eval_rows), "prompts_dropped_too_long": dropped,
+               "train_loss": result.training_loss, "steps": trainer.state.global_step, "resumed": resume,
+               "train_tokens_per_second": rate.rate}
+    metrics.update(held_out_metrics(trained, tok, held, cfg))
+    if cfg.eval_pairs:
+        metrics.update(preference_metrics(trained, tok, cfg))
+    if trainer.is_world_process_zero():
+        save_model(trained, tok, stage.path / "model")
+    (stage.path / "log_history.json").write_text(json.dumps(trainer.state.log_history, indent=1))
+    loss_plot(trainer.state.log_history, stage.path / "loss.png", "loss", f"reward model ({cfg.variant})")
+    return stage.finish(metrics)
+
+
+def held_out_metrics(model, tok, held: list[Example], cfg) -> dict:
+    """On held-out prompts: accuracy (logit > 0 on positives, < 0 on negatives; meaningful for
+    BCE, where the logit's offset is learnt), AUC, and the share of same-prompt
+    (positive, negative) pairs ranked right."""
+    if not held:
+        return {}
+    scores = score_texts(model, tok, [e.prompt for e in held], [e.response for e in held], cfg.template,
+                         cfg.batch_size, cfg.max_length)
+    labels = [e.label for e in held]
+    pos = [s for s, l in zip(scores, labels) if l > 0.5]
+    neg = [s for s, l in zip(scores, labels) if l <= 0.5]
+    by_example = {id(e): s for e, s in zip(held, scores)}
+    pairs = bt_pairs(held, cfg.seed)
+    return {"eval_accuracy": sum((s > 0) == (l > 0.5) for s, l in zip(scores, labels)) / len(held),
+            "eval_auc": auc(scores, labels),
+            "eval_pair_accuracy": pair_accuracy([by_example[id(c)] for c, _ in pairs],
+                                                [by_example[id(r)] for _, r in pairs]) if pairs else None,
+            "eval_mean_reward_positive": sum(pos) / len(pos) if pos else None,
+            "eval_mean_reward_negative": sum(neg) / len(neg) if neg else None}
+
+
+def preference_metrics(model, tok, cfg) -> dict:
+    """Accuracy on human preference pairs (never trained on, unless they are the bt data)."""
+    from afd.data import DataConfig, load_pairs
+
+    pairs, stats = load_pairs(DataConfig(path=cfg.eval_pairs, on_invalid=cfg.on_invalid, limit=cfg.eval_pairs_max))
+    prompts = [p.prompt for p in pairs]
+    chosen = score_texts(model, tok, prompts, [p.chosen for p in pairs], cfg.template, cfg.batch_size, cfg.max_length)
+    rejected = score_texts(model, tok, prompts, [p.rejected for p in pairs], cfg.template, cfg.batch_size,
+                           cfg.max_length)
+    return {"pair_accuracy": pair_accuracy(chosen, rejected), "pairs": len(pairs),
+            "pairs_skipped": stats.skipped}

@@ -1,0 +1,100 @@
+"""Scorers: anything that maps (prompt, response) pairs to one number each.
+
+Best-of-N and evaluation take a scorer by name, so a trained reward model, the closed-form
+density ratio and a golden judge are used the same way:
+
+- ``FOLDER`` or ``rm:FOLDER_OR_HUB_ID``: a reward model saved by ``afd reward`` (or any
+  ``AutoModelForSequenceClassification`` with one label); the reward is its logit.
+- ``density-ratio:POLICY,REFERENCE``: ``log pi(y|x) - log pi_ref(y|x)``, the closed-form
+  optimum of the ``init-sft`` classifier (METHODS §1); ``density-ratio-norm:`` divides by
+  the number of response tokens.
+- ``vader``: VADER sentiment, the ``compound`` score of the response in [-1, 1].
+- ``python:MODULE:FUNCTION``: ``FUNCTION(prompts, responses) -> list[float]``, where prompts
+  are message lists and responses strings.
+"""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+from typing import Callable
+
+from afd import models
+from afd.errors import AfdError
+
+Scorer = Callable[[list[list[dict]], list[str]], list[float]]
+
+
+def reward_model_scorer(path: str, device: str = "auto", dtype: str = "auto", batch_size: int = 16,
+                        template: str = "auto") -> Scorer:
+    from afd.reward import load_reward_model, score_texts
+
+    model, tok = load_reward_model(path, device, dtype)
+
+    def score(prompts, responses):
+        return score_texts(model, tok, prompts, responses, template, batch_size)
+
+    return score
+
+
+def density_ratio_scorer(policy: str, reference: str, normalise: bool = False, device: str = "auto",
+                         dtype: str = "auto", batch_size: int = 16, template: str = "auto") -> Scorer:
+    from afd.scoring import response_logprobs
+
+    def score(prompts, responses):
+        items = list(zip(prompts, responses))
+        out = []
+        for name in (policy, reference):
+            model, tok = models.load_causal_lm(name, device, dtype)
+            out.append(response_logprobs(model, tok, items, template, batch_size, per_token=normalise,
+                                         progress=f"log-probs under {Path(name).name}"))
+            del model
+        if not normalise:
+            return [a - b for a, b in zip(out[0], out[1])]
+        (sa, ta), (sb, _) = out
+        return [(a - b) / max(len(t), 1) for a, b, t in zip(sa, sb, ta)]
+
+    return score
+
+
+def vader_scorer() -> Scorer:
+    try:
+        from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
+    except ImportError:
+        raise AfdError("scorer 'vader' needs vaderSentiment: pip install vaderSentiment") from None
+    analyzer = SentimentIntensityAnalyzer()
+
+    def score(prompts, responses):
+        return [analyzer.polarity_scores(r)["compound"] for r in responses]
+
+    return score
+
+
+def python_scorer(spec: str) -> Scorer:
+    module, _, name = spec.rpartition(":")
+    try:
+        fn = getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError, ValueError) as e:
+        raise AfdError(f"scorer 'python:{spec}' could not be imported ({e})") from None
+    return fn
+
+
+def make_scorer(spec: str, **kw) -> Scorer:
+    """A scorer from its name (see the module docstring)."""
+    if spec == "vader":
+        return vader_scorer()
+    if spec.startswith("python:"):
+        return python_scorer(spec[len("python:"):])
+    for prefix, normalise in (("density-ratio:", False), ("density-ratio-norm:", True)):
+        if spec.startswith(prefix):
+            parts = spec[len(prefix):].split(",")
+            if len(parts) != 2 or not all(parts):
+                raise AfdError(f"scorer '{spec}' should be {prefix}POLICY,REFERENCE")
+            return density_ratio_scorer(parts[0], parts[1], normalise, **kw)
+    if spec.startswith("rm:"):
+        return reward_model_scorer(spec[len("rm:"):], **kw)
+    if Path(spec).is_dir():
+        return reward_model_scorer(spec, **kw)
+    raise AfdError(f"unknown scorer '{spec}': use a reward-model folder, rm:PATH_OR_HUB_ID, "
+                   f"density-ratio:POLICY,REFERENCE, vader, or python:MODULE:FUNCTION")
+

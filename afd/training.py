@@ -1,0 +1,155 @@
+"""Training machinery shared by afd's Trainer-based stages (SFT, reward models, ...).
+
+``transformers.Trainer`` does the training (checkpoints and resume, gradient accumulation,
+mixed precision, ``accelerate launch`` for DDP / FSDP / DeepSpeed); this module holds the
+options every such stage has and the few pieces around the Trainer that afd adds.
+"""
+
+from __future__ import annotations
+
+import inspect
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from transformers import TrainerCallback
+
+from afd import models
+from afd.config import check_choice, opt
+from afd.errors import AfdError
+
+
+@dataclass
+class TrainOptions:
+    template: str = opt("auto", "prompt rendering: auto (chat template if the tokenizer has one), chat, raw")
+    eval_fraction: float = opt(0.05, "share of examples held out for evaluation")
+    seed: int = opt(0, "seed for the train/eval split, initialisation of LoRA and data order")
+    epochs: float = opt(1.0, "passes over the training demonstrations")
+    max_steps: int = opt(-1, "stop after this many optimiser steps (-1: use epochs)")
+    lr: float = opt(2e-5, "peak learning rate (LoRA usually wants ~1e-4 to 2e-4)")
+    lr_scheduler: str = opt("cosine", "learning-rate schedule (transformers names: linear, cosine, constant, ...)")
+    warmup_ratio: float = opt(0.03, "share of steps spent warming the learning rate up")
+    weight_decay: float = opt(0.0, "AdamW weight decay")
+    batch_size: int = opt(8, "sequences per device per step")
+    grad_accum: int = opt(1, "gradient accumulation steps")
+    max_length: int = opt(1024, "longest prompt + response in tokens; longer responses are cut (and counted)")
+    max_prompt_length: int = opt(512, "prompts longer than this many tokens follow long_prompts")
+    long_prompts: str = opt("drop", "over-long prompts: drop (and count them) or error")
+    lora_r: int = opt(0, "LoRA rank (0: full fine-tuning)")
+    lora_alpha: int = opt(32, "LoRA alpha")
+    lora_dropout: float = opt(0.05, "LoRA dropout")
+    lora_target_modules: str = opt("all-linear", "LoRA target modules (PEFT syntax, comma-separated)")
+    gradient_checkpointing: bool = opt(False, "trade compute for memory")
+    save_steps: int = opt(100, "checkpoint every N steps (a killed run resumes from the last one)")
+    logging_steps: int = opt(5, "log the training loss every N steps")
+    eval_steps: int = opt(0, "evaluate every N steps (0: at the start and the end only)")
+    device: str = opt("auto", "auto, cpu, cuda, cuda:N or mps (ignored under accelerate launch)")
+    dtype: str = opt("auto", "auto (bf16 mixed precision on CUDA, else fp32), float32, bfloat16, float16")
+
+
+    def validate_training(self) -> None:
+        check_choice("template", self.template, models.TEMPLATES)
+        check_choice("long_prompts", self.long_prompts, ("drop", "error"))
+        if not 0 <= self.eval_fraction < 1:
+            raise AfdError(f"option 'eval_fraction' must be in [0, 1); got {self.eval_fraction}")
+        for name in ("batch_size", "grad_accum", "max_length", "max_prompt_length"):
+            if getattr(self, name) < 1:
+                raise AfdError(f"option '{name}' must be at least 1; got {getattr(self, name)}")
+        if self.lora_r < 0:
+            raise AfdError(f"option 'lora_r' must be 0 (full fine-tuning) or a positive rank; got {self.lora_r}")
+        from transformers import SchedulerType
+
+        check_choice("lr_scheduler", self.lr_scheduler, tuple(s.value for s in SchedulerType))
+        if self.max_prompt_length >= self.max_length:
+            raise AfdError("option 'max_prompt_length' must be smaller than 'max_length'")
+
+
+class TokenRate(TrainerCallback):
+    """Non-padding tokens per second of one ``train()`` call (a resumed run counts its own)."""
+
+    tokens, rate = 0, None
+
+    def on_train_begin(self, args, state, control, **kw):
+        self.start_tokens, self.start = state.num_input_tokens_seen, time.time()
+
+    def on_train_end(self, args, state, control, **kw):
+        self.tokens = state.num_input_tokens_seen - self.start_tokens
+        self.rate = self.tokens / max(time.time() - self.start, 1e-9)
+
+
+class PadCollator:
+    """Right-pads a batch; padded positions are masked and carry label -100."""
+
+    def __init__(self, pad_id: int):
+        self.pad_id = pad_id
+
+    def __call__(self, batch: list[dict]) -> dict[str, torch.Tensor]:
+        width = max(len(b["input_ids"]) for b in batch)
+        out = {k: torch.full((len(batch), width), v, dtype=torch.long)
+               for k, v in (("input_ids", self.pad_id), ("labels", -100), ("attention_mask", 0))}
+        for i, b in enumerate(batch):
+            n = len(b["input_ids"])
+            out["input_ids"][i, :n] = torch.tensor(b["input_ids"])
+            out["labels"][i, :n] = torch.tensor(b["labels"])
+            out["attention_mask"][i, :n] = 1
+        return out
+
+
+def apply_lora(model, cfg: TrainOptions, task_type: str = "CAUSAL_LM"):
+    from peft import LoraConfig, get_peft_model
+
+    targets = cfg.lora_target_modules
+    targets = targets if targets == "all-linear" else [t.strip() for t in targets.split(",")]
+    return get_peft_model(model, LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha,
+                                            lora_dropout=cfg.lora_dropout, target_modules=targets,
+                                            task_type=task_type))
+
+
+def _supports(cls, name: str) -> bool:
+    return name in inspect.signature(cls.__init__).parameters
+
+
+def training_arguments(cfg: TrainOptions, output_dir: Path, has_eval: bool, **extra):
+    """TrainingArguments from afd's options (names differ between transformers 4.x and 5)."""
+    from transformers import TrainingArguments
+
+    device = models.pick_device(cfg.device)
+    bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported() and cfg.dtype in ("auto", "bfloat16", "bf16")
+    fp16 = device.type == "cuda" and cfg.dtype in ("float16", "fp16")
+    # transformers 5 takes the warm-up ratio as a fractional warmup_steps
+    warmup = {"warmup_ratio" if _supports(TrainingArguments, "warmup_ratio") else "warmup_steps": cfg.warmup_ratio}
+    if cfg.gradient_checkpointing:
+        name = "activation_checkpointing" if _supports(TrainingArguments, "activation_checkpointing") \
+            else "gradient_checkpointing"
+        extra[name] = True
+    return TrainingArguments(
+        output_dir=str(output_dir), num_train_epochs=cfg.epochs, max_steps=cfg.max_steps,
+        learning_rate=cfg.lr, lr_scheduler_type=cfg.lr_scheduler, weight_decay=cfg.weight_decay,
+        per_device_train_batch_size=cfg.batch_size, per_device_eval_batch_size=cfg.batch_size,
+        gradient_accumulation_steps=cfg.grad_accum, bf16=bf16, fp16=fp16,
+        use_cpu=device.type == "cpu", seed=cfg.seed, data_seed=cfg.seed,
+        logging_steps=cfg.logging_steps, save_strategy="steps", save_steps=cfg.save_steps,
+        save_total_limit=2, eval_strategy="steps" if has_eval and cfg.eval_steps > 0 else "no",
+        eval_steps=cfg.eval_steps or None, report_to="none", remove_unused_columns=False,
+        dataloader_num_workers=0, include_num_input_tokens_seen="non_padding", **warmup, **extra)
+
+
+def save_model(model, tokenizer, folder: Path) -> None:
+    """Save a plain HF folder (LoRA adapters merged in), loadable by any tool."""
+    if hasattr(model, "merge_and_unload"):
+        model = model.merge_and_unload()
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+
+
+def loss_plot(log_history: list[dict], path: Path, ylabel: str = "token-level NLL (nats)",
+              title: str = "SFT loss") -> None:
+    from afd.plots import line_plot
+
+    train = [(h["step"], h["loss"]) for h in log_history if "loss" in h]
+    evals = [(h["step"], h["eval_loss"]) for h in log_history if "eval_loss" in h]
+    series = {name: ([s for s, _ in pts], [v for _, v in pts]) for name, pts in
+              (("train loss", train), ("eval loss", evals)) if pts}
+    if series:
+        line_plot(path, series, "optimiser step", ylabel, title)

@@ -1,0 +1,75 @@
+"""Best-of-N: the one-pool estimator against brute-force subset enumeration, and the stage."""
+
+import itertools
+import json
+import math
+import random
+
+import pytest
+
+from afd.bon import BonConfig, bon, bon_curve, bon_expectation, bon_kl, bon_weights
+
+
+def brute_force(proxy, gold, n):
+    """Average over every n-subset of the gold of its proxy-best, ties split evenly."""
+    total, count = 0.0, 0
+    for subset in itertools.combinations(range(len(proxy)), n):
+        top = max(proxy[i] for i in subset)
+        best = [i for i in subset if proxy[i] == top]
+        total += sum(gold[i] for i in best) / len(best)
+        count += 1
+    return total / count
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_estimator_equals_subset_enumeration(seed):
+    rng = random.Random(seed)
+    m = rng.randint(1, 9)
+    # coarse proxy values so that ties occur
+    proxy = [rng.choice([0.0, 0.5, 1.0, 1.5, 2.0]) if seed % 2 else rng.random() for _ in range(m)]
+    gold = [rng.gauss(0, 1) for _ in range(m)]
+    for n in range(1, m + 1):
+        assert bon_expectation(proxy, gold, n) == pytest.approx(brute_force(proxy, gold, n), abs=1e-12)
+
+
+def test_estimator_endpoints():
+    proxy, gold = [3.0, 1.0, 2.0], [10.0, 20.0, 30.0]
+    assert bon_expectation(proxy, gold, 1) == pytest.approx(20.0)  # N=1 is the plain mean
+    assert bon_expectation(proxy, gold, 3) == pytest.approx(10.0)  # N=M is the proxy's argmax
+
+
+def test_weights_sum_to_one_and_kl():
+    for m, n in [(1, 1), (5, 2), (50, 10), (200, 200)]:
+        assert sum(bon_weights(m, n)) == pytest.approx(1.0)
+    assert bon_kl(1) == 0.0
+    assert bon_kl(16) == pytest.approx(math.log(16) - 15 / 16)
+    with pytest.raises(ValueError):
+        bon_weights(3, 4)
+
+
+def test_curve_averages_prompts():
+    rows = [{"prompt_id": p, "sample_index": i, "proxy": float(i), "gold": float(i + 10 * p)}
+            for p in range(2) for i in range(4)]
+    curve = bon_curve(rows, "proxy", "gold")
+    assert list(curve) == [1, 2, 4]
+    assert curve[1] == pytest.approx(6.5)   # mean gold
+    assert curve[4] == pytest.approx(8.0)   # best sample (index 3) of each prompt: 3 and 13
+
+
+def judge(prompts, responses):
+    """A python:MODULE:FUNCTION scorer for the stage test: longer is better."""
+    return [float(len(r)) for r in responses]
+
+
+def test_bon_stage_picks_the_best_of_the_first_n(tmp_path):
+    pool = tmp_path / "pool.jsonl"
+    rows = [{"prompt_id": f"p{p}", "prompt": [{"role": "user", "content": f"q{p}"}], "sample_index": i,
+             "response": "x" * ((i * 7 + p) % 5 + 1)} for p in range(3) for i in range(4)]
+    pool.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    m = bon(BonConfig(out=str(tmp_path / "run"), pool=str(pool), scorer="python:test_bon:judge", n=2))
+    chosen = [json.loads(x) for x in (tmp_path / "run" / "bon" / "chosen.jsonl").read_text().splitlines()]
+    assert len(chosen) == 3 and m["n"] == 2
+    for c in chosen:
+        first_two = [r for r in rows if r["prompt_id"] == c["prompt_id"] and r["sample_index"] < 2]
+        assert c["response"] == max(first_two, key=lambda r: len(r["response"]))["response"]
+    assert m["kl_bon_nats"] == pytest.approx(bon_kl(2))

@@ -1,0 +1,140 @@
+"""Reward models: the losses by hand, the metrics, and the stage on tiny-random."""
+
+import json
+import math
+
+import pytest
+import torch
+
+from conftest import WORDS, user, write_jsonl
+from afd.reward import (Example, RewardConfig, auc, bt_pairs, pair_accuracy, reward, reward_loss,
+                        split_groups)
+
+
+def test_bce_loss_by_hand():
+    r = torch.tensor([2.0, -1.0])
+    y = torch.tensor([1.0, 0.0])
+    expected = -(math.log(1 / (1 + math.exp(-2.0))) + math.log(1 - 1 / (1 + math.exp(1.0)))) / 2
+    assert reward_loss(r, y).item() == pytest.approx(expected, rel=1e-6)
+
+
+def test_bt_loss_by_hand():
+    # rows: [chosen_1, chosen_2, rejected_1, rejected_2]
+    r = torch.tensor([1.0, 0.0, -1.0, 0.5])
+    expected = (math.log(1 + math.exp(-2.0)) + math.log(1 + math.exp(0.5))) / 2
+    assert reward_loss(r, None).item() == pytest.approx(expected, rel=1e-6)
+
+
+def test_auc_against_pair_counting():
+    scores = [0.1, 0.4, 0.35, 0.8, 0.4, 0.2]
+    labels = [0, 0, 1, 1, 1, 0]
+    pos = [s for s, l in zip(scores, labels) if l]
+    neg = [s for s, l in zip(scores, labels) if not l]
+    brute = sum(1.0 if p > n else 0.5 if p == n else 0.0 for p in pos for n in neg) / (len(pos) * len(neg))
+    assert auc(scores, labels) == pytest.approx(brute)
+    assert auc([1.0, 2.0], [1, 1]) is None
+    assert pair_accuracy([1.0, 2.0, 3.0], [0.0, 2.0, 4.0]) == pytest.approx(0.5)
+
+
+def test_split_keeps_prompts_whole_and_pairs_stay_within_prompts():
+    items = [Example([user(w)], f"r{i}", float(i % 2), w) for w in WORDS[:10] for i in range(4)]
+    train, held = split_groups(items, 0.3, seed=0)
+    assert {e.group for e in train}.isdisjoint({e.group for e in held}) and len(held) == 12
+    pairs = bt_pairs(items, seed=0)
+    assert len(pairs) == 20 and all(c.group == r.group and c.label == 1 and r.label == 0 for c, r in pairs)
+
+
+def pool_rows(words, response):
+    return [{"prompt_id": w, "prompt": [user(f"Talk about {w}")], "sample_index": i, "response": response(w, i)}
+            for w in words for i in range(2)]
+
+
+@pytest.fixture
+def pools(tmp_path):
+    """An SFT pool that always answers politely and an initial pool that does not."""
+    words = WORDS[:16]
+    sft = write_jsonl(tmp_path / "sft.jsonl", pool_rows(words, lambda w, i: f"Thank you, the {w} is lovely."))
+    init = write_jsonl(tmp_path / "init.jsonl", pool_rows(words, lambda w, i: f"{w} {w} ugh bad {i}"))
+    pairs = write_jsonl(tmp_path / "pairs.jsonl", [
+        {"prompt": f"Talk about {w}", "chosen": f"Thank you, the {w} is lovely.", "rejected": f"{w} ugh bad"}
+        for w in WORDS[16:24]])
+    return sft, init, pairs
+
+
+def train(tmp_path, **kw):
+    cfg = dict(out=str(tmp_path / "run"), model="tiny-random", device="cpu", epochs=6, lr=3e-3, batch_size=8,
+               eval_fraction=0.25, max_length=96, max_prompt_length=64, logging_steps=1, save_steps=1000)
+    cfg.update(kw)
+    return reward(RewardConfig(**cfg))
+
+
+def test_init_sft_reward_model_separates_and_loads_as_a_classifier(tmp_path, pools):
+    sft, init, pairs = pools
+    m = train(tmp_path, variant="init-sft", sft_pool=sft, init_pool=init, eval_pairs=pairs)
+    assert m["eval_accuracy"] >= 0.9 and m["eval_auc"] >= 0.95 and m["eval_pair_accuracy"] == 1.0
+    assert m["pair_accuracy"] >= 0.9 and m["pairs"] == 8
+    assert m["eval_mean_reward_positive"] > 0 > m["eval_mean_reward_negative"]
+
+    from transformers import AutoModelForSequenceClassification, pipeline
+
+    folder = tmp_path / "run" / "reward" / "model"
+    model = AutoModelForSequenceClassification.from_pretrained(folder)
+    assert model.config.num_labels == 1 and model.config.afd["variant"] == "init-sft"
+    clf = pipeline("text-classification", model=str(folder), function_to_apply="none")
+    good, bad = clf(["Thank you, the moon is lovely.", "moon moon ugh bad"])
+    assert good["score"] > bad["score"]
+
+
+def test_bt_variant_and_pairwise_loss(tmp_path, pools):
+    sft, init, pairs = pools
+    m = train(tmp_path, variant="bt", data=pairs, eval_fraction=0.25)
+    assert m["loss"] == "bt" and m["eval_pair_accuracy"] == 1.0
+    m2 = train(tmp_path, variant="init-sft", loss="bt", sft_pool=sft, init_pool=init, stage_name="pairwise")
+    assert m2["loss"] == "bt" and m2["eval_pair_accuracy"] == 1.0
+
+
+def test_demo_variants_read_demonstrations(tmp_path, pools):
+    sft, init, _ = pools
+    demos = write_jsonl(tmp_path / "demos.jsonl", [
+        {"prompt": f"Talk about {w}", "completion": f"The {w}, thank you kindly."} for w in WORDS[:16]])
+    m = train(tmp_path, variant="init-demo", data=demos, init_pool=init)
+    assert m["train_examples"] + m["eval_examples"] == 16 + 32 and m["eval_auc"] >= 0.9
+    with pytest.raises(Exception, match="needs option 'data'"):
+        RewardConfig(variant="sft-demo", sft_pool=sft).validate()
+
+
+def test_density_ratio_scorer_is_a_difference_of_log_probs(tiny, tmp_path):
+    from afd.scorers import make_scorer
+    from afd.scoring import response_logprobs
+    from afd.sampling import HFEngine, row_seed
+    from afd import models
+
+    model, tok = tiny
+    prompts = [[user("hello there")], [user("a much longer prompt to force padding")]]
+    responses = ["general kenobi", "ok"]
+    lp = response_logprobs(model, tok, list(zip(prompts, responses)))
+    # teacher forcing one at a time, no padding
+    for (p, r), value in zip(zip(prompts, responses), lp):
+        ids = models.encode_prompt(tok, p) + models.encode_response(tok, p, r)
+        n = len(models.encode_response(tok, p, r))
+        with torch.no_grad():
+            logp = model(torch.tensor([ids])).logits[0].log_softmax(-1)
+        manual = sum(logp[len(ids) - n - 1 + j, ids[len(ids) - n + j]].item() for j in range(n))
+        assert value == pytest.approx(manual, abs=1e-4)
+    # a policy against itself has density ratio 0
+    same = make_scorer("density-ratio:tiny-random,tiny-random", device="cpu")(prompts, responses)
+    assert same == pytest.approx([0.0, 0.0], abs=1e-6)
+    # and the sampler's recorded log-prob is what scoring computes for the same tokens
+    engine = HFEngine(model, tok, models.stop_token_ids(model, tok))
+    c = engine.generate([models.encode_prompt(tok, prompts[0])], [[row_seed(0, "x", 0)]], 12)[0][0]
+    if c.finish_reason == "stop":
+        text = models.decode_response(tok, prompts[0], c.token_ids)
+        assert response_logprobs(model, tok, [(prompts[0], text)])[0] == pytest.approx(c.logprob, abs=1e-3)
+
+
+def test_unknown_scorer_is_one_sentence():
+    from afd.errors import AfdError
+    from afd.scorers import make_scorer
+
+    with pytest.raises(AfdError, match="unknown scorer 'nonsense'"):
+        make_scorer("nonsense")
