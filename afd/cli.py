@@ -45,7 +45,9 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Any]]:
     stages = registry()
     helps = {"sft": "supervised fine-tuning on demonstrations (forward-KL imitation)",
              "sample": "K samples per prompt from a policy into a sample pool",
-             "reward": "train a reward model: IRL classifier (init-sft, init-demo, sft-demo) or preference bt"}
+             "reward": "train a reward model: IRL classifier (init-sft, init-demo, sft-demo) or preference bt",
+             "bon": "Best-of-N: keep each prompt's best sample under a reward",
+             "eval": "golden evaluation of policies and Best-of-N curves from one pool"}
     for kind, (cls, _, _) in stages.items():
         _add_options(sub.add_parser(kind, help=helps.get(kind), description=helps.get(kind)), cls)
     run = sub.add_parser("run", help="run the stages of a pipeline YAML, each cached in the run folder")

@@ -15,6 +15,7 @@ The stage functions do the work; this file only resolves options and calls them.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any, Callable
 
@@ -24,6 +25,8 @@ from afd.errors import ConfigError
 
 def registry() -> dict[str, tuple[type, Callable[[Any], dict], Callable[[Path], str]]]:
     """kind -> (config class, stage function, artifact of a stage folder)."""
+    from afd.bon import BonConfig, bon
+    from afd.eval import EvalConfig, evaluate
     from afd.reward import RewardConfig, reward
     from afd.sampling import POOL, SampleConfig, sample
     from afd.sft import SFTConfig, sft
@@ -32,19 +35,31 @@ def registry() -> dict[str, tuple[type, Callable[[Any], dict], Callable[[Path], 
         "sft": (SFTConfig, sft, lambda p: str(p / "model")),
         "sample": (SampleConfig, sample, lambda p: str(p / POOL)),
         "reward": (RewardConfig, reward, lambda p: str(p / "model")),
+        "bon": (BonConfig, bon, lambda p: str(p / "chosen.jsonl")),
+        "eval": (EvalConfig, evaluate, lambda p: str(p / "report.md")),
     }
 
 
-def resolve_refs(options: dict[str, Any], out: Path, artifacts: dict[str, str], where: str) -> dict[str, Any]:
-    resolved = {}
-    for key, value in options.items():
-        if isinstance(value, str) and value.startswith("@"):
-            name = value[1:]
-            if name not in artifacts:
-                raise ConfigError(f"{where}: option '{key}' refers to stage '{name}', which is not an earlier stage")
-            value = artifacts[name]
-        resolved[key] = value
-    return resolved
+REF = re.compile(r"@([A-Za-z0-9_.\-]+)")
+
+
+def resolve_refs(options: dict[str, Any], artifacts: dict[str, str], where: str) -> dict[str, Any]:
+    """Replace "@NAME" by the artifact of earlier stage NAME: a whole value must name an
+    earlier stage; inside a longer string (``density-ratio:@sft,tiny-random``) or a mapping's
+    values, known names are replaced."""
+
+    def sub(key: str, value: Any) -> Any:
+        if isinstance(value, dict):
+            return {k: sub(key, v) for k, v in value.items()}
+        if not isinstance(value, str) or "@" not in value:
+            return value
+        whole = REF.fullmatch(value)
+        if whole and whole.group(1) not in artifacts:
+            raise ConfigError(f"{where}: option '{key}' refers to stage '{whole.group(1)}', "
+                              f"which is not an earlier stage")
+        return REF.sub(lambda m: artifacts.get(m.group(1), m.group(0)), value)
+
+    return {key: sub(key, value) for key, value in options.items()}
 
 
 def plan(config_path: str, overrides: dict[str, Any] | None = None, out: str | None = None) -> list[tuple[str, str, Any]]:
@@ -77,7 +92,7 @@ def plan(config_path: str, overrides: dict[str, Any] | None = None, out: str | N
         merged = {k: v for k, v in shared.items() if k in known}
         merged.update(options)
         merged.update(out=str(out), stage_name=name)
-        cfg = from_dict(cls, resolve_refs(merged, out, artifacts, where), where)
+        cfg = from_dict(cls, resolve_refs(merged, artifacts, where), where)
         artifacts[name] = artifact(out / name)
         result.append((name, kind, cfg))
     return result
