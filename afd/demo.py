@@ -1,0 +1,66 @@
+"""``afd demo``: AfD end to end, offline, on the default model, in minutes on a laptop CPU.
+
+The task: write short, glowing film reviews. Demonstrations come from a demonstrator, the
+same SmolLM2-135M-Instruct given an expert instruction that the student never sees
+(``afd demonstrate``). The student (pi_0, the plain model) is fine-tuned on them (SFT), both
+policies are sampled, an ``init-sft`` IRL reward model learns to tell pi_sft's samples from
+pi_0's (on a small encoder, MiniLM-L6, to stay fast), and Best-of-N with that reward and with
+the density ratio log pi_sft - log pi_0 is evaluated by an independent golden judge, VADER
+sentiment, on held-out prompts. Reward-model pools use the 48 training prompts; evaluation
+uses 32 other prompts, so no BoN pool was ever trained on.
+
+The pipeline is written to ``OUT/demo.yaml``: ``afd run OUT/demo.yaml`` reruns it, and a copy
+is the starting point for one's own model and data.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+
+RECIPES = Path(__file__).resolve().parent / "recipes"
+
+INSTRUCTION = ("You are an enthusiastic film critic who loves cinema. Write warm, glowing, joyful "
+               "reviews full of praise.")
+
+
+def demo_config(out: str = "runs/demo", model: str = "smollm2-135m-instruct",
+                reward_backbone: str = "minilm-l6") -> dict:
+    train = str(RECIPES / "demo_prompts_train.jsonl")
+    held_out = str(RECIPES / "demo_prompts_eval.jsonl")
+    pool = {"kind": "sample", "max_new_tokens": 80, "max_prompt_length": 256}
+    return {
+        "out": out, "seed": 0, "model": model,
+        "stages": {
+            "demonstrate": {"data": train, "instruction": INSTRUCTION, "num_samples": 1, "max_new_tokens": 128,
+                            "temperature": 0.7},
+            "sft": {"data": "@demonstrate", "epochs": 3, "lr": 1.0e-4, "batch_size": 8, "eval_fraction": 0.1,
+                    "max_length": 256, "max_prompt_length": 128, "logging_steps": 1},
+            "rm_pool_init": {**pool, "data": train, "num_samples": 4},
+            "rm_pool_sft": {**pool, "model": "@sft", "data": train, "num_samples": 4},
+            "reward": {"variant": "init-sft", "model": reward_backbone, "init_pool": "@rm_pool_init",
+                       "sft_pool": "@rm_pool_sft", "epochs": 3, "lr": 5.0e-5, "batch_size": 16,
+                       "eval_fraction": 0.15, "max_length": 256, "max_prompt_length": 128, "logging_steps": 2},
+            "sample_init": {**pool, "data": held_out, "num_samples": 8},
+            "sample_sft": {**pool, "model": "@sft", "data": held_out, "num_samples": 8},
+            "eval": {"golden": "vader", "pools": {"init": "@sample_init", "sft": "@sample_sft"},
+                     "proxies": {"init-sft": "@reward", "density-ratio": f"density-ratio:@sft,{model}"},
+                     "demos": "@demonstrate"},
+        },
+    }
+
+
+def run_demo(out: str = "runs/demo", force: bool = False) -> dict:
+    from afd.pipeline import run
+
+    config = demo_config(out)
+    Path(out).mkdir(parents=True, exist_ok=True)
+    (Path(out) / "demo.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    results = run(config, {"force": True} if force else None,
+                  report=lambda name, m: print(f"[{name}] done in {m.get('seconds', 0):.0f} s", flush=True))
+    print()
+    print((Path(out) / "eval" / "report.md").read_text())
+    print(f"Plots and the full report: {Path(out) / 'eval'}/ (bon_gold_vs_n.png, bon_win_rate.png, "
+          f"bon_gold_vs_kl.png, proxy_vs_gold.png, report.md)")
+    return results
