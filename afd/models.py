@@ -245,6 +245,18 @@ def encode_prompt(tokenizer, messages: list[dict], template: str = "auto") -> li
     return tokenizer(render_raw(messages), add_special_tokens=True)["input_ids"]
 
 
+def encode_prompt_within(tokenizer, messages: list[dict], template: str, max_prompt_length: int,
+                         long_prompts: str, name: str) -> list[int] | None:
+    """:func:`encode_prompt`, or None for a prompt over ``max_prompt_length`` tokens when the
+    rule ``long_prompts`` is "drop" (the caller counts it); "error" stops, naming ``name``."""
+    ids = encode_prompt(tokenizer, messages, template)
+    if len(ids) <= max_prompt_length:
+        return ids
+    if long_prompts == "error":
+        raise AfdError(f"{name} has {len(ids)} tokens, over max_prompt_length={max_prompt_length}")
+    return None
+
+
 def raw_separator(messages: list[dict]) -> str:
     """In raw mode a reply to a conversation follows ``Assistant:`` after one space; a reply
     to a lone text prompt is its verbatim continuation (TRL's prompt-completion rule)."""

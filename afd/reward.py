@@ -123,10 +123,9 @@ def bt_pairs(items: list[Example], seed: int) -> list[tuple[Example, Example]]:
 
 def encode(tokenizer, prompt, response, cfg) -> list[int] | None:
     """Classifier input ids, or None when the prompt is over-long (dropped, or an error)."""
-    p = models.encode_prompt(tokenizer, prompt, cfg.template)
-    if len(p) > cfg.max_prompt_length:
-        if cfg.long_prompts == "error":
-            raise AfdError(f"a prompt of {len(p)} tokens is over max_prompt_length={cfg.max_prompt_length}")
+    p = models.encode_prompt_within(tokenizer, prompt, cfg.template, cfg.max_prompt_length, cfg.long_prompts,
+                                    "a reward-model prompt")
+    if p is None:
         return None
     return (p + models.encode_response(tokenizer, prompt, response, cfg.template))[: cfg.max_length]
 

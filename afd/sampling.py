@@ -373,11 +373,9 @@ def sample(cfg: SampleConfig, kind: str = "sample") -> dict:
     engine, tok = make_engine(cfg)
     encoded, dropped = [], 0
     for p in prompts:
-        ids = models.encode_prompt(tok, p.prompt, cfg.template)
-        if len(ids) > cfg.max_prompt_length:
-            if cfg.long_prompts == "error":
-                raise AfdError(f"prompt '{p.id}' in {cfg.data} has {len(ids)} tokens, over "
-                               f"max_prompt_length={cfg.max_prompt_length}")
+        ids = models.encode_prompt_within(tok, p.prompt, cfg.template, cfg.max_prompt_length,
+                                          cfg.long_prompts, f"prompt '{p.id}' in {cfg.data}")
+        if ids is None:
             dropped += 1
             continue
         encoded.append((p, ids))

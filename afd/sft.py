@@ -40,11 +40,9 @@ def tokenize_demos(tokenizer, demos, cfg) -> tuple[list[dict], dict]:
     """input_ids / labels per demonstration (labels = -100 on the prompt), with counts."""
     rows, dropped, truncated = [], 0, 0
     for d in demos:
-        p = models.encode_prompt(tokenizer, d.prompt, cfg.template)
-        if len(p) > cfg.max_prompt_length:
-            if cfg.long_prompts == "error":
-                raise AfdError(f"demonstration '{d.id}' in {cfg.data} has a prompt of {len(p)} tokens, "
-                               f"over max_prompt_length={cfg.max_prompt_length}")
+        p = models.encode_prompt_within(tokenizer, d.prompt, cfg.template, cfg.max_prompt_length,
+                                        cfg.long_prompts, f"the prompt of demonstration '{d.id}' in {cfg.data}")
+        if p is None:
             dropped += 1
             continue
         r = models.encode_response(tokenizer, d.prompt, d.response, cfg.template)
