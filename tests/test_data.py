@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import assistant, system, user, write_jsonl
 from afd.data import (DataConfig, Demo, Pair, load_demos, load_pairs, load_prompts,
                       pairs_to_demos, parse_hh_transcript, read_rows, split)
 from afd.errors import AfdError, DataError
@@ -16,21 +17,6 @@ HH_FILE = SHARED_DATA / "hh-rlhf_harmless-base_test.jsonl.gz"
 IMDB_FILE = SHARED_DATA / "imdb_subset.csv"
 
 
-def user(text):
-    return {"role": "user", "content": text}
-
-
-def assistant(text):
-    return {"role": "assistant", "content": text}
-
-
-def system(text):
-    return {"role": "system", "content": text}
-
-
-def write_jsonl(path, rows):
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return str(path)
 
 
 def load_error(loader, path, **options):
