@@ -5,7 +5,7 @@ sample pools. For each policy pool it reports the mean golden reward with a 95% 
 (over prompts), the reward normalised so that the demonstrations score 1.0 (as in the paper),
 and the fraction of the gap from the initial policy to the demonstrations that is closed.
 For each proxy reward (a trained reward model, the density ratio, ...) it applies Best-of-N
-to one pool (``bon_pool``, default the SFT pool) and reports, for N = 1, 2, 4, ... up to the
+to one pool (``bon_policy``, default the SFT pool) and reports, for N = 1, 2, 4, ... up to the
 pool size and from that one pool with the unbiased estimator of ``afd.bon``:
 
 - the golden reward of BoN_N, against N and against KL = log N - (N-1)/N;
@@ -36,9 +36,9 @@ class EvalConfig(StageOptions):
     golden: str = opt("vader", "golden scorer: vader, a reward-model folder, rm:ID, or python:MODULE:FN")
     pools: dict = opt({}, "policy name -> sample pool, e.g. init=runs/x/sample_init,sft=runs/x/sample_sft")
     proxies: dict = opt({}, "proxy reward name -> scorer for Best-of-N, e.g. init-sft=runs/x/reward/model")
-    bon_pool: str = opt("sft", "which of the pools Best-of-N draws from")
+    bon_policy: str = opt("sft", "the policy (one of pools) whose pool Best-of-N draws from")
     baseline: str = opt("sft", "policy that win rates are measured against")
-    init_pool: str = opt("init", "policy whose golden reward is the 0 of gap_closed")
+    init_policy: str = opt("init", "policy whose golden reward is the 0 of gap_closed")
     demos: str = opt("", "demonstrations (any demo format): golden reward 1.0 of the normalisation")
     max_demos: int | None = opt(None, "use only the first N demonstrations")
     template: str = opt("auto", "prompt rendering for model-based scorers")
@@ -48,8 +48,8 @@ class EvalConfig(StageOptions):
     def validate(self) -> None:
         if not self.pools:
             raise AfdError("afd eval needs option 'pools': name=pool for each policy")
-        if self.proxies and self.bon_pool not in self.pools:
-            raise AfdError(f"option 'bon_pool' is '{self.bon_pool}', which is not one of the pools "
+        if self.proxies and self.bon_policy not in self.pools:
+            raise AfdError(f"option 'bon_policy' is '{self.bon_policy}', which is not one of the pools "
                            f"({', '.join(self.pools)})")
 
 
@@ -136,13 +136,13 @@ def evaluate(cfg: EvalConfig) -> dict:
         score_pool(rows, cfg.golden, "gold", **kw)
         demo_gold, ci = mean_ci([r["gold"] for r in rows])
         policies["demonstrations"] = {"gold": demo_gold, "gold_ci95": ci, "samples": len(rows)}
-    init_gold = policies.get(cfg.init_pool, {}).get("gold")
+    init_gold = policies.get(cfg.init_policy, {}).get("gold")
     for p in policies.values():
         normalise(p, demo_gold, init_gold)
 
     bon_results = {}
     if cfg.proxies:
-        rows = pools[cfg.bon_pool]
+        rows = pools[cfg.bon_policy]
         baseline = pools.get(cfg.baseline)
         if baseline is not None:
             win_values(rows, baseline)
@@ -166,8 +166,8 @@ def evaluate(cfg: EvalConfig) -> dict:
             entry["gap_closed"] = [gap(x, demo_gold, init_gold) for x in entry["gold"]]
             bon_results[name] = entry
         plots(stage.path, bon_results, policies, cfg)
-    metrics = {"golden": cfg.golden, "policies": policies, "bon_pool": cfg.bon_pool, "baseline": cfg.baseline,
-               "bon": bon_results}
+    metrics = {"golden": cfg.golden, "policies": policies, "bon_policy": cfg.bon_policy,
+               "baseline": cfg.baseline, "bon": bon_results}
     (stage.path / "report.md").write_text(report(metrics))
     return stage.finish(metrics)
 
@@ -187,7 +187,8 @@ def plots(folder, bon_results: dict, policies: dict, cfg: EvalConfig) -> None:
     from afd.plots import line_plot
 
     line_plot(folder / "bon_gold_vs_n.png", {k: (v["n"], v["gold"]) for k, v in bon_results.items()},
-              "N (Best-of-N)", f"golden reward ({cfg.golden})", f"Best-of-N from the {cfg.bon_pool} pool", logx=True)
+              "N (Best-of-N)", f"golden reward ({cfg.golden})", f"Best-of-N from the {cfg.bon_policy} pool",
+              logx=True)
     line_plot(folder / "bon_gold_vs_kl.png", {k: (v["kl"], v["gold"]) for k, v in bon_results.items()},
               "KL(BoN || sampler), nats", f"golden reward ({cfg.golden})", "golden reward against KL")
     if any("win_rate" in v for v in bon_results.values()):
@@ -214,7 +215,7 @@ def report(m: dict) -> str:
         lines.append(f"| {name} | {_f(p['gold'])} | ±{_f(p['gold_ci95'])} | {_f(p['normalised'])} | "
                      f"{_f(p['gap_closed'])} | {p['samples']} |")
     if m["bon"]:
-        lines += ["", f"## Best-of-N from the {m['bon_pool']} pool (one-pool unbiased estimates)", ""]
+        lines += ["", f"## Best-of-N from the {m['bon_policy']} pool (one-pool unbiased estimates)", ""]
         for name, b in m["bon"].items():
             lines += [f"### proxy: {name} (Spearman proxy/gold over the pool: {_f(b['spearman_proxy_gold'])})", "",
                       "| N | KL (nats) | golden reward | gap closed | win rate vs " + m["baseline"] +
