@@ -138,3 +138,10 @@ def test_unknown_scorer_is_one_sentence():
 
     with pytest.raises(AfdError, match="unknown scorer 'nonsense'"):
         make_scorer("nonsense")
+
+
+def test_vader_scorer_ranks_sentiment():
+    from afd.scorers import make_scorer
+
+    good, bad = make_scorer("vader")([[user("q")]] * 2, ["What a wonderful, joyful film!", "Awful, boring and sad."])
+    assert good > 0.5 and bad < -0.5
