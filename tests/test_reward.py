@@ -1,6 +1,5 @@
 """Reward models: the losses by hand, the metrics, and the stage on tiny-random."""
 
-import json
 import math
 
 import pytest
