@@ -19,9 +19,11 @@ equals an uninterrupted run's. With ``backend: vllm`` (when vLLM is installed) g
 handed to vLLM, which users scale to; the pool format is the same.
 
 Pool row: ``prompt_id, prompt, sample_index, response, num_tokens, finish_reason ("stop" or
-"length"), seed, logprob`` where ``num_tokens`` counts the response tokens without EOS and ``logprob`` is the summed log-probability of the response
-tokens (EOS included when it was sampled) under the distribution they were sampled from
-(the model's, after temperature / top-k / top-p).
+"length"), seed, logprob, token_ids`` where ``num_tokens`` counts the response tokens without
+EOS, ``logprob`` is the summed log-probability of the response tokens (EOS included when it
+was sampled) under the distribution they were sampled from (the model's, after temperature /
+top-k / top-p), and ``token_ids`` are the sampled tokens themselves, the stop token last when
+one was sampled (decoding and re-encoding text need not give them back exactly).
 """
 
 from __future__ import annotations
@@ -84,6 +86,7 @@ class Completion:
     token_ids: list[int]
     logprob: float
     finish_reason: str  # "stop" | "length"
+    stop_id: int | None = None  # the stop token sampled, when finish_reason is "stop"
 
 
 # --------------------------------------------------------------------------- the HF engine
@@ -259,7 +262,8 @@ class HFEngine:
             for j in range(k):
                 r = i * k + j
                 row.append(Completion(tokens[r, : length[r]].tolist(), float(logprob[r]),
-                                      "stop" if stopped[r] else "length"))
+                                      "stop" if stopped[r] else "length",
+                                      int(tokens[r, length[r]]) if stopped[r] else None))
             result.append(row)
         return result
 
@@ -406,7 +410,8 @@ def sample(cfg: SampleConfig, kind: str = "sample") -> dict:
                 rows.append({"prompt_id": p.id, "prompt": p.prompt, "sample_index": j,
                              "response": models.decode_response(tok, p.prompt, c.token_ids, cfg.template),
                              "num_tokens": len(c.token_ids), "finish_reason": c.finish_reason,
-                             "seed": s, "logprob": c.logprob})
+                             "seed": s, "logprob": c.logprob,
+                             "token_ids": c.token_ids + ([c.stop_id] if c.stop_id is not None else [])})
                 new_tokens += len(c.token_ids)
         pool.write(rows)
         bar.update(len(rows))

@@ -19,15 +19,17 @@ from afd import models
 
 
 @torch.inference_mode()
-def response_logprobs(model, tokenizer, items: list[tuple[list[dict], str]], template: str = "auto",
+def response_logprobs(model, tokenizer, items: list[tuple[list[dict], str | list[int]]], template: str = "auto",
                       batch_size: int = 16, per_token: bool = False, progress: str | None = None):
     """Summed log-probability of each ``(prompt messages, response)``; with ``per_token``,
-    also the list of per-token log-probs (EOS last)."""
+    also the list of per-token log-probs (EOS last). A response given as a list of token ids
+    is scored as exactly those tokens (no EOS added)."""
     from tqdm.auto import tqdm
 
     device = next(model.parameters()).device
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    encoded = [(models.encode_prompt(tokenizer, m, template), models.encode_response(tokenizer, m, r, template))
+    encoded = [(models.encode_prompt(tokenizer, m, template),
+                list(r) if isinstance(r, list) else models.encode_response(tokenizer, m, r, template))
                for m, r in items]
     order = sorted(range(len(encoded)), key=lambda i: -sum(map(len, encoded[i])))
     sums: list[float] = [0.0] * len(encoded)

@@ -58,8 +58,10 @@ class VLLMEngine:
             o = out.outputs[0]
             tokens = list(o.token_ids)
             stopped = o.finish_reason == "stop"
+            stop_id = None
             if stopped and tokens and tokens[-1] in self.stop_ids:
-                tokens = tokens[:-1]  # afd's rows keep EOS out of the response tokens
-            flat.append(Completion(tokens, float(o.cumulative_logprob or 0.0), "stop" if stopped else "length"))
+                stop_id = tokens.pop()  # afd's rows keep EOS out of the response tokens
+            flat.append(Completion(tokens, float(o.cumulative_logprob or 0.0), "stop" if stopped else "length",
+                                   stop_id))
         k = len(seeds[0]) if seeds else 0
         return [flat[i * k:(i + 1) * k] for i in range(len(prompts))]

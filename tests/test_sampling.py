@@ -289,7 +289,8 @@ def test_engine_greedy_matches_step_by_step_argmax(tiny):
 # ---------------------------------------------------------------------------------------------
 # The sample stage
 
-ROW_FIELDS = {"prompt_id", "prompt", "sample_index", "response", "num_tokens", "finish_reason", "seed", "logprob"}
+ROW_FIELDS = {"prompt_id", "prompt", "sample_index", "response", "num_tokens", "finish_reason", "seed", "logprob",
+              "token_ids"}
 
 
 def sample_config(out, data, **options):
@@ -310,6 +311,7 @@ def test_sample_writes_a_pool_and_metrics(tmp_path, prompts_file):
         assert set(r) == ROW_FIELDS
         assert r["prompt"] == expected_prompts[r["prompt_id"]]
         assert r["sample_index"] in (0, 1, 2)
+        assert len(r["token_ids"]) == r["num_tokens"] + (r["finish_reason"] == "stop")  # the stop token last
         assert r["seed"] == row_seed(5, r["prompt_id"], r["sample_index"])
         assert isinstance(r["response"], str)
         assert r["finish_reason"] in ("stop", "length")
