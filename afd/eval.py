@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from pathlib import Path
 
 from afd.bon import bon_curve, bon_kl, group_by_prompt, powers_of_two, score_pool
 from afd.config import opt
@@ -41,6 +42,7 @@ class EvalConfig(StageOptions):
     init_policy: str = opt("init", "policy whose golden reward is the 0 of gap_closed")
     demos: str = opt("", "demonstrations (any demo format): golden reward 1.0 of the normalisation")
     max_demos: int | None = opt(None, "use only the first N demonstrations")
+    kl_reference: str = opt("", "policy (e.g. the SFT model) to estimate each pool's KL(policy || it) against")
     template: str = opt("auto", "prompt rendering for model-based scorers")
     device: str = opt("auto", "device for model-based scorers")
     batch_size: int = opt(16, "scoring batch size")
@@ -61,6 +63,16 @@ def mean_ci(values: list[float]) -> tuple[float, float]:
         return mean, float("nan")
     var = sum((v - mean) ** 2 for v in values) / (n - 1)
     return mean, 1.96 * math.sqrt(var / n)
+
+
+def wilson_interval(p: float, n: int) -> tuple[float, float]:
+    """95% Wilson score interval for a proportion p observed on n trials."""
+    if n <= 0:
+        return float("nan"), float("nan")
+    z = 1.96
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return centre - half, centre + half
 
 
 def per_prompt_means(rows: list[dict], key: str) -> list[float]:
@@ -136,6 +148,9 @@ def evaluate(cfg: EvalConfig) -> dict:
         score_pool(rows, cfg.golden, "gold", **kw)
         demo_gold, ci = mean_ci([r["gold"] for r in rows])
         policies["demonstrations"] = {"gold": demo_gold, "gold_ci95": ci, "samples": len(rows)}
+    if cfg.kl_reference:
+        for name, rows in pools.items():
+            policies[name].update(kl_to_reference(rows, cfg.pools[name], cfg))
     init_gold = policies.get(cfg.init_policy, {}).get("gold")
     for p in policies.values():
         normalise(p, demo_gold, init_gold)
@@ -166,10 +181,43 @@ def evaluate(cfg: EvalConfig) -> dict:
             entry["gap_closed"] = [gap(x, demo_gold, init_gold) for x in entry["gold"]]
             bon_results[name] = entry
         plots(stage.path, bon_results, policies, cfg)
-    metrics = {"golden": cfg.golden, "policies": policies, "bon_policy": cfg.bon_policy,
+    if cfg.kl_reference:
+        policy_plot(stage.path / "gold_vs_kl.png", policies, bon_results, cfg)
+    metrics = {"golden": cfg.golden, "kl_reference": cfg.kl_reference or None, "policies": policies, "bon_policy": cfg.bon_policy,
                "baseline": cfg.baseline, "bon": bon_results}
     (stage.path / "report.md").write_text(report(metrics))
     return stage.finish(metrics)
+
+
+def kl_to_reference(rows: list[dict], pool_path: str, cfg: EvalConfig) -> dict:
+    """Monte Carlo KL(pi || pi_ref) = E_(y ~ pi)[log pi(y|x) - log pi_ref(y|x)] over the pool's
+    samples (per prompt, then averaged). ``log pi`` is the log-prob the sampler recorded and
+    ``log pi_ref`` is teacher-forced on the very tokens sampled (the pool's ``token_ids``), so
+    the estimate is exact per sample. It holds for pools drawn from pi itself at temperature 1
+    without top-k or top-p (afd's defaults) and a reference with the policy's vocabulary;
+    otherwise (per the pool stage's config.yaml) the policy gets None rather than a wrong figure."""
+    import yaml
+
+    from afd import models
+    from afd.scoring import response_logprobs
+
+    folder = Path(pool_path) if Path(pool_path).is_dir() else Path(pool_path).parent
+    config = folder / "config.yaml"
+    sampled = yaml.safe_load(config.read_text()) if config.is_file() else {}
+    none = {"kl_to_reference": None, "kl_to_reference_ci95": None}
+    if (not sampled.get("model") or sampled.get("temperature", 1.0) != 1.0 or sampled.get("top_p", 1.0) != 1.0
+            or sampled.get("top_k", 0) or sampled.get("system_prompt") or any("token_ids" not in r for r in rows)):
+        return none
+    model, tok = models.load_causal_lm(cfg.kl_reference, cfg.device)
+    if tok.get_vocab() != models.load_tokenizer(sampled["model"]).get_vocab():
+        return none
+    ref = response_logprobs(model, tok, [(r["prompt"], r["token_ids"]) for r in rows],
+                            sampled.get("template", cfg.template), cfg.batch_size,
+                            progress=f"log-probs under {Path(cfg.kl_reference).name}")
+    for r, lp in zip(rows, ref):
+        r["log_ratio"] = r["logprob"] - lp
+    mean, ci = mean_ci(per_prompt_means(rows, "log_ratio"))
+    return {"kl_to_reference": mean, "kl_to_reference_ci95": ci}
 
 
 def gap(x: float, demo: float | None, init: float | None) -> float | None:
@@ -203,17 +251,44 @@ def plots(folder, bon_results: dict, policies: dict, cfg: EvalConfig) -> None:
               "proxy and golden reward of BoN", logx=True)
 
 
+def policy_plot(path, policies: dict, bon_results: dict, cfg: EvalConfig) -> None:
+    """Golden reward against KL to the reference: each policy a point, Best-of-N a curve
+    (its KL is from the BoN sampler, which is the reference when bon_policy is it)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.5, 4.5), dpi=120)
+    for name, p in policies.items():
+        if p.get("kl_to_reference") is not None:
+            ax.scatter([p["kl_to_reference"]], [p["gold"]], s=30)
+            ax.annotate(name, (p["kl_to_reference"], p["gold"]), textcoords="offset points", xytext=(5, 4),
+                        fontsize=8)
+    for name, b in bon_results.items():
+        ax.plot(b["kl"], b["gold"], marker="o", markersize=3, linewidth=1, label=f"BoN: {name}")
+    ax.set_xlabel(f"KL to {Path(cfg.kl_reference).name or cfg.kl_reference} (nats)")
+    ax.set_ylabel(f"golden reward ({cfg.golden})")
+    ax.set_title("golden reward against KL")
+    ax.grid(alpha=0.3)
+    if bon_results:
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
 def _f(x, digits=3) -> str:
     return "–" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{digits}f}"
 
 
 def report(m: dict) -> str:
     lines = [f"# afd eval (golden scorer: {m['golden']})", "", "## Policies", "",
-             "| policy | golden reward | 95% CI | normalised (demos = 1) | gap closed | samples |",
-             "|---|---|---|---|---|---|"]
+             "| policy | golden reward | 95% CI | normalised (demos = 1) | gap closed | KL to reference (nats) "
+             "| samples |", "|---|---|---|---|---|---|---|"]
     for name, p in m["policies"].items():
         lines.append(f"| {name} | {_f(p['gold'])} | ±{_f(p['gold_ci95'])} | {_f(p['normalised'])} | "
-                     f"{_f(p['gap_closed'])} | {p['samples']} |")
+                     f"{_f(p['gap_closed'])} | {_f(p.get('kl_to_reference'))} | {p['samples']} |")
     if m["bon"]:
         lines += ["", f"## Best-of-N from the {m['bon_policy']} pool (one-pool unbiased estimates)", ""]
         for name, b in m["bon"].items():
