@@ -28,3 +28,30 @@ def line_plot(path: str | Path, series: dict[str, tuple[list, list]], xlabel: st
     fig.savefig(path)
     plt.close(fig)
     return Path(path)
+
+
+def bar_plot(path: str | Path, bars: dict[str, tuple[float, float, float]], ylabel: str, title: str,
+             hline: float | None = None) -> Path:
+    """One bar per name with its value and (low, high) interval: `bars[name] = (value, low, high)`."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(bars)
+    values = [bars[n][0] for n in names]
+    err = [[bars[n][0] - bars[n][1] for n in names], [bars[n][2] - bars[n][0] for n in names]]
+    fig, ax = plt.subplots(figsize=(max(4, 1.3 * len(names) + 2), 4), dpi=120)
+    ax.bar(range(len(names)), values, yerr=err, capsize=6, color="tab:blue", alpha=0.8)
+    ax.set_xticks(range(len(names)), names)
+    if hline is not None:
+        ax.axhline(hline, color="grey", linestyle="--", linewidth=1)
+    for i, v in enumerate(values):
+        ax.annotate(f"{v:.3f}", (i, v), textcoords="offset points", xytext=(12, 3), fontsize=8)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(alpha=0.3, axis="y")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return Path(path)

@@ -8,6 +8,7 @@ the same backbone and the same number of training examples and epochs.
 
     python bench/recipes/hh_harmless.py            # ~15 min on 2 CPU cores
     python bench/recipes/hh_harmless.py --quick
+    python bench/recipes/hh_harmless.py --report-only   # redraw table and plot from metrics.json
 
 Results: bench/results/hh-harmless/.
 """
@@ -75,33 +76,52 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default="runs/hh-harmless")
     ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--report-only", action="store_true", help="redraw the table and plot from the saved metrics")
     args = ap.parse_args()
     n_train, n_eval, k = (48, 64, 2) if args.quick else (160, 400, 2)
-    files = make_data(Path(args.out) / "data", n_train, n_eval)
     from afd.pipeline import run
 
+    if args.report_only:
+        saved = json.loads((RESULTS / "hh-harmless" / "metrics.json").read_text())
+        report(saved, saved.pop("setup", {"n_train": n_train, "k": k}), saved.pop("machine"), save=True)
+        return
+    files = make_data(Path(args.out) / "data", n_train, n_eval)
     results = run(pipeline(args.out, files, k, 64),
                   report=lambda name, m: print(f"[{name}] done in {m.get('seconds', 0):.0f} s", flush=True))
-    rows = []
-    for name in ("rm_init_sft", "rm_bt"):
-        m = results[name]
-        rows.append(f"| {m['variant']} | {'none (demonstrations only)' if m['variant'] != 'bt' else 'train pairs'} | "
-                    f"{m['train_examples']} | {m['pair_accuracy']:.3f} |")
+    report({name: results[name] for name in ("rm_init_sft", "rm_bt")}, {"n_train": n_train, "k": k}, machine(),
+           save=not args.quick)
+
+
+def report(results: dict, setup: dict, host: dict, save: bool) -> None:
+    """The results table (results.md), the figures (metrics.json) and a bar plot of pair
+    accuracy with 95% Wilson intervals (pair_accuracy.png)."""
+    from afd.eval import wilson_interval
+    from afd.plots import bar_plot
+
+    rows, bars = [], {}
+    for name, m in results.items():
+        lo, hi = wilson_interval(m["pair_accuracy"], m["pairs"])
+        labels = "none (demonstrations only)" if m["variant"] != "bt" else "train pairs"
+        rows.append(f"| {m['variant']} | {labels} | {m['train_examples']} | {m['pair_accuracy']:.3f} | "
+                    f"[{lo:.3f}, {hi:.3f}] |")
+        bars[m["variant"]] = (m["pair_accuracy"], lo, hi)
+    pairs = next(iter(results.values()))["pairs"]
     table = "\n".join([
-        f"# hh-harmless: accuracy on {results['rm_bt']['pairs']} held-out human preference pairs", "",
-        f"Machine: {machine()['cpu']}, {machine()['cores']} cores. Backbone: MiniLM-L6 for both reward models. "
-        f"SFT of smollm2-135m-instruct on {n_train} chosen replies; init-sft pools: {k} samples a prompt.", "",
-        "| reward model | preference labels used | training examples | pair accuracy |", "|---|---|---|---|",
-        *rows, ""])
+        f"# hh-harmless: accuracy on {pairs} held-out human preference pairs", "",
+        f"Machine: {host['cpu']}, {host['cores']} cores. Backbone: MiniLM-L6 for both reward models. "
+        f"SFT of smollm2-135m-instruct on {setup['n_train']} chosen replies; init-sft pools: {setup['k']} samples "
+        "a prompt.", "",
+        "| reward model | preference labels used | training examples | pair accuracy | 95% interval |",
+        "|---|---|---|---|---|", *rows, "", "![pair accuracy](pair_accuracy.png)", ""])
     print(table)
-    if not args.quick:
+    if save:
         dest = RESULTS / "hh-harmless"
         dest.mkdir(parents=True, exist_ok=True)
         (dest / "results.md").write_text(table)
-        (dest / "metrics.json").write_text(json.dumps({k: results[k] for k in ("rm_init_sft", "rm_bt")} |
-                                                      {"machine": machine()}, indent=2))
+        (dest / "metrics.json").write_text(json.dumps(results | {"setup": setup, "machine": host}, indent=2))
+        bar_plot(dest / "pair_accuracy.png", bars, "accuracy on held-out human pairs",
+                 f"{pairs} held-out human pairs (95% Wilson interval)", hline=0.5)
         print("saved", dest)
-
 
 if __name__ == "__main__":
     main()
