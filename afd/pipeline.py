@@ -28,7 +28,10 @@ def registry() -> dict[str, tuple[type, Callable[[Any], dict], Callable[[Path], 
     from afd.bon import BonConfig, bon
     from afd.demonstrate import DEMOS, DemonstrateConfig, demonstrate
     from afd.eval import EvalConfig, evaluate
+    from afd.irft import IRFTConfig, irft
+    from afd.irl import IRLConfig, gail, irl
     from afd.reward import RewardConfig, reward
+    from afd.rl import RLConfig, rl
     from afd.sampling import POOL, SampleConfig, sample
     from afd.sft import SFTConfig, sft
 
@@ -39,6 +42,10 @@ def registry() -> dict[str, tuple[type, Callable[[Any], dict], Callable[[Path], 
         "reward": (RewardConfig, reward, lambda p: str(p / "model")),
         "bon": (BonConfig, bon, lambda p: str(p / "chosen.jsonl")),
         "eval": (EvalConfig, evaluate, lambda p: str(p / "report.md")),
+        "rl": (RLConfig, rl, lambda p: str(p / "model")),
+        "irl": (IRLConfig, irl, lambda p: str(p / "model")),
+        "irft": (IRFTConfig, irft, lambda p: str(p / "model")),
+        "gail": (IRLConfig, gail, lambda p: str(p / "model")),
     }
 
 

@@ -108,6 +108,15 @@ class StageDir:
         return metrics
 
 
+def link_final(folder: Path, target: str) -> None:
+    """``folder/model`` -> the final policy of a multi-step stage (a relative symlink), so the
+    stage's artifact is ``OUT/STAGE/model`` like every policy stage's."""
+    link = folder / "model"
+    if link.is_symlink() or link.exists():
+        link.unlink()
+    link.symlink_to(os.path.relpath(target, folder))
+
+
 @dataclass
 class DataOptions:
     """Where a stage's examples come from (see afd.data for formats and rules)."""

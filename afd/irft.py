@@ -1,0 +1,216 @@
+"""``afd irft``: implicit-reward fine-tuning from demonstrations; one stage is SPIN.
+
+METHODS §2 (Li et al., 2024, "Getting More Juice Out of the SFT Data", generalising SPIN of
+Chen et al., 2024). The reward is implicit, ``beta * log(pi_theta / pi_opp)``, with the
+opponent ``pi_opp`` the previous iterate, and each stage minimises
+
+    L(theta) = -E_(x, y*) ~ D_demo, y ~ pi_opp(.|x)
+                 log sigma( beta * [ (log pi_theta(y*|x) - log pi_opp(y*|x))
+                                   - (log pi_theta(y |x) - log pi_opp(y |x)) ] )
+
+The demonstration prompts are split into ``stages`` (T) parts in a fixed random order;
+stage t samples negatives ``y`` from the latest model on part t, then trains on part t with
+that model as the opponent. T = 1 (all prompts in one stage) is SPIN's iteration.
+
+The opponent's log-probabilities are computed once per stage, before training, with
+:func:`afd.scoring.response_logprobs` (teacher forcing, tokenised exactly as SFT), so the
+opponent is never in memory during training. Training is ``transformers.Trainer`` (resume,
+accumulation, mixed precision, ``accelerate launch``). Stage t lives in ``OUT/irft/stage_T/``
+(``samples/``, ``train/`` with ``model/``); a killed run resumes at the unfinished stage.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from afd import models
+from afd.config import opt
+from afd.errors import AfdError
+from afd.runs import DataOptions, StageDir, StageOptions, atomic_write_text, link_final
+from afd.training import PadCollator, TokenRate, TrainOptions, apply_lora, loss_plot, save_model, training_arguments
+
+
+@dataclass
+class IRFTConfig(StageOptions, DataOptions, TrainOptions):
+    model: str = opt("tiny-random", "starting policy and first opponent (usually the SFT policy)")
+    stages: int = opt(1, "T: stages, each on its share of the prompts with fresh negatives (1 = SPIN)")
+    beta: float = opt(0.1, "beta of the implicit reward beta * log(pi / pi_opp)")
+    num_samples: int = opt(1, "negatives sampled from the opponent per demonstration")
+    max_new_tokens: int = opt(128, "longest sampled negative, in tokens")
+    temperature: float = opt(1.0, "sampling temperature of the negatives")
+    sample_batch_size: int = opt(256, "sequences decoded together when sampling negatives")
+
+    def validate(self) -> None:
+        self.validate_training()
+        if self.stages < 1 or self.num_samples < 1:
+            raise AfdError("options 'stages' and 'num_samples' must be at least 1")
+        if self.beta <= 0:
+            raise AfdError(f"option 'beta' must be positive; got {self.beta}")
+
+
+def irft_loss(policy_chosen: torch.Tensor, policy_rejected: torch.Tensor, opp_chosen: torch.Tensor,
+              opp_rejected: torch.Tensor, beta: float) -> torch.Tensor:
+    """The METHODS §2 loss (mean over pairs) from summed response log-probabilities."""
+    margin = beta * ((policy_chosen - opp_chosen) - (policy_rejected - opp_rejected))
+    return -torch.nn.functional.logsigmoid(margin).mean()
+
+
+def sequence_logprobs(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Summed log pi(label_t | prefix) over positions whose label is not -100."""
+    logits, labels = logits[:, :-1].float(), labels[:, 1:]
+    mask = labels != -100
+    picked = logits.log_softmax(-1).gather(-1, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+    return (picked * mask).sum(-1)
+
+
+class PairCollator(PadCollator):
+    """Chosen rows then rejected rows in one right-padded batch, with the opponent's log-probs."""
+
+    def __call__(self, batch: list[dict]) -> dict[str, torch.Tensor]:
+        rows = [b["chosen"] for b in batch] + [b["rejected"] for b in batch]
+        out = super().__call__(rows)
+        out["opponent_logps"] = torch.tensor([b["opp_chosen"] for b in batch] + [b["opp_rejected"] for b in batch],
+                                             dtype=torch.float64)
+        return out
+
+
+def _trainer_class(beta: float):
+    from transformers import Trainer
+
+    class IRFTTrainer(Trainer):
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            opp = inputs.pop("opponent_logps").float()
+            labels = inputs.pop("labels")
+            logps = sequence_logprobs(model(**inputs).logits, labels)
+            pc, pr = logps.chunk(2)
+            oc, orj = opp.chunk(2)
+            loss = irft_loss(pc, pr, oc, orj, beta)
+            margin = ((pc - oc) - (pr - orj)).detach()
+            self.accuracies = getattr(self, "accuracies", []) + [float((margin > 0).float().mean())]
+            return (loss, {"margin": margin}) if return_outputs else loss
+
+    return IRFTTrainer
+
+
+@dataclass
+class StepConfig(StageOptions, TrainOptions):
+    """One IRFT stage's training (its fingerprint covers the opponent and the data)."""
+
+    model: str = opt("", "policy = opponent at the start of the stage")
+    data: str = opt("", "the stage's demonstrations")
+    pool: str = opt("", "the opponent's samples on the stage's prompts")
+    beta: float = opt(0.1, "beta")
+
+
+def encode_side(tok, prompt: list[dict], response: str, cfg) -> dict:
+    """input_ids / labels (-100 on the prompt) of one side of a pair, tokenised as in SFT."""
+    p = models.encode_prompt(tok, prompt, cfg.template)
+    r = models.encode_response(tok, prompt, response, cfg.template)
+    return {"input_ids": p + r, "labels": [-100] * len(p) + r}
+
+
+def train_step(cfg: StepConfig) -> dict:
+    from transformers import AutoModelForCausalLM
+
+    from afd.data import DataConfig, load_demos
+    from afd.sampling import read_pool
+    from afd.scoring import response_logprobs
+
+    stage = StageDir(cfg, "train")
+    if not stage.begin():
+        return stage.metrics()
+    demos = {d.id: d for d in load_demos(DataConfig(path=cfg.data))[0]}
+    pool = read_pool(cfg.pool)
+    pairs = [(demos[r["prompt_id"]], r["response"]) for r in pool if r["prompt_id"] in demos]
+    tok = models.load_tokenizer(cfg.model)
+    opponent, _ = models.load_causal_lm(cfg.model, cfg.device, cfg.dtype)
+    opp_c = response_logprobs(opponent, tok, [(d.prompt, d.response) for d, _ in pairs], cfg.template,
+                              cfg.batch_size, progress="opponent log-probs (demonstrations)")
+    opp_r = response_logprobs(opponent, tok, [(d.prompt, y) for d, y in pairs], cfg.template, cfg.batch_size,
+                              progress="opponent log-probs (negatives)")
+    del opponent
+    rows = []
+    for (d, y), a, b in zip(pairs, opp_c, opp_r):
+        c, r = encode_side(tok, d.prompt, d.response, cfg), encode_side(tok, d.prompt, y, cfg)
+        if len(c["input_ids"]) > cfg.max_length or len(r["input_ids"]) > cfg.max_length:
+            continue  # a cut response would not match the opponent's full-response log-prob
+        rows.append({"chosen": c, "rejected": r, "opp_chosen": a, "opp_rejected": b})
+    if not rows:
+        raise AfdError(f"no IRFT pair fits max_length={cfg.max_length}")
+
+    dtype = torch.float32 if cfg.dtype == "auto" else models.pick_dtype(cfg.dtype, models.pick_device(cfg.device))
+    policy = AutoModelForCausalLM.from_pretrained(models.resolve(cfg.model), dtype=dtype)
+    if cfg.lora_r > 0:
+        policy = apply_lora(policy, cfg)
+    checkpoints = stage.path / "checkpoints"
+    rate = TokenRate()
+    trainer = _trainer_class(cfg.beta)(model=policy, args=training_arguments(cfg, checkpoints, False),
+                                       train_dataset=rows, data_collator=PairCollator(tok.pad_token_id),
+                                       processing_class=tok, callbacks=[rate])
+    resume = any(checkpoints.glob("checkpoint-*"))
+    result = trainer.train(resume_from_checkpoint=True if resume else None)
+    if trainer.is_world_process_zero():
+        save_model(trainer.model, tok, stage.path / "model")
+    (stage.path / "log_history.json").write_text(json.dumps(trainer.state.log_history, indent=1))
+    loss_plot(trainer.state.log_history, stage.path / "loss.png", "IRFT loss", "IRFT stage")
+    acc = getattr(trainer, "accuracies", [])
+    tail = acc[-max(1, len(acc) // 4):]
+    return stage.finish({"model": str(stage.path / "model"), "pairs": len(rows), "pairs_too_long": len(pairs) - len(rows),
+                         "train_loss": result.training_loss, "steps": trainer.state.global_step, "resumed": resume,
+                         "implicit_reward_accuracy_last_quarter": sum(tail) / len(tail) if tail else None,
+                         "opponent_logp_chosen": sum(opp_c) / len(opp_c),
+                         "opponent_logp_rejected": sum(opp_r) / len(opp_r),
+                         "train_tokens_per_second": rate.rate})
+
+
+def irft(cfg: IRFTConfig) -> dict:
+    """Run the stage; the final policy is OUT/irft/stage_{T-1}/train/model."""
+    from afd.data import load_demos
+    from afd.sampling import POOL, SampleConfig, sample
+
+    stage = StageDir(cfg, "irft")
+    if not stage.begin():
+        return stage.metrics()
+    demos, _ = load_demos(cfg.data_config())
+    if len(demos) < cfg.stages:
+        raise AfdError(f"{len(demos)} demonstrations cannot be split into stages={cfg.stages}")
+    ids = [d.id for d in demos]
+    if len(set(ids)) != len(ids):
+        raise AfdError(f"demonstration ids in {cfg.data} are not unique; IRFT pairs each with its own negatives")
+    order = list(range(len(demos)))
+    random.Random(cfg.seed).shuffle(order)
+    parts = [sorted(order[t::cfg.stages]) for t in range(cfg.stages)]
+    train_opts = {f: getattr(cfg, f) for f in TrainOptions.__dataclass_fields__}
+    policy, history = cfg.model, []
+    for t, part in enumerate(parts):
+        folder = stage.path / f"stage_{t}"
+        folder.mkdir(parents=True, exist_ok=True)
+        rows = [{"id": demos[i].id, "prompt": demos[i].prompt, "completion": demos[i].response} for i in part]
+        write_jsonl(folder / "demos.jsonl", rows)
+        write_jsonl(folder / "prompts.jsonl", [{"id": r["id"], "prompt": r["prompt"]} for r in rows])
+        samples = sample(SampleConfig(
+            out=str(stage.path), stage_name=f"stage_{t}/samples", model=policy, data=str(folder / "prompts.jsonl"),
+            data_format="prompt", template=cfg.template, num_samples=cfg.num_samples,
+            max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, seed=cfg.seed + 1000 * t,
+            batch_size=cfg.sample_batch_size, max_prompt_length=cfg.max_prompt_length, long_prompts="error",
+            device=cfg.device, dtype=cfg.dtype))
+        step = train_step(StepConfig(**train_opts, out=str(stage.path), stage_name=f"stage_{t}/train", model=policy,
+                                     data=str(folder / "demos.jsonl"), pool=str(folder / "samples" / POOL),
+                                     beta=cfg.beta))
+        policy = step["model"]
+        history.append({"stage": t, "policy": policy, "demonstrations": len(rows),
+                        "negative_mean_tokens": samples["mean_num_tokens"], **{
+                            k: step[k] for k in ("pairs", "train_loss", "steps",
+                                                 "implicit_reward_accuracy_last_quarter")}})
+        (stage.path / "history.json").write_text(json.dumps(history, indent=1))
+    link_final(stage.path, policy)
+    return stage.finish({"model": str(stage.path / "model"), "final_policy": policy, "stages": history})
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> None:
+    atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))

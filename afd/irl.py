@@ -1,0 +1,175 @@
+"""``afd irl`` and ``afd gail``: learn a reward from demonstrations versus the policy's own
+samples, improve the policy against it by RL, repeat.
+
+**IRL** — Zeng et al., 2025 (METHODS §2), maximum-likelihood IRL as a bilevel problem. The
+reward gradient ``(1/beta) (E_demo[grad r] - E_(y~pi)[grad r])`` pushes the reward up on
+demonstrations and down on the policy's own samples; in practice::
+
+    pi <- the starting policy (the SFT policy)
+    for t in 0..T-1:
+        y ~ pi(.|x) for every demonstration prompt x            (num_samples each)
+        pairs_t = {(x, chosen = y*, rejected = y)}; keep all earlier pairs too
+        r_t <- Bradley-Terry reward model, -log sigma(r(x,y*) - r(x,y)), on all pairs so far
+        pi  <- RL on r_t with a KL penalty to the reference     (afd.rl: TRL's RLOO)
+
+**GAIL** — AfD's reverse-KL objective (Sun & van der Schaar, METHODS §1): the same loop with a
+discriminator instead: demonstrations (positive) versus the current policy's samples
+(negative), binary cross-entropy, reward = the logit ``log D - log(1 - D)``; only the current
+samples are negatives, and the discriminator is warm-started from the previous iteration's.
+
+Each iteration's samples, reward model and policy are ordinary afd stages inside
+``OUT/irl/iter_T/`` (``samples/``, ``reward/``, ``rl/``), each with its metrics, so a killed run
+rerun with the same options reuses every finished stage and resumes inside the unfinished
+one. The reference of the KL penalty is the starting policy throughout (``reference: start``)
+or the policy the iteration starts from (``reference: previous``, a trust region).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from afd.config import check_choice, opt
+from afd.errors import AfdError
+from afd.runs import DataOptions, StageDir, StageOptions, atomic_write_text, link_final
+from afd.training import TrainOptions
+
+
+@dataclass
+class IRLConfig(StageOptions, DataOptions, TrainOptions):
+    model: str = opt("tiny-random", "starting policy (usually the SFT policy): built-in name, folder or hub id")
+    reward_model: str = opt("", "reward-model backbone (default: the starting policy)")
+    iterations: int = opt(3, "T, rounds of (sample, reward model, RL)")
+    num_samples: int = opt(1, "policy samples per demonstration each iteration (the new pairs' rejected side)")
+    reference: str = opt("start", "KL reference: start (the starting policy) or previous (the iteration's start)")
+    kl_coef: float = opt(0.05, "KL penalty coefficient of the RL step")
+    num_generations: int = opt(4, "RLOO samples per prompt in the RL step")
+    max_new_tokens: int = opt(64, "longest sampled response, in tokens (pairs and RL)")
+    temperature: float = opt(1.0, "sampling temperature (pairs and RL)")
+    reward_epochs: float = opt(1.0, "reward-model epochs per iteration")
+    reward_lr: float = opt(5e-5, "reward-model learning rate")
+    eval_pairs: str = opt("", "human preference pairs: each iteration's reward model reports its accuracy on them")
+    eval_pairs_max: int | None = opt(None, "use only the first N valid eval pairs")
+    sample_batch_size: int = opt(256, "sequences decoded together when sampling pairs")
+
+    def validate(self) -> None:
+        self.validate_training()
+        check_choice("reference", self.reference, ("start", "previous"))
+        if self.iterations < 1 or self.num_samples < 1:
+            raise AfdError("options 'iterations' and 'num_samples' must be at least 1")
+        if (self.batch_size * self.grad_accum) % self.num_generations:
+            raise AfdError(f"batch_size x grad_accum ({self.batch_size} x {self.grad_accum}) must be a multiple of "
+                           f"num_generations ({self.num_generations})")
+
+
+def demo_files(cfg: IRLConfig, folder: Path) -> tuple[str, str, int]:
+    """The demonstrations as afd files: demos.jsonl (prompt, completion) and prompts.jsonl,
+    one prompt per demonstration, with the demonstration's id."""
+    from afd.data import load_demos
+
+    demos, _ = load_demos(cfg.data_config())
+    if not demos:
+        raise AfdError(f"no demonstration in {cfg.data}")
+    rows = [{"id": d.id, "prompt": d.prompt, "completion": d.response} for d in demos]
+    demo_path, prompt_path = folder / "demos.jsonl", folder / "prompts.jsonl"
+    atomic_write_text(demo_path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+    atomic_write_text(prompt_path, "".join(json.dumps({"id": r["id"], "prompt": r["prompt"]}, ensure_ascii=False)
+                                           + "\n" for r in rows))
+    return str(demo_path), str(prompt_path), len(rows)
+
+
+def write_pairs(path: Path, demos_path: str, pools: list[str]) -> int:
+    """(x, chosen = demonstration, rejected = policy sample) for every sample of every pool
+    so far; returns the number of pairs. Empty samples are left out (a pair file, like any
+    afd data, has no empty responses)."""
+    from afd.sampling import read_pool
+
+    demos = {}
+    for line in Path(demos_path).read_text().splitlines():
+        d = json.loads(line)
+        demos[d["id"]] = d
+    rows = []
+    for t, pool in enumerate(pools):
+        for r in read_pool(pool):
+            if not r["response"].strip():
+                continue
+            d = demos[r["prompt_id"]]
+            rows.append({"id": f"{r['prompt_id']}/{t}/{r['sample_index']}", "prompt": d["prompt"],
+                         "chosen": d["completion"], "rejected": r["response"]})
+    atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+    return len(rows)
+
+
+def _common(cfg: IRLConfig) -> dict:
+    return {k: getattr(cfg, k) for k in ("template", "seed", "batch_size", "grad_accum", "max_length",
+                                         "max_prompt_length", "long_prompts", "lora_r", "lora_alpha",
+                                         "lora_dropout", "lora_target_modules", "gradient_checkpointing",
+                                         "save_steps", "logging_steps", "device", "dtype", "warmup_ratio",
+                                         "weight_decay", "lr_scheduler")}
+
+
+def iterate(cfg: IRLConfig, method: str) -> dict:
+    """The loop of both methods (``method`` "irl" or "gail"); returns the stage's metrics."""
+    from afd.reward import RewardConfig, reward
+    from afd.rl import RLConfig, rl
+    from afd.sampling import POOL, SampleConfig, sample
+
+    stage = StageDir(cfg, method)
+    if not stage.begin():
+        return stage.metrics()
+    demos_path, prompts_path, n_demos = demo_files(cfg, stage.path)
+    out = str(stage.path)
+    common = _common(cfg)
+    policy, reward_init, pools, history = cfg.model, cfg.reward_model or cfg.model, [], []
+    for t in range(cfg.iterations):
+        it = f"iter_{t}"
+        samples = sample(SampleConfig(
+            out=out, stage_name=f"{it}/samples", model=policy, data=prompts_path, data_format="prompt",
+            template=cfg.template, num_samples=cfg.num_samples, max_new_tokens=cfg.max_new_tokens,
+            temperature=cfg.temperature, seed=cfg.seed + 1000 * t, batch_size=cfg.sample_batch_size,
+            max_prompt_length=cfg.max_prompt_length, long_prompts=cfg.long_prompts, device=cfg.device,
+            dtype=cfg.dtype))
+        pool = str(stage.path / it / "samples" / POOL)
+        pools.append(pool)
+        rm_opts = dict(common, out=out, stage_name=f"{it}/reward", epochs=cfg.reward_epochs, lr=cfg.reward_lr,
+                       eval_fraction=cfg.eval_fraction, eval_pairs=cfg.eval_pairs, eval_pairs_max=cfg.eval_pairs_max)
+        if method == "irl":
+            pairs = write_pairs(stage.path / it / "pairs.jsonl", demos_path, pools)
+            rm_cfg = RewardConfig(model=reward_init, variant="bt", data=str(stage.path / it / "pairs.jsonl"),
+                                  data_format="preference", **rm_opts)
+        else:  # GAIL: demonstrations against this iteration's samples, BCE; warm start
+            pairs = None
+            rm_cfg = RewardConfig(model=reward_init, variant="sft-demo", loss="bce", data=demos_path,
+                                  data_format="prompt-completion", sft_pool=pool, **rm_opts)
+            reward_init = str(stage.path / it / "reward" / "model")
+        rm = reward(rm_cfg)
+        rm_path = str(stage.path / it / "reward" / "model")
+        policy_metrics = rl(RLConfig(
+            **dict(common, out=out, stage_name=f"{it}/rl", model=policy, reward=rm_path,
+                   ref_model=cfg.model if cfg.reference == "start" and t > 0 else "",
+                   kl_coef=cfg.kl_coef, num_generations=cfg.num_generations, max_new_tokens=cfg.max_new_tokens,
+                   temperature=cfg.temperature, data=prompts_path, data_format="prompt", epochs=cfg.epochs,
+                   max_steps=cfg.max_steps, lr=cfg.lr, eval_fraction=0.0)))
+        policy = policy_metrics["model"]
+        history.append({"iteration": t, "policy": policy, "reward_model": rm_path, "pool": pool, "pairs": pairs,
+                        "sample_mean_tokens": samples["mean_num_tokens"],
+                        "reward_eval_accuracy": rm.get("eval_accuracy"), "reward_eval_auc": rm.get("eval_auc"),
+                        "reward_eval_pair_accuracy": rm.get("eval_pair_accuracy"),
+                        "reward_pair_accuracy": rm.get("pair_accuracy"),
+                        "rl_reward_first": policy_metrics["reward_first"],
+                        "rl_reward_last": policy_metrics["reward_last"], "rl_kl_last": policy_metrics["kl_last"]})
+        stage.path.joinpath("history.json").write_text(json.dumps(history, indent=1))
+    link_final(stage.path, policy)
+    return stage.finish({"method": method, "model": str(stage.path / "model"), "final_policy": policy, "demonstrations": n_demos,
+                         "iterations": history})
+
+
+def irl(cfg: IRLConfig) -> dict:
+    """``afd irl``: the final policy is OUT/irl/iter_{T-1}/rl/model."""
+    return iterate(cfg, "irl")
+
+
+def gail(cfg: IRLConfig) -> dict:
+    """``afd gail``: the final policy is OUT/gail/iter_{T-1}/rl/model."""
+    return iterate(cfg, "gail")
