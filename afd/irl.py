@@ -33,20 +33,17 @@ from pathlib import Path
 from afd.config import check_choice, opt
 from afd.errors import AfdError
 from afd.runs import DataOptions, StageDir, StageOptions, atomic_write_text, link_final
+from afd.rl import RLOptions
 from afd.training import TrainOptions
 
 
 @dataclass
-class IRLConfig(StageOptions, DataOptions, TrainOptions):
+class IRLConfig(StageOptions, DataOptions, TrainOptions, RLOptions):
     model: str = opt("tiny-random", "starting policy (usually the SFT policy): built-in name, folder or hub id")
     reward_model: str = opt("", "reward-model backbone (default: the starting policy)")
     iterations: int = opt(3, "T, rounds of (sample, reward model, RL)")
     num_samples: int = opt(1, "policy samples per demonstration each iteration (the new pairs' rejected side)")
     reference: str = opt("start", "KL reference: start (the starting policy) or previous (the iteration's start)")
-    kl_coef: float = opt(0.05, "KL penalty coefficient of the RL step")
-    num_generations: int = opt(4, "RLOO samples per prompt in the RL step")
-    max_new_tokens: int = opt(64, "longest sampled response, in tokens (pairs and RL)")
-    temperature: float = opt(1.0, "sampling temperature (pairs and RL)")
     reward_epochs: float = opt(1.0, "reward-model epochs per iteration")
     reward_lr: float = opt(5e-5, "reward-model learning rate")
     eval_pairs: str = opt("", "human preference pairs: each iteration's reward model reports its accuracy on them")
@@ -58,9 +55,7 @@ class IRLConfig(StageOptions, DataOptions, TrainOptions):
         check_choice("reference", self.reference, ("start", "previous"))
         if self.iterations < 1 or self.num_samples < 1:
             raise AfdError("options 'iterations' and 'num_samples' must be at least 1")
-        if (self.batch_size * self.grad_accum) % self.num_generations:
-            raise AfdError(f"batch_size x grad_accum ({self.batch_size} x {self.grad_accum}) must be a multiple of "
-                           f"num_generations ({self.num_generations})")
+        self.validate_rl()
 
 
 def demo_files(cfg: IRLConfig, folder: Path) -> tuple[str, str, int]:
@@ -148,8 +143,7 @@ def iterate(cfg: IRLConfig, method: str) -> dict:
         policy_metrics = rl(RLConfig(
             **dict(common, out=out, stage_name=f"{it}/rl", model=policy, reward=rm_path,
                    ref_model=cfg.model if cfg.reference == "start" and t > 0 else "",
-                   kl_coef=cfg.kl_coef, num_generations=cfg.num_generations, max_new_tokens=cfg.max_new_tokens,
-                   temperature=cfg.temperature, data=prompts_path, data_format="prompt", epochs=cfg.epochs,
+                   **cfg.rl_options(), data=prompts_path, data_format="prompt", epochs=cfg.epochs,
                    max_steps=cfg.max_steps, lr=cfg.lr, eval_fraction=0.0)))
         policy = policy_metrics["model"]
         history.append({"iteration": t, "policy": policy, "reward_model": rm_path, "pool": pool, "pairs": pairs,

@@ -34,22 +34,18 @@ from afd.training import TrainOptions, save_model, training_arguments
 
 
 @dataclass
-class RLConfig(StageOptions, DataOptions, TrainOptions):
-    model: str = opt("tiny-random", "policy to improve (usually the SFT policy): built-in name, folder or hub id")
-    reward: str = opt("", "reward: a reward-model folder or any afd scorer (rm:ID, density-ratio:P,R, python:M:F)")
-    ref_model: str = opt("", "KL reference policy (default: the starting policy)")
+class RLOptions:
+    """Options of the RL step, shared by ``afd rl`` and the iterated loops that call it."""
+
     kl_coef: float = opt(0.05, "KL penalty coefficient (TRL's beta; 0 = no reference model)")
     num_generations: int = opt(4, "samples per prompt; RLOO's baseline for each is the mean reward of the others")
     max_new_tokens: int = opt(64, "longest sampled response, in tokens")
-    temperature: float = opt(1.0, "sampling temperature during RL")
+    temperature: float = opt(1.0, "sampling temperature")
     normalize_rewards: bool = opt(True, "standardise the advantages per batch (rewards of any scale)")
     reward_batch_size: int = opt(16, "responses scored together by the reward")
-    use_vllm: bool = opt(False, "generate with vLLM (TRL's colocate mode; needs vLLM and a GPU)")
+    use_vllm: bool = opt(False, "generate with vLLM during RL (TRL's colocate mode; needs vLLM and a GPU)")
 
-    def validate(self) -> None:
-        self.validate_training()
-        if not self.reward:
-            raise AfdError("option 'reward' is required: a reward-model folder or an afd scorer")
+    def validate_rl(self) -> None:
         if self.num_generations < 2:
             raise AfdError("option 'num_generations' must be at least 2 (RLOO's baseline needs the others)")
         if (self.batch_size * self.grad_accum) % self.num_generations:
@@ -57,6 +53,22 @@ class RLConfig(StageOptions, DataOptions, TrainOptions):
                            f"num_generations ({self.num_generations}): each step holds whole groups of samples")
         if self.kl_coef < 0:
             raise AfdError(f"option 'kl_coef' must be >= 0; got {self.kl_coef}")
+
+    def rl_options(self) -> dict:
+        return {f: getattr(self, f) for f in RLOptions.__dataclass_fields__}
+
+
+@dataclass
+class RLConfig(StageOptions, DataOptions, TrainOptions, RLOptions):
+    model: str = opt("tiny-random", "policy to improve (usually the SFT policy): built-in name, folder or hub id")
+    reward: str = opt("", "reward: a reward-model folder or any afd scorer (rm:ID, density-ratio:P,R, python:M:F)")
+    ref_model: str = opt("", "KL reference policy (default: the starting policy)")
+
+    def validate(self) -> None:
+        self.validate_training()
+        self.validate_rl()
+        if not self.reward:
+            raise AfdError("option 'reward' is required: a reward-model folder or an afd scorer")
 
 
 def trl_prompts(tokenizer, prompts, template: str) -> list:
