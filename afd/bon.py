@@ -108,9 +108,8 @@ def score_pool(rows: list[dict], scorer_spec: str, key: str, device: str = "auto
     """Add ``row[key]`` = the scorer's reward, for every row."""
     from afd.scorers import make_scorer
 
-    kw = {} if scorer_spec == "vader" or scorer_spec.startswith("python:") else \
-        {"device": device, "batch_size": batch_size, "template": template}
-    values = make_scorer(scorer_spec, **kw)([r["prompt"] for r in rows], [r["response"] for r in rows])
+    scorer = make_scorer(scorer_spec, device=device, batch_size=batch_size, template=template)
+    values = scorer([r["prompt"] for r in rows], [r["response"] for r in rows])
     if len(values) != len(rows):
         raise AfdError(f"scorer '{scorer_spec}' returned {len(values)} scores for {len(rows)} responses")
     for r, v in zip(rows, values):

@@ -160,7 +160,8 @@ def train_step(cfg: StepConfig) -> dict:
     loss_plot(trainer.state.log_history, stage.path / "loss.png", "IRFT loss", "IRFT stage")
     acc = getattr(trainer, "accuracies", [])
     tail = acc[-max(1, len(acc) // 4):]
-    return stage.finish({"model": str(stage.path / "model"), "pairs": len(rows), "pairs_too_long": len(pairs) - len(rows),
+    return stage.finish({"model": str(stage.path / "model"), "pairs": len(rows),
+                         "pairs_too_long": len(pairs) - len(rows),
                          "train_loss": result.training_loss, "steps": trainer.state.global_step, "resumed": resume,
                          "implicit_reward_accuracy_last_quarter": sum(tail) / len(tail) if tail else None,
                          "opponent_logp_chosen": sum(opp_c) / len(opp_c),

@@ -155,7 +155,8 @@ def iterate(cfg: IRLConfig, method: str) -> dict:
                         "rl_reward_last": policy_metrics["reward_last"], "rl_kl_last": policy_metrics["kl_last"]})
         stage.path.joinpath("history.json").write_text(json.dumps(history, indent=1))
     link_final(stage.path, policy)
-    return stage.finish({"method": method, "model": str(stage.path / "model"), "final_policy": policy, "demonstrations": n_demos,
+    return stage.finish({"method": method, "model": str(stage.path / "model"), "final_policy": policy,
+                         "demonstrations": n_demos,
                          "iterations": history})
 
 

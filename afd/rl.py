@@ -145,8 +145,7 @@ def rl(cfg: RLConfig) -> dict:
         peft_config = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
                                  target_modules=targets if targets == "all-linear" else targets.split(","),
                                  task_type="CAUSAL_LM")
-    scorer = make_scorer(cfg.reward, device=cfg.device, template=cfg.template) \
-        if not cfg.reward.startswith(("vader", "python:")) else make_scorer(cfg.reward)
+    scorer = make_scorer(cfg.reward, device=cfg.device, template=cfg.template)
 
     checkpoints = stage.path / "checkpoints"
     trainer = RLOOTrainer(model=policy, reward_funcs=reward_function(scorer, cfg.reward_batch_size),

@@ -80,7 +80,8 @@ def python_scorer(spec: str) -> Scorer:
 
 
 def make_scorer(spec: str, **kw) -> Scorer:
-    """A scorer from its name (see the module docstring)."""
+    """A scorer from its name (see the module docstring). ``kw`` (device, dtype, batch_size,
+    template) reach the model-based scorers; the others take none and ignore them."""
     if spec == "vader":
         return vader_scorer()
     if spec.startswith("python:"):
