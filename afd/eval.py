@@ -149,8 +149,12 @@ def evaluate(cfg: EvalConfig) -> dict:
         demo_gold, ci = mean_ci([r["gold"] for r in rows])
         policies["demonstrations"] = {"gold": demo_gold, "gold_ci95": ci, "samples": len(rows)}
     if cfg.kl_reference:
+        from afd import models
+
+        reference = models.load_causal_lm(cfg.kl_reference, cfg.device)
         for name, rows in pools.items():
-            policies[name].update(kl_to_reference(rows, cfg.pools[name], cfg))
+            policies[name].update(kl_to_reference(rows, cfg.pools[name], reference, cfg))
+        del reference
     init_gold = policies.get(cfg.init_policy, {}).get("gold")
     for p in policies.values():
         normalise(p, demo_gold, init_gold)
@@ -183,19 +187,20 @@ def evaluate(cfg: EvalConfig) -> dict:
         plots(stage.path, bon_results, policies, cfg)
     if cfg.kl_reference:
         policy_plot(stage.path / "gold_vs_kl.png", policies, bon_results, cfg)
-    metrics = {"golden": cfg.golden, "kl_reference": cfg.kl_reference or None, "policies": policies, "bon_policy": cfg.bon_policy,
-               "baseline": cfg.baseline, "bon": bon_results}
+    metrics = {"golden": cfg.golden, "kl_reference": cfg.kl_reference or None, "policies": policies,
+               "bon_policy": cfg.bon_policy, "baseline": cfg.baseline, "bon": bon_results}
     (stage.path / "report.md").write_text(report(metrics))
     return stage.finish(metrics)
 
 
-def kl_to_reference(rows: list[dict], pool_path: str, cfg: EvalConfig) -> dict:
+def kl_to_reference(rows: list[dict], pool_path: str, reference: tuple, cfg: EvalConfig) -> dict:
     """Monte Carlo KL(pi || pi_ref) = E_(y ~ pi)[log pi(y|x) - log pi_ref(y|x)] over the pool's
     samples (per prompt, then averaged). ``log pi`` is the log-prob the sampler recorded and
     ``log pi_ref`` is teacher-forced on the very tokens sampled (the pool's ``token_ids``), so
     the estimate is exact per sample. It holds for pools drawn from pi itself at temperature 1
     without top-k or top-p (afd's defaults) and a reference with the policy's vocabulary;
-    otherwise (per the pool stage's config.yaml) the policy gets None rather than a wrong figure."""
+    otherwise (per the pool stage's config.yaml) the policy gets None rather than a wrong figure.
+    ``reference`` is the (model, tokenizer) of ``cfg.kl_reference``."""
     import yaml
 
     from afd import models
@@ -208,7 +213,7 @@ def kl_to_reference(rows: list[dict], pool_path: str, cfg: EvalConfig) -> dict:
     if (not sampled.get("model") or sampled.get("temperature", 1.0) != 1.0 or sampled.get("top_p", 1.0) != 1.0
             or sampled.get("top_k", 0) or sampled.get("system_prompt") or any("token_ids" not in r for r in rows)):
         return none
-    model, tok = models.load_causal_lm(cfg.kl_reference, cfg.device)
+    model, tok = reference
     if tok.get_vocab() != models.load_tokenizer(sampled["model"]).get_vocab():
         return none
     ref = response_logprobs(model, tok, [(r["prompt"], r["token_ids"]) for r in rows],
@@ -254,28 +259,13 @@ def plots(folder, bon_results: dict, policies: dict, cfg: EvalConfig) -> None:
 def policy_plot(path, policies: dict, bon_results: dict, cfg: EvalConfig) -> None:
     """Golden reward against KL to the reference: each policy a point, Best-of-N a curve
     (its KL is from the BoN sampler, which is the reference when bon_policy is it)."""
-    import matplotlib
+    from afd.plots import points_and_curves_plot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6.5, 4.5), dpi=120)
-    for name, p in policies.items():
-        if p.get("kl_to_reference") is not None:
-            ax.scatter([p["kl_to_reference"]], [p["gold"]], s=30)
-            ax.annotate(name, (p["kl_to_reference"], p["gold"]), textcoords="offset points", xytext=(5, 4),
-                        fontsize=8)
-    for name, b in bon_results.items():
-        ax.plot(b["kl"], b["gold"], marker="o", markersize=3, linewidth=1, label=f"BoN: {name}")
-    ax.set_xlabel(f"KL to {Path(cfg.kl_reference).name or cfg.kl_reference} (nats)")
-    ax.set_ylabel(f"golden reward ({cfg.golden})")
-    ax.set_title("golden reward against KL")
-    ax.grid(alpha=0.3)
-    if bon_results:
-        ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    points = {name: (p["kl_to_reference"], p["gold"]) for name, p in policies.items()
+              if p.get("kl_to_reference") is not None}
+    curves = {f"BoN: {name}": (b["kl"], b["gold"]) for name, b in bon_results.items()}
+    points_and_curves_plot(path, points, curves, f"KL to {Path(cfg.kl_reference).name or cfg.kl_reference} (nats)",
+                           f"golden reward ({cfg.golden})", "golden reward against KL")
 
 
 def _f(x, digits=3) -> str:

@@ -24,14 +24,13 @@ from __future__ import annotations
 import json
 import random
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 
 from afd import models
 from afd.config import opt
 from afd.errors import AfdError
-from afd.runs import DataOptions, StageDir, StageOptions, atomic_write_text, link_final
+from afd.runs import DataOptions, StageDir, StageOptions, link_final, write_demo_files
 from afd.training import PadCollator, TokenRate, TrainOptions, apply_lora, loss_plot, save_model, training_arguments
 
 
@@ -114,6 +113,10 @@ def encode_side(tok, prompt: list[dict], response: str, cfg) -> dict:
     return {"input_ids": p + r, "labels": [-100] * len(p) + r}
 
 
+def response_ids(side: dict) -> list[int]:
+    return [t for t in side["labels"] if t != -100]
+
+
 def train_step(cfg: StepConfig) -> dict:
     from transformers import AutoModelForCausalLM
 
@@ -128,20 +131,23 @@ def train_step(cfg: StepConfig) -> dict:
     pool = read_pool(cfg.pool)
     pairs = [(demos[r["prompt_id"]], r["response"]) for r in pool if r["prompt_id"] in demos]
     tok = models.load_tokenizer(cfg.model)
-    opponent, _ = models.load_causal_lm(cfg.model, cfg.device, cfg.dtype)
-    opp_c = response_logprobs(opponent, tok, [(d.prompt, d.response) for d, _ in pairs], cfg.template,
-                              cfg.batch_size, progress="opponent log-probs (demonstrations)")
-    opp_r = response_logprobs(opponent, tok, [(d.prompt, y) for d, y in pairs], cfg.template, cfg.batch_size,
-                              progress="opponent log-probs (negatives)")
-    del opponent
     rows = []
-    for (d, y), a, b in zip(pairs, opp_c, opp_r):
+    for d, y in pairs:
         c, r = encode_side(tok, d.prompt, d.response, cfg), encode_side(tok, d.prompt, y, cfg)
-        if len(c["input_ids"]) > cfg.max_length or len(r["input_ids"]) > cfg.max_length:
-            continue  # a cut response would not match the opponent's full-response log-prob
-        rows.append({"chosen": c, "rejected": r, "opp_chosen": a, "opp_rejected": b})
+        if len(c["input_ids"]) <= cfg.max_length and len(r["input_ids"]) <= cfg.max_length:
+            rows.append({"chosen": c, "rejected": r, "prompt": d.prompt})  # a cut response is left out
     if not rows:
         raise AfdError(f"no IRFT pair fits max_length={cfg.max_length}")
+    # the opponent scores the very tokens the policy trains on
+    opponent, _ = models.load_causal_lm(cfg.model, cfg.device, cfg.dtype)
+    for side in ("chosen", "rejected"):
+        items = [(row["prompt"], response_ids(row[side])) for row in rows]
+        for row, lp in zip(rows, response_logprobs(opponent, tok, items, cfg.template, cfg.batch_size,
+                                                   progress=f"opponent log-probs ({side})")):
+            row[f"opp_{side}"] = lp
+    del opponent
+    for row in rows:
+        del row["prompt"]
 
     dtype = torch.float32 if cfg.dtype == "auto" else models.pick_dtype(cfg.dtype, models.pick_device(cfg.device))
     policy = AutoModelForCausalLM.from_pretrained(models.resolve(cfg.model), dtype=dtype)
@@ -164,8 +170,8 @@ def train_step(cfg: StepConfig) -> dict:
                          "pairs_too_long": len(pairs) - len(rows),
                          "train_loss": result.training_loss, "steps": trainer.state.global_step, "resumed": resume,
                          "implicit_reward_accuracy_last_quarter": sum(tail) / len(tail) if tail else None,
-                         "opponent_logp_chosen": sum(opp_c) / len(opp_c),
-                         "opponent_logp_rejected": sum(opp_r) / len(opp_r),
+                         "opponent_logp_chosen": sum(r["opp_chosen"] for r in rows) / len(rows),
+                         "opponent_logp_rejected": sum(r["opp_rejected"] for r in rows) / len(rows),
                          "train_tokens_per_second": rate.rate})
 
 
@@ -186,25 +192,22 @@ def irft(cfg: IRFTConfig) -> dict:
     order = list(range(len(demos)))
     random.Random(cfg.seed).shuffle(order)
     parts = [sorted(order[t::cfg.stages]) for t in range(cfg.stages)]
-    train_opts = {f: getattr(cfg, f) for f in TrainOptions.__dataclass_fields__}
+    train_opts = cfg.train_options()
     policy, history = cfg.model, []
     for t, part in enumerate(parts):
         folder = stage.path / f"stage_{t}"
-        folder.mkdir(parents=True, exist_ok=True)
-        rows = [{"id": demos[i].id, "prompt": demos[i].prompt, "completion": demos[i].response} for i in part]
-        write_jsonl(folder / "demos.jsonl", rows)
-        write_jsonl(folder / "prompts.jsonl", [{"id": r["id"], "prompt": r["prompt"]} for r in rows])
+        demos_path, prompts_path = write_demo_files(folder, [demos[i] for i in part])
         samples = sample(SampleConfig(
-            out=str(stage.path), stage_name=f"stage_{t}/samples", model=policy, data=str(folder / "prompts.jsonl"),
+            out=str(stage.path), stage_name=f"stage_{t}/samples", model=policy, data=prompts_path,
             data_format="prompt", template=cfg.template, num_samples=cfg.num_samples,
             max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, seed=cfg.seed + 1000 * t,
             batch_size=cfg.sample_batch_size, max_prompt_length=cfg.max_prompt_length, long_prompts="error",
             device=cfg.device, dtype=cfg.dtype))
         step = train_step(StepConfig(**train_opts, out=str(stage.path), stage_name=f"stage_{t}/train", model=policy,
-                                     data=str(folder / "demos.jsonl"), pool=str(folder / "samples" / POOL),
+                                     data=demos_path, pool=str(folder / "samples" / POOL),
                                      beta=cfg.beta))
         policy = step["model"]
-        history.append({"stage": t, "policy": policy, "demonstrations": len(rows),
+        history.append({"stage": t, "policy": policy, "demonstrations": len(part),
                         "negative_mean_tokens": samples["mean_num_tokens"], **{
                             k: step[k] for k in ("pairs", "train_loss", "steps",
                                                  "implicit_reward_accuracy_last_quarter")}})
@@ -212,6 +215,3 @@ def irft(cfg: IRFTConfig) -> dict:
     link_final(stage.path, policy)
     return stage.finish({"model": str(stage.path / "model"), "final_policy": policy, "stages": history})
 
-
-def write_jsonl(path: Path, rows: list[dict]) -> None:
-    atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))

@@ -32,7 +32,7 @@ from pathlib import Path
 
 from afd.config import check_choice, opt
 from afd.errors import AfdError
-from afd.runs import DataOptions, StageDir, StageOptions, atomic_write_text, link_final
+from afd.runs import DataOptions, StageDir, StageOptions, link_final, write_demo_files, write_jsonl
 from afd.rl import RLOptions
 from afd.training import TrainOptions
 
@@ -58,54 +58,27 @@ class IRLConfig(StageOptions, DataOptions, TrainOptions, RLOptions):
         self.validate_rl()
 
 
-def demo_files(cfg: IRLConfig, folder: Path) -> tuple[str, str, int]:
-    """The demonstrations as afd files: demos.jsonl (prompt, completion) and prompts.jsonl,
-    one prompt per demonstration, with the demonstration's id."""
-    from afd.data import load_demos
-
-    demos, _ = load_demos(cfg.data_config())
-    if not demos:
-        raise AfdError(f"no demonstration in {cfg.data}")
-    rows = [{"id": d.id, "prompt": d.prompt, "completion": d.response} for d in demos]
-    demo_path, prompt_path = folder / "demos.jsonl", folder / "prompts.jsonl"
-    atomic_write_text(demo_path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
-    atomic_write_text(prompt_path, "".join(json.dumps({"id": r["id"], "prompt": r["prompt"]}, ensure_ascii=False)
-                                           + "\n" for r in rows))
-    return str(demo_path), str(prompt_path), len(rows)
-
-
-def write_pairs(path: Path, demos_path: str, pools: list[str]) -> int:
+def write_pairs(path: Path, demos: dict, pools: list[str]) -> int:
     """(x, chosen = demonstration, rejected = policy sample) for every sample of every pool
-    so far; returns the number of pairs. Empty samples are left out (a pair file, like any
-    afd data, has no empty responses)."""
+    so far (``demos``: id -> Demo, the pools' prompt ids); returns the number of pairs. Empty
+    samples are left out (a pair file, like any afd data, has no empty responses)."""
     from afd.sampling import read_pool
 
-    demos = {}
-    for line in Path(demos_path).read_text().splitlines():
-        d = json.loads(line)
-        demos[d["id"]] = d
     rows = []
     for t, pool in enumerate(pools):
         for r in read_pool(pool):
             if not r["response"].strip():
                 continue
             d = demos[r["prompt_id"]]
-            rows.append({"id": f"{r['prompt_id']}/{t}/{r['sample_index']}", "prompt": d["prompt"],
-                         "chosen": d["completion"], "rejected": r["response"]})
-    atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+            rows.append({"id": f"{r['prompt_id']}/{t}/{r['sample_index']}", "prompt": d.prompt,
+                         "chosen": d.response, "rejected": r["response"]})
+    write_jsonl(path, rows)
     return len(rows)
-
-
-def _common(cfg: IRLConfig) -> dict:
-    return {k: getattr(cfg, k) for k in ("template", "seed", "batch_size", "grad_accum", "max_length",
-                                         "max_prompt_length", "long_prompts", "lora_r", "lora_alpha",
-                                         "lora_dropout", "lora_target_modules", "gradient_checkpointing",
-                                         "save_steps", "logging_steps", "device", "dtype", "warmup_ratio",
-                                         "weight_decay", "lr_scheduler")}
 
 
 def iterate(cfg: IRLConfig, method: str) -> dict:
     """The loop of both methods (``method`` "irl" or "gail"); returns the stage's metrics."""
+    from afd.data import load_demos
     from afd.reward import RewardConfig, reward
     from afd.rl import RLConfig, rl
     from afd.sampling import POOL, SampleConfig, sample
@@ -113,9 +86,14 @@ def iterate(cfg: IRLConfig, method: str) -> dict:
     stage = StageDir(cfg, method)
     if not stage.begin():
         return stage.metrics()
-    demos_path, prompts_path, n_demos = demo_files(cfg, stage.path)
+    demos, _ = load_demos(cfg.data_config())
+    if not demos:
+        raise AfdError(f"no demonstration in {cfg.data}")
+    demos_path, prompts_path = write_demo_files(stage.path, demos)
+    by_id = {d.id: d for d in demos}
     out = str(stage.path)
-    common = _common(cfg)
+    # the RL step takes epochs / max_steps / lr; the reward model has its own
+    common = {k: v for k, v in cfg.train_options().items() if k not in ("epochs", "max_steps", "lr", "eval_fraction")}
     policy, reward_init, pools, history = cfg.model, cfg.reward_model or cfg.model, [], []
     for t in range(cfg.iterations):
         it = f"iter_{t}"
@@ -130,7 +108,7 @@ def iterate(cfg: IRLConfig, method: str) -> dict:
         rm_opts = dict(common, out=out, stage_name=f"{it}/reward", epochs=cfg.reward_epochs, lr=cfg.reward_lr,
                        eval_fraction=cfg.eval_fraction, eval_pairs=cfg.eval_pairs, eval_pairs_max=cfg.eval_pairs_max)
         if method == "irl":
-            pairs = write_pairs(stage.path / it / "pairs.jsonl", demos_path, pools)
+            pairs = write_pairs(stage.path / it / "pairs.jsonl", by_id, pools)
             rm_cfg = RewardConfig(model=reward_init, variant="bt", data=str(stage.path / it / "pairs.jsonl"),
                                   data_format="preference", **rm_opts)
         else:  # GAIL: demonstrations against this iteration's samples, BCE; warm start
@@ -156,7 +134,7 @@ def iterate(cfg: IRLConfig, method: str) -> dict:
         stage.path.joinpath("history.json").write_text(json.dumps(history, indent=1))
     link_final(stage.path, policy)
     return stage.finish({"method": method, "model": str(stage.path / "model"), "final_policy": policy,
-                         "demonstrations": n_demos,
+                         "demonstrations": len(demos),
                          "iterations": history})
 
 

@@ -5,13 +5,18 @@ from __future__ import annotations
 from pathlib import Path
 
 
-def line_plot(path: str | Path, series: dict[str, tuple[list, list]], xlabel: str, ylabel: str,
-              title: str, logx: bool = False) -> Path:
+def _pyplot():
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+def line_plot(path: str | Path, series: dict[str, tuple[list, list]], xlabel: str, ylabel: str,
+              title: str, logx: bool = False) -> Path:
+    plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
     for name, (x, y) in series.items():
         if len(x):
@@ -33,10 +38,7 @@ def line_plot(path: str | Path, series: dict[str, tuple[list, list]], xlabel: st
 def bar_plot(path: str | Path, bars: dict[str, tuple[float, float, float]], ylabel: str, title: str,
              hline: float | None = None) -> Path:
     """One bar per name with its value and (low, high) interval: `bars[name] = (value, low, high)`."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = _pyplot()
 
     names = list(bars)
     values = [bars[n][0] for n in names]
@@ -51,6 +53,28 @@ def bar_plot(path: str | Path, bars: dict[str, tuple[float, float, float]], ylab
     ax.set_ylabel(ylabel)
     ax.set_title(title)
     ax.grid(alpha=0.3, axis="y")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return Path(path)
+
+
+def points_and_curves_plot(path: str | Path, points: dict[str, tuple[float, float]],
+                           curves: dict[str, tuple[list, list]], xlabel: str, ylabel: str, title: str) -> Path:
+    """Labelled points (name -> (x, y)) and curves (name -> (xs, ys), in the legend) on one axis."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6.5, 4.5), dpi=120)
+    for name, (x, y) in points.items():
+        ax.scatter([x], [y], s=30)
+        ax.annotate(name, (x, y), textcoords="offset points", xytext=(5, 4), fontsize=8)
+    for name, (xs, ys) in curves.items():
+        ax.plot(xs, ys, marker="o", markersize=3, linewidth=1, label=name)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    if curves:
+        ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)

@@ -30,7 +30,7 @@ from afd import models
 from afd.config import opt
 from afd.errors import AfdError
 from afd.runs import DataOptions, StageDir, StageOptions
-from afd.training import TrainOptions, save_model, training_arguments
+from afd.training import TrainOptions, lora_config, save_model, training_arguments
 
 
 @dataclass
@@ -137,14 +137,7 @@ def rl(cfg: RLConfig) -> dict:
         policy = AutoModelForCausalLM.from_pretrained(models.resolve(cfg.model), dtype=dtype)
     except (OSError, ValueError) as e:
         raise models._load_error(cfg.model, e) from None
-    peft_config = None
-    if cfg.lora_r > 0:
-        from peft import LoraConfig
-
-        targets = cfg.lora_target_modules
-        peft_config = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
-                                 target_modules=targets if targets == "all-linear" else targets.split(","),
-                                 task_type="CAUSAL_LM")
+    peft_config = lora_config(cfg) if cfg.lora_r > 0 else None
     scorer = make_scorer(cfg.reward, device=cfg.device, template=cfg.template)
 
     checkpoints = stage.path / "checkpoints"

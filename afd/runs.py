@@ -50,6 +50,22 @@ def write_json(path: Path, data: Any) -> None:
     atomic_write_text(path, json.dumps(_finite(data), indent=2, sort_keys=False) + "\n")
 
 
+def write_jsonl(path: Path, rows: list[dict]) -> str:
+    """One JSON object a line, written atomically; returns the path as a str."""
+    atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+    return str(path)
+
+
+def write_demo_files(folder: Path, demos: list) -> tuple[str, str]:
+    """Demonstrations as afd files in ``folder``: demos.jsonl (id, prompt, completion) and
+    prompts.jsonl (id, prompt), one prompt per demonstration with its id, so a sample pool of
+    the prompts pairs each sample with its demonstration by ``prompt_id``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    return (write_jsonl(folder / "demos.jsonl", [{"id": d.id, "prompt": d.prompt, "completion": d.response}
+                                                 for d in demos]),
+            write_jsonl(folder / "prompts.jsonl", [{"id": d.id, "prompt": d.prompt} for d in demos]))
+
+
 def _finite(x: Any) -> Any:
     """JSON has no NaN/inf: write them as null."""
     if isinstance(x, float) and not math.isfinite(x):

@@ -48,6 +48,10 @@ class TrainOptions:
     dtype: str = opt("auto", "auto (bf16 mixed precision on CUDA, else fp32), float32, bfloat16, float16")
 
 
+    def train_options(self) -> dict:
+        """These options as a mapping, to pass on to the stages a multi-step stage runs."""
+        return {f: getattr(self, f) for f in TrainOptions.__dataclass_fields__}
+
     def validate_training(self) -> None:
         check_choice("template", self.template, models.TEMPLATES)
         check_choice("long_prompts", self.long_prompts, ("drop", "error"))
@@ -96,14 +100,20 @@ class PadCollator:
         return out
 
 
-def apply_lora(model, cfg: TrainOptions, task_type: str = "CAUSAL_LM"):
-    from peft import LoraConfig, get_peft_model
+def lora_config(cfg: TrainOptions, task_type: str = "CAUSAL_LM"):
+    """PEFT's LoraConfig from afd's lora_* options."""
+    from peft import LoraConfig
 
     targets = cfg.lora_target_modules
     targets = targets if targets == "all-linear" else [t.strip() for t in targets.split(",")]
-    return get_peft_model(model, LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha,
-                                            lora_dropout=cfg.lora_dropout, target_modules=targets,
-                                            task_type=task_type))
+    return LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
+                      target_modules=targets, task_type=task_type)
+
+
+def apply_lora(model, cfg: TrainOptions, task_type: str = "CAUSAL_LM"):
+    from peft import get_peft_model
+
+    return get_peft_model(model, lora_config(cfg, task_type))
 
 
 def _supports(cls, name: str) -> bool:

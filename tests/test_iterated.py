@@ -67,10 +67,10 @@ def test_reward_function_passes_messages_and_text():
 
 
 def test_write_pairs_accumulates_iterations(tmp_path):
+    from afd.data import Demo
     from afd.irl import write_pairs
 
-    demos = write_jsonl(tmp_path / "demos.jsonl", [{"id": "a", "prompt": [{"role": "user", "content": "p"}],
-                                                    "completion": "good"}])
+    demos = {"a": Demo("a", [{"role": "user", "content": "p"}], "good")}
     pools = []
     for t in range(2):
         pools.append(write_jsonl(tmp_path / f"pool{t}.jsonl", [
