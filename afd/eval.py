@@ -264,8 +264,9 @@ def policy_plot(path, policies: dict, bon_results: dict, cfg: EvalConfig) -> Non
     points = {name: (p["kl_to_reference"], p["gold"]) for name, p in policies.items()
               if p.get("kl_to_reference") is not None}
     curves = {f"BoN: {name}": (b["kl"], b["gold"]) for name, b in bon_results.items()}
-    points_and_curves_plot(path, points, curves, f"KL to {Path(cfg.kl_reference).name or cfg.kl_reference} (nats)",
-                           f"golden reward ({cfg.golden})", "golden reward against KL")
+    reference = "/".join(Path(cfg.kl_reference).parts[-2:])  # runs/x/sft/model -> sft/model
+    points_and_curves_plot(path, points, curves, f"KL to {reference} (nats)", f"golden reward ({cfg.golden})",
+                           "golden reward against KL")
 
 
 def _f(x, digits=3) -> str:
