@@ -46,13 +46,15 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Any]]:
     helps = {"sft": "supervised fine-tuning on demonstrations (forward-KL imitation)",
              "sample": "K samples per prompt from a policy into a sample pool",
              "demonstrate": "demonstrations from a demonstrator policy given a hidden expert instruction",
-             "reward": "train a reward model: IRL classifier (init-sft, init-demo, sft-demo) or preference bt",
+             "reward": "train a reward model: IRL classifier (init-sft, init-demo, sft-demo), preference bt, "
+                       "or AVA's token-level Bayesian reward (ava-d, ava-p)",
              "bon": "Best-of-N: keep each prompt's best sample under a reward",
              "eval": "golden evaluation of policies and Best-of-N curves from one pool",
              "rl": "RL (RLOO, KL penalty) of a policy against a reward model or scorer",
              "irl": "iterated IRL: reward model on demonstrations vs policy samples, then RL, repeated",
              "irft": "implicit-reward fine-tuning from demonstrations (stages=1 is SPIN)",
-             "gail": "GAIL: discriminator demonstrations vs policy samples, RL on its logit, repeated"}
+             "gail": "GAIL: discriminator demonstrations vs policy samples, RL on its logit, repeated",
+             "ava": "AVA direct optimisation: train a policy with the AVA objective (ava-d or ava-p)"}
     for kind, (cls, _, _) in stages.items():
         _add_options(sub.add_parser(kind, help=helps.get(kind), description=helps.get(kind)), cls)
     run = sub.add_parser("run", help="run the stages of a pipeline YAML, each cached in the run folder")

@@ -25,6 +25,7 @@ from afd.errors import ConfigError
 
 def registry() -> dict[str, tuple[type, Callable[[Any], dict], Callable[[Path], str]]]:
     """kind -> (config class, stage function, artifact of a stage folder)."""
+    from afd.ava import AVAConfig, ava
     from afd.bon import BonConfig, bon
     from afd.demonstrate import DEMOS, DemonstrateConfig, demonstrate
     from afd.eval import EvalConfig, evaluate
@@ -46,6 +47,7 @@ def registry() -> dict[str, tuple[type, Callable[[Any], dict], Callable[[Path], 
         "irl": (IRLConfig, irl, lambda p: str(p / "model")),
         "irft": (IRFTConfig, irft, lambda p: str(p / "model")),
         "gail": (IRLConfig, gail, lambda p: str(p / "model")),
+        "ava": (AVAConfig, ava, lambda p: str(p / "model")),
     }
 
 

@@ -14,7 +14,10 @@ is negative:
     sft-demo    demonstrations          samples of pi_sft    (most heterogeneous)
     bt          chosen                  rejected             (preference baseline)
 
-``loss: bt`` trains any variant with the pairwise Bradley-Terry loss
+``ava-d`` (demonstrations) and ``ava-p`` (pairs) train AVA's token-level Bayesian reward
+model instead (METHODS §3, :mod:`afd.ava`), saved as a causal-LM folder with its heads.
+
+``loss: bt`` trains any of the first four variants with the pairwise Bradley-Terry loss
 ``-log sigma(r(x, y+) - r(x, y-))`` instead, pairing positives and negatives of the same
 prompt; ``bt`` always uses it. The model is an ``AutoModelForSequenceClassification`` with one
 label (default backbone: the initial policy), saved with ``save_pretrained`` so that
@@ -31,18 +34,20 @@ from dataclasses import dataclass
 import torch
 
 from afd import models
+from afd.ava import AVAOptions
 from afd.config import check_choice, opt
 from afd.errors import AfdError
 from afd.runs import DataOptions, StageDir, StageOptions
 from afd.training import TokenRate, TrainOptions, apply_lora, loss_plot, save_model, training_arguments
 
-VARIANTS = ("init-sft", "init-demo", "sft-demo", "bt")
+VARIANTS = ("init-sft", "init-demo", "sft-demo", "bt", "ava-d", "ava-p")
 
 
 @dataclass
-class RewardConfig(StageOptions, DataOptions, TrainOptions):
+class RewardConfig(StageOptions, DataOptions, TrainOptions, AVAOptions):
     model: str = opt("tiny-random", "backbone: built-in name, local folder or hub id (default: the initial policy)")
-    variant: str = opt("init-sft", "init-sft, init-demo, sft-demo (from demonstrations) or bt (from preference pairs)")
+    variant: str = opt("init-sft", "init-sft, init-demo, sft-demo, ava-d (from demonstrations) or bt, ava-p "
+                                   "(from preference pairs); ava-* is AVA's token-level Bayesian reward (afd.ava)")
     loss: str = opt("bce", "bce (classifier: logit = reward) or bt (pairwise Bradley-Terry on same-prompt pairs)")
     init_pool: str = opt("", "samples of the initial policy pi_0 (a pool file or a sample stage folder)")
     sft_pool: str = opt("", "samples of the SFT policy pi_sft (a pool file or a sample stage folder)")
@@ -53,8 +58,9 @@ class RewardConfig(StageOptions, DataOptions, TrainOptions):
         self.validate_training()
         check_choice("variant", self.variant, VARIANTS)
         check_choice("loss", self.loss, ("bce", "bt"))
+        self.validate_ava()
         need = {"init-sft": ("init_pool", "sft_pool"), "init-demo": ("init_pool", "data"),
-                "sft-demo": ("sft_pool", "data"), "bt": ("data",)}[self.variant]
+                "sft-demo": ("sft_pool", "data")}.get(self.variant, ("data",))
         for name in need:
             if not getattr(self, name):
                 raise AfdError(f"variant '{self.variant}' needs option '{name}'")
@@ -240,6 +246,15 @@ def reward(cfg: RewardConfig) -> dict:
     stage = StageDir(cfg, "reward")
     if not stage.begin():
         return stage.metrics()
+    if cfg.variant in ("ava-d", "ava-p"):
+        from afd import ava
+
+        metrics, model, tok = ava.train(cfg, stage, cfg.variant)
+        metrics["variant"] = cfg.variant
+        if cfg.eval_pairs:
+            rm = ava.AVARewardModel(model, tok, cfg, cfg.template, cfg.max_length)
+            metrics.update(preference_metrics(lambda p, r: rm.score(p, r, cfg.batch_size), cfg))
+        return stage.finish(metrics)
     items = examples(cfg)
     train, held = split_groups(items, cfg.eval_fraction, cfg.seed)
     tok = models.load_tokenizer(cfg.model)
@@ -301,7 +316,8 @@ def reward(cfg: RewardConfig) -> dict:
                "train_tokens_per_second": rate.rate}
     metrics.update(held_out_metrics(trained, tok, held, cfg))
     if cfg.eval_pairs:
-        metrics.update(preference_metrics(trained, tok, cfg))
+        metrics.update(preference_metrics(
+            lambda p, r: score_texts(trained, tok, p, r, cfg.template, cfg.batch_size, cfg.max_length), cfg))
     if trainer.is_world_process_zero():
         save_model(trained, tok, stage.path / "model")
     (stage.path / "log_history.json").write_text(json.dumps(trainer.state.log_history, indent=1))
@@ -330,14 +346,13 @@ def held_out_metrics(model, tok, held: list[Example], cfg) -> dict:
             "eval_mean_reward_negative": sum(neg) / len(neg) if neg else None}
 
 
-def preference_metrics(model, tok, cfg) -> dict:
-    """Accuracy on human preference pairs (never trained on, unless they are the bt data)."""
+def preference_metrics(score, cfg) -> dict:
+    """Accuracy on human preference pairs (never trained on, unless they are the bt data) of
+    ``score(prompts, responses) -> rewards``."""
     from afd.data import DataConfig, load_pairs
 
     pairs, stats = load_pairs(DataConfig(path=cfg.eval_pairs, on_invalid=cfg.on_invalid, limit=cfg.eval_pairs_max))
     prompts = [p.prompt for p in pairs]
-    chosen = score_texts(model, tok, prompts, [p.chosen for p in pairs], cfg.template, cfg.batch_size, cfg.max_length)
-    rejected = score_texts(model, tok, prompts, [p.rejected for p in pairs], cfg.template, cfg.batch_size,
-                           cfg.max_length)
+    chosen, rejected = score(prompts, [p.chosen for p in pairs]), score(prompts, [p.rejected for p in pairs])
     return {"pair_accuracy": pair_accuracy(chosen, rejected), "pairs": len(pairs),
             "pairs_skipped": stats.skipped}

@@ -4,7 +4,8 @@ Best-of-N and evaluation take a scorer by name, so a trained reward model, the c
 density ratio and a golden judge are used the same way:
 
 - ``FOLDER`` or ``rm:FOLDER_OR_HUB_ID``: a reward model saved by ``afd reward`` (or any
-  ``AutoModelForSequenceClassification`` with one label); the reward is its logit.
+  ``AutoModelForSequenceClassification`` with one label); the reward is its logit. An AVA
+  model (``afd reward --variant ava-d|ava-p``) gives its sequence reward ``sum_t w_t mu_t``.
 - ``density-ratio:POLICY,REFERENCE``: ``log pi(y|x) - log pi_ref(y|x)``, the closed-form
   optimum of the ``init-sft`` classifier (METHODS §1); ``density-ratio-norm:`` divides by
   the number of response tokens.
@@ -27,7 +28,12 @@ Scorer = Callable[[list[list[dict]], list[str]], list[float]]
 
 def reward_model_scorer(path: str, device: str = "auto", dtype: str = "auto", batch_size: int = 16,
                         template: str = "auto") -> Scorer:
+    from afd.ava import AVARewardModel
     from afd.reward import load_reward_model, score_texts
+
+    if AVARewardModel.is_ava(models.resolve(path)):
+        rm = AVARewardModel.from_pretrained(models.resolve(path), device, dtype)
+        return lambda prompts, responses: rm.score(prompts, responses, batch_size)
 
     model, tok = load_reward_model(path, device, dtype)
 

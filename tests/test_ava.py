@@ -1,0 +1,215 @@
+"""AVA (METHODS §3): each term of the objective against a value computed by hand on tiny-random,
+the ablation switches, the reward model's API and files, direct optimisation, the CLI."""
+
+import copy
+import json
+import math
+
+import pytest
+import torch
+
+from conftest import WORDS, say_demos, write_jsonl
+
+
+def _opts(**kw):
+    from afd.ava import AVAOptions
+
+    return AVAOptions(**{"ava_alpha": 2.0, "ava_beta": 3.0, "ava_gamma": 0.9, "ava_lambda": 0.7, **kw})
+
+
+def _model_with_heads(tiny, opts, seed=0):
+    """A copy of tiny-random with AVA heads whose outputs are far from zero (so every term matters)."""
+    from afd.ava import attach
+
+    model = copy.deepcopy(tiny[0])
+    torch.manual_seed(seed)
+    heads = attach(model, opts)
+    with torch.no_grad():
+        heads.reward.weight.normal_(0, 0.5)
+        heads.reward.bias.copy_(torch.tensor([0.3, -0.2]))
+    return model.eval()
+
+
+def _batch(tok):
+    from afd.ava import AVACollator, encode
+
+    class Cfg:
+        template, max_length, max_prompt_length, long_prompts = "auto", 64, 32, "error"
+
+    prompt = [{"role": "user", "content": "Say cat"}]
+    rows = [encode(tok, prompt, "cat!", Cfg), encode(tok, prompt, "a moon", Cfg)]
+    return rows, AVACollator(tok.pad_token_id).pad(rows)
+
+
+@torch.no_grad()
+def _by_hand(model, row, opts):
+    """Every per-token term of one unpadded row, by explicit loops in float64."""
+    ids = torch.tensor([row["input_ids"]])
+    weighted = opts.ava_weighting == "attention"
+    with torch.no_grad():
+        out = model(input_ids=ids, output_hidden_states=True, output_attentions=weighted)
+    logits, hidden = out.logits[0].double(), out.hidden_states[-1][0]
+    heads = model.ava_heads
+    n, start = len(row["input_ids"]), row["start"]
+    positions = [j for j in range(start, n) if j > 0]
+
+    def q_vec(j):  # Q(y_<j, .)
+        if heads.q is not None:
+            return heads.q(hidden[j - 1]).double()
+        p = torch.softmax(logits[j - 1], -1)
+        return torch.log_softmax(opts.ava_alpha * p, -1)
+
+    terms = {k: {} for k in ("logB", "Q", "td", "mean", "std", "kl", "logN", "w")}
+    for j in positions:
+        qv, a = q_vec(j), row["input_ids"][j]
+        terms["Q"][j] = float(qv[a])
+        terms["logB"][j] = float(torch.log_softmax(opts.ava_beta * qv, -1)[a])
+    for j in positions:
+        q_next = terms["Q"][j + 1] if j + 1 in terms["Q"] else 0.0
+        td = terms["Q"][j] - opts.ava_gamma * q_next
+        raw = heads.reward(hidden[j]).double()
+        mu, s = float(raw[0]), math.log1p(math.exp(float(raw[1]))) + 1e-4
+        terms["td"][j], terms["mean"][j], terms["std"][j] = td, mu, s
+        terms["kl"][j] = 0.5 * (mu ** 2 + s ** 2 - 1) - math.log(s)
+        terms["logN"][j] = -0.5 * math.log(2 * math.pi) - math.log(s) - 0.5 * ((td - mu) / s) ** 2
+    if weighted:
+        a = out.attentions[opts.ava_attention_layer][0].double().mean(0)
+        col = {j: sum(float(a[i, j]) for i in positions if i >= j) / sum(1 for i in positions if i >= j)
+               for j in positions}
+    else:
+        col = {j: 1.0 for j in positions}
+    total = sum(col.values())
+    terms["w"] = {j: c / total for j, c in col.items()}
+    return terms
+
+
+@pytest.mark.parametrize("kw", [{}, {"ava_weighting": "uniform"}, {"ava_q_head": "new"},
+                                {"ava_attention_layer": 0}])
+def test_each_token_term_matches_hand_computation(tiny, kw):
+    from afd.ava import token_terms
+
+    opts = _opts(**kw)
+    model = _model_with_heads(tiny, opts)
+    rows, batch = _batch(tiny[1])
+    with torch.no_grad():
+        got = token_terms(model, batch["input_ids"], batch["attention_mask"], batch["response"], opts)
+    for b, row in enumerate(rows):  # row 1 is right-padded in the batch: padding must not matter
+        want = _by_hand(model, row, opts)
+        for name, values in want.items():
+            for j, v in values.items():
+                assert got[name][b, j].item() == pytest.approx(v, rel=1e-4, abs=1e-5), (name, b, j)
+            outside = [j for j in range(batch["input_ids"].shape[1]) if j not in values]
+            assert all(got[name][b, j].item() == 0 for j in outside if name != "std"), name
+    if kw.get("ava_weighting") == "uniform":
+        n = len(rows[0]["input_ids"]) - rows[0]["start"]
+        assert got["w"][0, rows[0]["start"]:len(rows[0]["input_ids"])].tolist() == pytest.approx([1 / n] * n)
+
+
+def test_sequence_terms_and_both_objectives_by_hand():
+    from afd.ava import ava_loss, sequence_terms
+
+    opts = _opts(ava_contrastive=0.5)
+    # two responses (or chosen, rejected) of two tokens
+    t = {"w": torch.tensor([[0.25, 0.75], [0.5, 0.5]]), "logB": torch.tensor([[-1.0, -2.0], [-3.0, -1.0]]),
+         "kl": torch.tensor([[0.1, 0.3], [0.2, 0.0]]), "logN": torch.tensor([[-1.5, -0.5], [-1.0, -2.0]]),
+         "mean": torch.tensor([[2.0, -1.0], [0.5, 1.5]])}
+    s = sequence_terms(t)
+    assert s["likelihood"].tolist() == pytest.approx([-0.25 - 1.5, -2.0])
+    assert s["kl"].tolist() == pytest.approx([0.025 + 0.225, 0.1])
+    assert s["td"].tolist() == pytest.approx([-0.375 - 0.375, -1.5])
+    assert s["reward"].tolist() == pytest.approx([0.5 - 0.75, 1.0])
+    # AVA-d: -(mean of likelihood - kl + lambda td)
+    d = [(-1.75 - 0.25 + 0.7 * -0.75), (-2.0 - 0.1 + 0.7 * -1.5)]
+    assert ava_loss(s, "ava-d", opts).item() == pytest.approx(-sum(d) / 2)
+    # AVA-p with row 0 chosen, row 1 rejected
+    p = (-1.75 - -2.0) - (0.25 + 0.1) + 0.7 * (-0.75 + -1.5) + 0.5 * math.log(1 / (1 + math.exp(-(-0.25 - 1.0))))
+    assert ava_loss(s, "ava-p", opts).item() == pytest.approx(-p)
+    # the ablations drop their term
+    assert ava_loss(s, "ava-p", _opts(ava_contrastive=0.0, ava_lambda=0.0)).item() == pytest.approx(
+        -((-1.75 - -2.0) - (0.25 + 0.1)))
+
+
+def test_weights_are_constant_in_token_terms_and_learnt_through_the_reward():
+    from afd.ava import sequence_terms
+
+    w = torch.tensor([[0.4, 0.6]], requires_grad=True)
+    t = {"w": w, "logB": torch.tensor([[-1.0, -2.0]]), "kl": torch.zeros(1, 2), "logN": torch.zeros(1, 2),
+         "mean": torch.tensor([[3.0, 5.0]])}
+    s = sequence_terms(t)
+    assert not s["likelihood"].requires_grad
+    s["reward"].sum().backward()
+    assert w.grad.tolist() == [[3.0, 5.0]]
+
+
+def _pairs(n=32):
+    return [{"id": f"q{i}", "prompt": f"Say {w}", "chosen": f"{w}!", "rejected": f"no {WORDS[(i + 5) % 32]} at all"}
+            for i, w in enumerate(WORDS[:n])]
+
+
+def test_ava_p_reward_model_ranks_pairs_and_loads_everywhere(tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    from afd.ava import AVARewardModel
+    from afd.reward import RewardConfig, reward
+    from afd.scorers import make_scorer
+
+    pairs = write_jsonl(tmp_path / "pairs.jsonl", _pairs())
+    m = reward(RewardConfig(out=str(tmp_path), variant="ava-p", data=pairs, eval_pairs=pairs, epochs=6, lr=2e-3,
+                            batch_size=8, eval_fraction=0.0, save_steps=1000))
+    assert m["pair_accuracy"] >= 0.9, m
+    folder = tmp_path / "reward" / "model"
+    assert AutoModelForCausalLM.from_pretrained(folder) is not None  # a plain policy folder
+    rm = AVARewardModel.from_pretrained(str(folder), device="cpu")
+    prompts = [[{"role": "user", "content": "Say cat"}]] * 2
+    tokens = rm.token_rewards(prompts, ["cat!", "no bird at all"])
+    assert tokens[0].tokens[-1] == rm.tokenizer.eos_token  # scored as trained: EOS last
+    for t in tokens:
+        assert len(t.mean) == len(t.std) == len(t.weight) == len(t.ids)
+        assert sum(t.weight) == pytest.approx(1.0)
+        assert all(s > 0 for s in t.std)
+        assert t.reward == pytest.approx(sum(w * u for w, u in zip(t.weight, t.mean)), abs=1e-5)
+    assert tokens[0].reward > tokens[1].reward
+    assert make_scorer(str(folder))(prompts, ["cat!", "no bird at all"]) == pytest.approx(
+        [t.reward for t in tokens], abs=1e-5)
+    # token ids are scored exactly as given
+    ids = tokens[0].ids
+    assert rm.token_rewards(prompts[:1], [ids])[0].mean == pytest.approx(tokens[0].mean, abs=1e-5)
+
+
+def test_direct_optimisation_raises_the_demonstrations_likelihood(tmp_path):
+    from afd import models
+    from afd.ava import AVAConfig, ava
+    from afd.scoring import response_logprobs
+
+    demos = say_demos()
+    path = write_jsonl(tmp_path / "demos.jsonl", demos)
+    m = ava(AVAConfig(out=str(tmp_path), objective="ava-d", data=path, epochs=8, lr=3e-3, batch_size=8,
+                      eval_fraction=0.0, ava_beta=50.0))
+    items = [([{"role": "user", "content": d["prompt"]}], d["completion"]) for d in demos]
+    before = response_logprobs(*models.load_causal_lm("tiny-random", "cpu"), items)
+    after = response_logprobs(*models.load_causal_lm(m["model"], "cpu"), items)
+    assert sum(after) / len(after) > sum(before) / len(before) + 2.0, (sum(before), sum(after))
+
+
+def test_cli_yaml_errors_and_resume(tmp_path, capsys):
+    from afd.cli import main
+
+    demos = write_jsonl(tmp_path / "demos.jsonl", say_demos(16))
+    pairs = write_jsonl(tmp_path / "pairs.jsonl", _pairs(16))
+    cfg = tmp_path / "ava.yaml"
+    cfg.write_text(f"out: {tmp_path}/run\nobjective: ava-p\ndata: {pairs}\nava_lambda: 0.5\nmax_steps: 2\n")
+    assert main(["ava", "--config", str(cfg), "--ava-weighting", "uniform"]) == 0
+    saved = json.loads((tmp_path / "run" / "ava" / "model" / "ava.json").read_text())
+    assert saved["ava_lambda"] == 0.5 and saved["ava_weighting"] == "uniform" and saved["objective"] == "ava-p"
+    assert main(["ava", "--config", str(cfg), "--ava-weighting", "uniform"]) == 0  # finished: reused
+    assert "seconds" in capsys.readouterr().out
+    assert main(["reward", "--out", str(tmp_path / "run"), "--variant", "ava-d", "--data", demos,
+                 "--max-steps", "2"]) == 0
+    assert (tmp_path / "run" / "reward" / "model" / "ava_heads.safetensors").is_file()
+    capsys.readouterr()
+    assert main(["reward", "--out", str(tmp_path / "run"), "--variant", "ava-d", "--data", demos,
+                 "--ava-q-head", "pretrain"]) == 2
+    err = capsys.readouterr().err
+    assert "ava_q_head" in err and "pretrain" in err and len(err.strip().splitlines()) == 1
+    assert main(["ava", "--out", str(tmp_path / "run"), "--data", demos, "--ava-q-head", "new"]) == 2
+    assert "pretrained" in capsys.readouterr().err
