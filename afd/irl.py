@@ -10,7 +10,9 @@ demonstrations and down on the policy's own samples; in practice::
         y ~ pi(.|x) for every demonstration prompt x            (num_samples each)
         pairs_t = {(x, chosen = y*, rejected = y)}; keep all earlier pairs too
         r_t <- Bradley-Terry reward model, -log sigma(r(x,y*) - r(x,y)), on all pairs so far
-        pi  <- RL on r_t with a KL penalty to the reference     (afd.rl: TRL's RLOO)
+               (or, with reward_variant ava-p, AVA's token-level reward, METHODS §3)
+        pi  <- RL on r_t with a KL penalty to the reference     (afd.rl: TRL's RLOO; per-token
+               rewards with dense_rewards)
 
 **GAIL** — AfD's reverse-KL objective (Sun & van der Schaar, METHODS §1): the same loop with a
 discriminator instead: demonstrations (positive) versus the current policy's samples
@@ -30,6 +32,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from afd.ava import AVAOptions
 from afd.config import check_choice, opt
 from afd.errors import AfdError
 from afd.runs import DataOptions, StageDir, StageOptions, link_final, write_demo_files, write_jsonl
@@ -38,9 +41,11 @@ from afd.training import TrainOptions
 
 
 @dataclass
-class IRLConfig(StageOptions, DataOptions, TrainOptions, RLOptions):
+class IRLConfig(StageOptions, DataOptions, TrainOptions, RLOptions, AVAOptions):
     model: str = opt("tiny-random", "starting policy (usually the SFT policy): built-in name, folder or hub id")
     reward_model: str = opt("", "reward-model backbone (default: the starting policy)")
+    reward_variant: str = opt("bt", "irl's reward model on the pairs: bt, or ava-p (AVA's token-level reward; "
+                                    "with dense_rewards its per-token rewards drive RL)")
     iterations: int = opt(3, "T, rounds of (sample, reward model, RL)")
     num_samples: int = opt(1, "policy samples per demonstration each iteration (the new pairs' rejected side)")
     reference: str = opt("start", "KL reference: start (the starting policy) or previous (the iteration's start)")
@@ -53,6 +58,10 @@ class IRLConfig(StageOptions, DataOptions, TrainOptions, RLOptions):
     def validate(self) -> None:
         self.validate_training()
         check_choice("reference", self.reference, ("start", "previous"))
+        check_choice("reward_variant", self.reward_variant, ("bt", "ava-p"))
+        self.validate_ava()
+        if self.dense_rewards and self.reward_variant != "ava-p":
+            raise AfdError("dense_rewards needs reward_variant 'ava-p' (per-token rewards come from an AVA model)")
         if self.iterations < 1 or self.num_samples < 1:
             raise AfdError("options 'iterations' and 'num_samples' must be at least 1")
         self.validate_rl()
@@ -109,8 +118,8 @@ def iterate(cfg: IRLConfig, method: str) -> dict:
                        eval_fraction=cfg.eval_fraction, eval_pairs=cfg.eval_pairs, eval_pairs_max=cfg.eval_pairs_max)
         if method == "irl":
             pairs = write_pairs(stage.path / it / "pairs.jsonl", by_id, pools)
-            rm_cfg = RewardConfig(model=reward_init, variant="bt", data=str(stage.path / it / "pairs.jsonl"),
-                                  data_format="preference", **rm_opts)
+            rm_cfg = RewardConfig(model=reward_init, variant=cfg.reward_variant, data=str(stage.path / it / "pairs.jsonl"),
+                                  data_format="preference", **rm_opts, **cfg.ava_options())
         else:  # GAIL: demonstrations against this iteration's samples, BCE; warm start
             pairs = None
             rm_cfg = RewardConfig(model=reward_init, variant="sft-demo", loss="bce", data=demos_path,

@@ -17,6 +17,16 @@ ratio, ``python:MODULE:FN``, ...), called on the prompt messages and response te
 reward model sees the prompt rendered exactly as it was trained on. The reference is the
 starting policy unless ``ref_model`` names another one (the iterated loops keep the SFT policy
 as the reference while the policy moves).
+
+**Dense rewards** (``dense_rewards``, METHODS §3's use (b)): an AVA reward model gives every
+response token ``y_t`` a reward ``r_t = w_t * mu_t`` (summing to its sequence reward). The KL
+penalty is then per token too, ``r_t - kl_coef * (log pi(y_t) - log pi_ref(y_t))``, each token's
+return is its reward-to-go ``G_t = sum_(t' >= t)`` of those, and its advantage is ``G_t`` minus the
+leave-one-out mean of the other samples' whole returns ``G_0`` (a baseline independent of the
+sample's own actions, so the gradient stays unbiased). With a sequence reward every token of a
+response gets the same advantage; with dense rewards a token is credited only with what comes
+after it. The loss is TRL's clipped ratio per token, averaged over tokens; TRL still samples,
+checkpoints and distributes (a subclass of its ``RLOOTrainer`` swaps in these advantages).
 """
 
 from __future__ import annotations
@@ -44,6 +54,7 @@ class RLOptions:
     normalize_rewards: bool = opt(True, "standardise the advantages per batch (rewards of any scale)")
     reward_batch_size: int = opt(16, "responses scored together by the reward")
     use_vllm: bool = opt(False, "generate with vLLM during RL (TRL's colocate mode; needs vLLM and a GPU)")
+    dense_rewards: bool = opt(False, "per-token rewards w_t * mu_t from an AVA reward model, credited by reward-to-go")
 
     def validate_rl(self) -> None:
         if self.num_generations < 2:
@@ -94,6 +105,105 @@ def reward_function(scorer, batch_size: int):
     return afd_reward
 
 
+def dense_advantages(rewards: torch.Tensor, kl: torch.Tensor, mask: torch.Tensor, kl_coef: float,
+                     num_generations: int, normalize: bool) -> torch.Tensor:
+    """Per-token RLOO advantages from per-token rewards (all (B, T), B in whole groups of
+    ``num_generations`` consecutive samples): reward-to-go of ``rewards - kl_coef * kl`` minus the
+    leave-one-out mean of the group's other whole returns; standardised over the real tokens
+    with ``normalize``; 0 on padding."""
+    mask = mask.float()
+    per_token = (rewards - kl_coef * kl) * mask
+    to_go = per_token.flip(-1).cumsum(-1).flip(-1)
+    whole = to_go[:, 0].view(-1, num_generations)
+    baseline = ((whole.sum(1, keepdim=True) - whole) / (num_generations - 1)).reshape(-1, 1)
+    adv = (to_go - baseline) * mask
+    if normalize:
+        n = mask.sum().clamp(min=1)
+        mean = adv.sum() / n
+        std = (((adv - mean) * mask) ** 2).sum().div(n).sqrt()
+        adv = (adv - mean) / (std + 1e-4) * mask
+    return adv
+
+
+def dense_reward_function(rm, batch_size: int, store: dict):
+    """TRL reward function around an AVA model: scores the sampled token ids exactly, keeps the
+    per-token rewards ``w_t * mu_t`` in ``store`` for the advantages and returns their sums (the
+    sequence reward, which TRL logs)."""
+
+    def afd_dense_reward(prompts, completions, completion_ids, afd_prompt, **_):
+        messages = [json.loads(p) for p in afd_prompt]
+        tokens = []
+        for s in range(0, len(messages), batch_size):
+            tokens += rm.token_rewards(messages[s:s + batch_size], [list(map(int, ids)) for ids in
+                                                                    completion_ids[s:s + batch_size]], batch_size)
+        store["rewards"] = [[w * m for w, m in zip(t.weight, t.mean)] for t in tokens]
+        return [float(t.reward) for t in tokens]
+
+    return afd_dense_reward
+
+
+def _dense_trainer_class():
+    from trl import RLOOTrainer
+
+    class DenseRLOOTrainer(RLOOTrainer):
+        """RLOO with per-token advantages (see the module docstring). Scoring, sampling and
+        the optimiser loop are TRL's; only the advantages and the per-token loss change."""
+
+        dense_store: dict
+
+        def _get_per_token_logps_and_entropies(self, model, *args, **kw):
+            out = super()._get_per_token_logps_and_entropies(model, *args, **kw)
+            if getattr(self, "_capture", False) and not torch.is_grad_enabled():
+                self._captured = out[0]  # the policy's per-token log-probs at sampling time
+            return out
+
+        def _generate_and_score_completions(self, inputs):
+            from accelerate.utils import gather
+
+            beta, self.beta, self._capture = self.beta, 0.0, True  # TRL's own sequence KL is replaced below
+            try:
+                out = super()._generate_and_score_completions(inputs)
+            finally:
+                self.beta, self._capture = beta, False
+            old = self._captured
+            ids = torch.cat([out["prompt_ids"], out["completion_ids"]], 1)
+            attn = torch.cat([out["prompt_mask"], out["completion_mask"]], 1)
+            mask = out["completion_mask"]
+            width = mask.shape[1]
+            rewards = torch.zeros(mask.shape, device=mask.device)
+            for i, r in enumerate(self.dense_store.pop("rewards")):
+                rewards[i, : min(len(r), width)] = torch.tensor(r[:width], device=mask.device)
+            kl = torch.zeros_like(rewards)
+            if beta > 0:
+                with torch.no_grad():
+                    ref, _, _ = self._get_per_token_logps_and_entropies(self.ref_model, ids, attn, width,
+                                                                        self.args.per_device_train_batch_size)
+                kl = (old - ref) * mask
+                mode = "train" if self.model.training else "eval"
+                self._metrics[mode]["kl"].append(float(kl.sum() / mask.sum().clamp(min=1)))
+            # whole groups live across processes: gather, compute, keep this process's rows
+            n = rewards.shape[0]
+            all_adv = dense_advantages(gather(rewards), gather(kl), gather(mask), beta, self.num_generations,
+                                       self.normalize_advantages)
+            start = self.accelerator.process_index * n
+            out["advantages"] = all_adv[start:start + n]
+            out["old_per_token_logps"] = old
+            return out
+
+        def _compute_loss(self, model, inputs):
+            ids = torch.cat([inputs["prompt_ids"], inputs["completion_ids"]], 1)
+            attn = torch.cat([inputs["prompt_mask"], inputs["completion_mask"]], 1)
+            mask = inputs["completion_mask"].float()
+            logps, _, _ = self._get_per_token_logps_and_entropies(model, ids, attn, inputs["completion_ids"].shape[1])
+            ratio = torch.exp(logps - inputs["old_per_token_logps"])
+            adv = inputs["advantages"]
+            clipped = torch.clamp(ratio, 1 - self.epsilon_low, 1 + self.epsilon_high)
+            per_token = -torch.min(ratio * adv, clipped * adv)
+            return (per_token * mask).sum() / mask.sum().clamp(min=1)
+
+    return DenseRLOOTrainer
+
+
 def _rloo_config(cfg: RLConfig, output_dir, has_eval: bool):
     from trl import RLOOConfig
 
@@ -138,12 +248,14 @@ def rl(cfg: RLConfig) -> dict:
     except (OSError, ValueError) as e:
         raise models._load_error(cfg.model, e) from None
     peft_config = lora_config(cfg) if cfg.lora_r > 0 else None
-    scorer = make_scorer(cfg.reward, device=cfg.device, template=cfg.template)
-
     checkpoints = stage.path / "checkpoints"
-    trainer = RLOOTrainer(model=policy, reward_funcs=reward_function(scorer, cfg.reward_batch_size),
-                          args=_rloo_config(cfg, checkpoints, False), train_dataset=dataset,
-                          processing_class=tok, peft_config=peft_config)
+    if cfg.dense_rewards:
+        trainer = _dense_trainer(cfg, policy, tok, dataset, peft_config, checkpoints)
+    else:
+        scorer = make_scorer(cfg.reward, device=cfg.device, template=cfg.template)
+        trainer = RLOOTrainer(model=policy, reward_funcs=reward_function(scorer, cfg.reward_batch_size),
+                              args=_rloo_config(cfg, checkpoints, False), train_dataset=dataset,
+                              processing_class=tok, peft_config=peft_config)
     if cfg.ref_model and cfg.kl_coef > 0:
         if peft_config is not None:
             raise AfdError("option 'ref_model' cannot be combined with LoRA (the reference is the adapter-free model)")
@@ -169,6 +281,25 @@ def rl(cfg: RLConfig) -> dict:
         "reward_last": logged[-1]["reward"] if logged else None,
         "kl_last": logged[-1].get("kl") if logged else None,
     })
+
+
+def _dense_trainer(cfg: RLConfig, policy, tok, dataset, peft_config, checkpoints):
+    from afd.ava import AVARewardModel
+
+    path = models.resolve(cfg.reward)
+    if not AVARewardModel.is_ava(path):
+        raise AfdError(f"dense_rewards needs an AVA reward model (afd reward --variant ava-d|ava-p); "
+                       f"'{cfg.reward}' is not one")
+    rm = AVARewardModel.from_pretrained(path, cfg.device)
+    if rm.tokenizer.get_vocab() != tok.get_vocab():
+        raise AfdError(f"dense_rewards needs the AVA reward model '{cfg.reward}' to share the policy's tokenizer "
+                       f"(its per-token rewards are read on the sampled tokens)")
+    store: dict = {}
+    trainer = _dense_trainer_class()(model=policy, reward_funcs=dense_reward_function(rm, cfg.reward_batch_size, store),
+                                     args=_rloo_config(cfg, checkpoints, False), train_dataset=dataset,
+                                     processing_class=tok, peft_config=peft_config)
+    trainer.dense_store = store
+    return trainer
 
 
 def rl_plot(logged: list[dict], path) -> None:

@@ -213,3 +213,68 @@ def test_cli_yaml_errors_and_resume(tmp_path, capsys):
     assert "ava_q_head" in err and "pretrain" in err and len(err.strip().splitlines()) == 1
     assert main(["ava", "--out", str(tmp_path / "run"), "--data", demos, "--ava-q-head", "new"]) == 2
     assert "pretrained" in capsys.readouterr().err
+
+
+def test_dense_advantages_by_hand():
+    from afd.rl import dense_advantages
+
+    rewards = torch.tensor([[1.0, 0.0, 2.0], [0.0, 1.0, 0.0]])
+    mask = torch.tensor([[1, 1, 1], [1, 1, 0]])
+    # reward-to-go [3, 2, 2] and [1, 1, 0]; leave-one-out baselines 1 and 3
+    adv = dense_advantages(rewards, torch.zeros(2, 3), mask, 0.0, 2, False)
+    assert adv.tolist() == [[2.0, 1.0, 1.0], [-2.0, -2.0, 0.0]]
+    # a KL of 1 per token on row 0 with kl_coef 0.5: rewards [0.5, -0.5, 1.5], to-go [1.5, 1, 1.5]
+    kl = torch.tensor([[1.0, 1.0, 1.0], [0.0, 0.0, 0.0]])
+    adv = dense_advantages(rewards, kl, mask, 0.5, 2, False)
+    assert adv.tolist() == [[0.5, 0.0, 0.5], [-0.5, -0.5, 0.0]]
+    norm = dense_advantages(rewards, kl, mask, 0.5, 2, True)
+    real = norm[mask.bool()]
+    assert real.mean().item() == pytest.approx(0.0, abs=1e-6) and norm[1, 2].item() == 0.0
+
+
+def test_dense_rewards_need_an_ava_model(tmp_path):
+    from afd.config import from_dict
+    from afd.errors import AfdError
+    from afd.irl import IRLConfig
+    from afd.rl import RLConfig, rl
+
+    prompts = write_jsonl(tmp_path / "p.jsonl", [{"prompt": "Say cat"}] * 4)
+    with pytest.raises(AfdError, match="needs an AVA reward model"):
+        rl(RLConfig(out=str(tmp_path), data=prompts, reward="vader", dense_rewards=True, device="cpu"))
+    with pytest.raises(AfdError, match="reward_variant 'ava-p'"):
+        from_dict(IRLConfig, {"data": prompts, "dense_rewards": True}, "test")
+
+
+def test_ava_rewards_in_bon_and_dense_irl_raise_gold_above_pi0(tmp_path):
+    """The tiny task of test_iterated (golden reward: the share of 'a'): an AVA-d reward from
+    the demonstrations serves Best-of-N, and irl with an AVA-p reward and dense per-token
+    rewards raises the golden reward above pi_0."""
+    from test_iterated import eval_stage, task_files
+
+    from afd.pipeline import run
+
+    demos, prompts = task_files(tmp_path)
+    limits = {"max_length": 80, "max_prompt_length": 48}
+    stages = {
+        "sft": {"data": demos, "epochs": 4, "lr": 5e-3, "batch_size": 8, "eval_fraction": 0.0, **limits},
+        "ava_d": {"kind": "reward", "variant": "ava-d", "data": demos, "epochs": 4, "lr": 3e-3, "batch_size": 8,
+                  "eval_fraction": 0.0, **limits},
+        "irl": {"model": "@sft", "data": demos, "max_new_tokens": 16, **limits, "iterations": 2, "kl_coef": 0.01,
+                "num_generations": 4, "batch_size": 16, "lr": 1e-2, "epochs": 2, "reward_model": "tiny-random",
+                "reward_variant": "ava-p", "dense_rewards": True, "reward_epochs": 3, "reward_lr": 3e-3,
+                "eval_fraction": 0.0},
+        **eval_stage(tmp_path, {"init": "tiny-random", "sft": "@sft", "irl": "@irl"}, prompts),
+    }
+    stages["eval"]["proxies"] = {"ava-d": "@ava_d"}
+    stages["eval"]["golden"] = "python:test_iterated:gold"
+    results = run({"out": str(tmp_path / "run"), "seed": 0, "device": "cpu", "model": "tiny-random",
+                   "stages": stages})
+    pol = results["eval"]["policies"]
+    bon = results["eval"]["bon"]["ava-d"]
+    print(json.dumps({"gold": {k: round(v["gold"], 3) for k, v in pol.items()},
+                      "bon_ava_d": dict(zip(bon["n"], bon["gold"])),
+                      "irl": [(h["rl_reward_first"], h["rl_reward_last"]) for h in results["irl"]["iterations"]]}))
+    assert pol["irl"]["gold"] > pol["init"]["gold"] + 0.1
+    assert pol["irl"]["kl_to_reference"] > 0.5
+    assert len(bon["gold"]) > 1 and all(g is not None for g in bon["gold"])
+    assert (tmp_path / "run" / "irl" / "iter_1" / "reward" / "model" / "ava_heads.safetensors").is_file()
