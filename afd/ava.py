@@ -162,23 +162,31 @@ def token_terms(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, re
     zero outside the response): ``logB`` log B(y_j | y_<j), ``Q`` Q(y_<j, y_j), ``td`` Q(y_<j, y_j)
     - gamma Q(y_<=j, y_j+1), ``mean``/``std`` of q_phi(R_j), ``kl`` KL(q_phi || N(0,1)), ``logN``
     log N(td; mean, std^2), and the weights ``w``."""
-    heads = _unwrap(model).ava_heads
+    lm = _unwrap(model)
+    heads = lm.ava_heads
     weighted = opts.ava_weighting == "attention"
+    # the LM head runs only on the states before response tokens, not over the prompt
     out = model(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True,
-                output_attentions=weighted)
-    hidden = out.hidden_states[-1]
-    targets = input_ids[:, 1:].unsqueeze(-1)
-    if heads.q is None:
-        q_all = (opts.ava_alpha * out.logits[:, :-1].float().softmax(-1)).log_softmax(-1)
-    else:
-        q_all = heads.q(hidden[:, :-1].to(heads.q.weight.dtype)).float()
-    log_b = (opts.ava_beta * q_all).log_softmax(-1).gather(-1, targets).squeeze(-1)
-    q = q_all.gather(-1, targets).squeeze(-1)
-    pad = torch.zeros_like(q[:, :1])
+                output_attentions=weighted, logits_to_keep=1)
+    hidden = out.hidden_states[-1]  # after the final norm: logits = lm_head(hidden)
     resp = response.clone()
     resp[:, 0] = False  # the first token has no state before it
+    rows, cols = resp.nonzero(as_tuple=True)
+    before = hidden[rows, cols - 1]
+    targets = input_ids[rows, cols].unsqueeze(-1)
+    if heads.q is None:
+        logits = lm.get_output_embeddings()(before).float()
+        cap = getattr(lm.config, "final_logit_softcapping", None)
+        if cap:
+            logits = cap * torch.tanh(logits / cap)
+        q_all = (opts.ava_alpha * logits.softmax(-1)).log_softmax(-1)
+    else:
+        q_all = heads.q(before.to(heads.q.weight.dtype)).float()
     mask = resp.float()
-    log_b, q = torch.cat([pad, log_b], 1) * mask, torch.cat([pad, q], 1) * mask
+    log_b = torch.zeros_like(mask).index_put((rows, cols), (opts.ava_beta * q_all).log_softmax(-1).gather(-1, targets)
+                                             .squeeze(-1))
+    q = torch.zeros_like(mask).index_put((rows, cols), q_all.gather(-1, targets).squeeze(-1))
+    pad = torch.zeros_like(q[:, :1])
     q_next = torch.cat([q[:, 1:], pad], 1) * torch.cat([mask[:, 1:], pad], 1)  # 0 after the last token
     td = (q - opts.ava_gamma * q_next) * mask
     mean, std = heads.mean_std(hidden)

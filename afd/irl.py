@@ -118,8 +118,8 @@ def iterate(cfg: IRLConfig, method: str) -> dict:
                        eval_fraction=cfg.eval_fraction, eval_pairs=cfg.eval_pairs, eval_pairs_max=cfg.eval_pairs_max)
         if method == "irl":
             pairs = write_pairs(stage.path / it / "pairs.jsonl", by_id, pools)
-            rm_cfg = RewardConfig(model=reward_init, variant=cfg.reward_variant, data=str(stage.path / it / "pairs.jsonl"),
-                                  data_format="preference", **rm_opts, **cfg.ava_options())
+            rm_cfg = RewardConfig(model=reward_init, variant=cfg.reward_variant, data_format="preference",
+                                  data=str(stage.path / it / "pairs.jsonl"), **rm_opts, **cfg.ava_options())
         else:  # GAIL: demonstrations against this iteration's samples, BCE; warm start
             pairs = None
             rm_cfg = RewardConfig(model=reward_init, variant="sft-demo", loss="bce", data=demos_path,

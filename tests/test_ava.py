@@ -213,6 +213,13 @@ def test_cli_yaml_errors_and_resume(tmp_path, capsys):
     assert "ava_q_head" in err and "pretrain" in err and len(err.strip().splitlines()) == 1
     assert main(["ava", "--out", str(tmp_path / "run"), "--data", demos, "--ava-q-head", "new"]) == 2
     assert "pretrained" in capsys.readouterr().err
+    # the AVA-d reward model drives dense-reward RL from flags
+    prompts = write_jsonl(tmp_path / "prompts.jsonl", [{"prompt": f"Say {w}"} for w in WORDS[:4]])
+    assert main(["rl", "--out", str(tmp_path / "run"), "--data", prompts, "--device", "cpu", "--dense-rewards",
+                 "--reward", str(tmp_path / "run" / "reward" / "model"), "--max-steps", "1", "--batch-size", "4",
+                 "--num-generations", "2", "--max-new-tokens", "6"]) == 0
+    rl = json.loads((tmp_path / "run" / "rl" / "metrics.json").read_text())
+    assert rl["steps"] == 1 and rl["reward_first"] is not None
 
 
 def test_dense_advantages_by_hand():
@@ -278,3 +285,26 @@ def test_ava_rewards_in_bon_and_dense_irl_raise_gold_above_pi0(tmp_path):
     assert pol["irl"]["kl_to_reference"] > 0.5
     assert len(bon["gold"]) > 1 and all(g is not None for g in bon["gold"])
     assert (tmp_path / "run" / "irl" / "iter_1" / "reward" / "model" / "ava_heads.safetensors").is_file()
+
+
+def test_interrupted_training_resumes_with_its_heads(tmp_path):
+    """A killed AVA stage (checkpoint written, model and metrics not) resumes from the
+    checkpoint, heads included, instead of starting over."""
+    import shutil
+
+    from safetensors.torch import load_file
+
+    from afd.ava import AVAConfig, ava
+
+    demos = write_jsonl(tmp_path / "demos.jsonl", say_demos())
+    cfg = dict(out=str(tmp_path / "run"), data=demos, max_steps=3, save_steps=3, lr=1e-2, batch_size=8,
+               eval_fraction=0.0, device="cpu")
+    assert ava(AVAConfig(**cfg))["resumed"] is False
+    stage = tmp_path / "run" / "ava"
+    first = load_file(stage / "model" / "ava_heads.safetensors")
+    (stage / "metrics.json").unlink()
+    shutil.rmtree(stage / "model")
+    assert ava(AVAConfig(**cfg))["resumed"] is True
+    again = load_file(stage / "model" / "ava_heads.safetensors")
+    assert all(torch.equal(first[k], again[k]) for k in first)
+    assert not torch.equal(first["reward.bias"], torch.tensor([0.0, math.log(math.e - 1)]))  # it trained

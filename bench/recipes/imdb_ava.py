@@ -1,0 +1,179 @@
+"""Recipe `imdb-ava`: an AVA-d reward from demonstrations on imdb-positive (issue: AVA).
+
+The data, SFT policy and pools of `imdb-iterated` (its stages are reused when its run folder
+exists). Two questions:
+
+1. **Best-of-N**: the golden reward (VADER) of Best-of-N from the SFT pool (32 held-out prompts
+   x 16 samples) under an AVA-d reward (smollm2 backbone, trained on the 128 demonstrations only)
+   versus AfD's `init-sft` reward (SFT samples versus pi_0 samples) on the same backbone, and the
+   MiniLM `init-sft` reward of imdb-iterated.
+2. **Uncertainty**: AVA's per-token reward standard deviation on responses it was trained on,
+   on unseen responses of the same source (held-out positive-review continuations), and on
+   responses from other sources (model samples, negative reviews, HH-RLHF dialogue replies,
+   demonstrations with their words shuffled). Does the std flag what the model has not seen?
+
+    python bench/recipes/imdb_ava.py            # ~20 min on 2 CPU cores (more without imdb-iterated's stages)
+    python bench/recipes/imdb_ava.py --quick
+
+Results: bench/results/imdb-ava/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import random
+import shutil
+import statistics
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+sys.path.insert(0, str(HERE))
+from common import RESULTS, SHARED_DATA, machine  # noqa: E402
+from imdb_iterated import POLICY, pipeline as iterated_pipeline  # noqa: E402
+from imdb_positive import INSTRUCTION, make_data, words  # noqa: E402
+
+SEQ = {"max_length": 192, "max_prompt_length": 96}
+
+
+def pipeline(out: str, files: dict, s: dict) -> dict:
+    base = iterated_pipeline(out, files, s)["stages"]
+    keep = ("sft", "rm_pool_init", "rm_pool_sft", "rm_init_sft", "sample_init", "sample_sft")
+    stages = {name: base[name] for name in keep}
+    rm = {"kind": "reward", "model": POLICY, "epochs": 1, "lr": 5e-5, "batch_size": 8, "eval_fraction": 0.0,
+          "logging_steps": 2, **SEQ}
+    stages["rm_init_sft_smollm2"] = {**rm, "variant": "init-sft", "init_pool": "@rm_pool_init",
+                                     "sft_pool": "@rm_pool_sft"}
+    stages["rm_ava_d"] = {**rm, "variant": "ava-d", "data": files["demos"]}
+    stages["eval_ava"] = {"kind": "eval", "golden": "vader", "pools": {"init": "@sample_init", "sft": "@sample_sft"},
+                          "proxies": {"ava-d": "@rm_ava_d", "init-sft (smollm2)": "@rm_init_sft_smollm2",
+                                      "init-sft (MiniLM)": "@rm_init_sft"},
+                          "bon_policy": "sft", "baseline": "sft", "demos": files["norm_demos"]}
+    return {"out": out, "seed": 0, "model": POLICY, "stages": stages}
+
+
+def read_jsonl(path) -> list[dict]:
+    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+
+
+def sources(out: Path, files: dict, n: int) -> dict[str, tuple[list, list]]:
+    """name -> (prompts as message lists, responses)."""
+    def user(text):
+        return [{"role": "user", "content": text}]
+
+    demos = read_jsonl(files["demos"])[:n]
+    held = read_jsonl(files["norm_demos"])[:n]
+    out_ = {"trained on (demonstrations)": ([user(d["prompt"]) for d in demos], [d["completion"] for d in demos]),
+            "unseen, same source (held-out positive continuations)":
+                ([user(d["prompt"]) for d in held], [d["completion"] for d in held])}
+    for name, pool in (("SFT samples", "sample_sft"), ("pi_0 samples", "sample_init")):
+        rows = [r for r in read_jsonl(out / pool / "pool.jsonl") if r["sample_index"] == 0][:n]
+        out_[name] = ([r["prompt"] for r in rows], [r["response"] for r in rows])
+    with open(SHARED_DATA / "imdb_subset.csv", newline="") as f:
+        negative = [r for r in csv.DictReader(f) if r["sentiment"] == "negative" and len(words(r["review"])) >= 72]
+    random.Random(1).shuffle(negative)
+    neg = negative[:n]
+    out_["negative-review continuations"] = ([user(INSTRUCTION + " ".join(words(r["review"])[:24])) for r in neg],
+                                             [" ".join(words(r["review"])[24:72]) for r in neg])
+    from afd.data import DataConfig, load_pairs
+
+    hh, _ = load_pairs(DataConfig(path=str(SHARED_DATA / "hh-rlhf_harmless-base_test.jsonl.gz"), on_invalid="skip",
+                                  limit=4 * n))
+    hh = [p for p in hh if len(p.chosen.split()) >= 8][:n]
+    out_["HH-RLHF dialogue replies"] = ([p.prompt for p in hh], [p.chosen for p in hh])
+    rng = random.Random(2)
+    shuffled = []
+    for d in held:
+        w = d["completion"].split()
+        rng.shuffle(w)
+        shuffled.append(" ".join(w))
+    out_["held-out continuations, words shuffled"] = ([user(d["prompt"]) for d in held], shuffled)
+    return out_
+
+
+def uncertainty(model_path: str, srcs: dict) -> dict:
+    from afd.ava import AVARewardModel
+    from afd.reward import auc
+
+    rm = AVARewardModel.from_pretrained(model_path, "cpu")
+    result = {}
+    for name, (prompts, responses) in srcs.items():
+        tokens = rm.token_rewards(prompts, responses, batch_size=8)
+        stds = [statistics.fmean(t.std) for t in tokens]  # mean per-token std of each response
+        result[name] = {"n": len(tokens), "std_mean": statistics.fmean(stds),
+                        "std_se": statistics.stdev(stds) / len(stds) ** 0.5,
+                        "reward_mean": statistics.fmean(t.reward for t in tokens), "stds": stds}
+    ref = result["unseen, same source (held-out positive continuations)"]["stds"]
+    for name, r in result.items():
+        # AUC of "the other source has the higher std": 0.5 = the std does not tell them apart
+        r["auc_vs_unseen_same_source"] = auc(r["stds"] + ref, [1.0] * len(r["stds"]) + [0.0] * len(ref))
+    return result
+
+
+def report(ev: dict, unc: dict, rm_metrics: dict, s: dict, host: dict) -> str:
+    bon = ev["bon"]
+    ns = bon["ava-d"]["n"]
+    lines = [f"# imdb-ava: AVA-d reward on imdb-positive ({s['n_eval']} held-out prompts x {s['k_bon']} SFT samples,"
+             " VADER)", "",
+             f"Machine: {host['cpu']}, {host['cores']} cores. Policy and SFT as in imdb-iterated "
+             f"(smollm2-135m-instruct, SFT on {s['n_demos']} positive-review continuations). AVA-d: smollm2 "
+             f"backbone, the {s['n_demos']} demonstrations only, 1 epoch, lr 5e-5, default options. init-sft "
+             f"(smollm2): same backbone and epochs, on {s['n_rm']} prompts x 4 samples of SFT vs pi_0.", "",
+             "## Best-of-N golden reward (VADER) from the SFT pool", "",
+             "| reward | " + " | ".join(f"N={n}" for n in ns) + " | win rate vs SFT at N=" + str(ns[-1])
+             + " | Spearman proxy/gold |", "|---|" + "---|" * (len(ns) + 2)]
+    for name, b in bon.items():
+        lines.append(f"| {name} | " + " | ".join(f"{g:.3f}" for g in b["gold"]) +
+                     f" | {b['win_rate'][-1]:.3f} | {fmt(b.get('spearman_proxy_gold'))} |")
+    pol = ev["policies"]
+    lines += ["", f"pi_0 {pol['init']['gold']:.3f}, SFT {pol['sft']['gold']:.3f} (±{pol['sft']['gold_ci95']:.3f}), "
+              f"demonstrations {pol['demonstrations']['gold']:.3f}.", "",
+              "## Per-token reward standard deviation (AVA-d)", "",
+              "Mean over responses of the mean per-token std (± standard error), the mean sequence reward, and "
+              "the AUC with which the std separates each source from unseen responses of the training source "
+              "(0.5: not at all; 1: the other source always has the higher std).", "",
+              "| responses | n | per-token std | ± | sequence reward | AUC vs unseen same-source |",
+              "|---|---|---|---|---|---|"]
+    for name, r in unc.items():
+        lines.append(f"| {name} | {r['n']} | {r['std_mean']:.4f} | {r['std_se']:.4f} | {r['reward_mean']:.3f} | "
+                     f"{fmt(r['auc_vs_unseen_same_source'])} |")
+    lines += ["", f"AVA-d training: {rm_metrics['steps']} steps, {rm_metrics['seconds'] / 60:.1f} min.", "",
+              "![BoN golden reward](bon_gold_vs_n.png)", ""]
+    return "\n".join(lines)
+
+
+def fmt(x, digits=3) -> str:
+    return "–" if x is None else f"{x:.{digits}f}"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", default="runs/imdb-iterated", help="run folder (imdb-iterated's, to reuse its stages)")
+    ap.add_argument("--quick", action="store_true")
+    args = ap.parse_args()
+    s = dict(n_demos=32, n_loop=8, n_rm=8, n_eval=4, k_eval=2, k_bon=4, rl_steps=2, n_unc=8) if args.quick else \
+        dict(n_demos=128, n_loop=64, n_rm=48, n_eval=32, k_eval=4, k_bon=16, rl_steps=8, n_unc=64)
+    files = make_data(Path(args.out) / "data", s["n_demos"], s["n_rm"], s["n_eval"], 24, 48)
+    from afd.pipeline import run
+
+    results = run(pipeline(args.out, files, s),
+                  report=lambda name, m: print(f"[{name}] done in {m.get('seconds', 0):.0f} s", flush=True))
+    unc = uncertainty(str(Path(args.out) / "rm_ava_d" / "model"), sources(Path(args.out), files, s["n_unc"]))
+    table = report(results["eval_ava"], unc, results["rm_ava_d"], s, machine())
+    print(table)
+    if not args.quick:
+        dest = RESULTS / "imdb-ava"
+        dest.mkdir(parents=True, exist_ok=True)
+        (dest / "results.md").write_text(table)
+        (dest / "metrics.json").write_text(json.dumps(
+            {"eval": results["eval_ava"], "uncertainty": unc, "setup": s, "machine": machine(),
+             **{m: results[m] for m in ("rm_ava_d", "rm_init_sft_smollm2", "rm_init_sft")}}, indent=2))
+        shutil.copy(Path(args.out) / "eval_ava" / "bon_gold_vs_n.png", dest / "bon_gold_vs_n.png")
+        print("saved", dest)
+
+
+if __name__ == "__main__":
+    main()
