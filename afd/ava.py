@@ -65,7 +65,7 @@ from afd import models
 from afd.config import check_choice, opt
 from afd.errors import AfdError
 from afd.runs import DataOptions, StageDir, StageOptions
-from afd.training import TokenRate, TrainOptions, loss_plot, training_arguments
+from afd.training import TokenRate, TrainOptions, loss_plot, merged, train_resuming, training_arguments
 
 OBJECTIVES = ("ava-d", "ava-p")
 HEADS_FILE, CONFIG_FILE = "ava_heads.safetensors", "ava.json"
@@ -311,9 +311,7 @@ def save(model, tok, folder: Path, opts: AVAOptions, objective: str) -> None:
     """The LM with ``save_pretrained`` (a policy any tool loads), the heads beside it."""
     from safetensors.torch import save_file
 
-    if hasattr(model, "merge_and_unload"):
-        model = model.merge_and_unload()
-    model = _unwrap(model)
+    model = _unwrap(merged(model))
     heads = model.ava_heads
     del model.ava_heads
     try:
@@ -358,12 +356,8 @@ def train(cfg, stage: StageDir, objective: str) -> tuple[dict, object, object]:
         model=model, args=training_arguments(cfg, checkpoints, bool(eval_rows)), train_dataset=train_rows,
         eval_dataset=eval_rows or None, data_collator=AVACollator(tok.pad_token_id), processing_class=tok,
         callbacks=[rate])
-    resume = any(checkpoints.glob("checkpoint-*"))
-    result = trainer.train(resume_from_checkpoint=True if resume else None)
-    trained = trainer.model
-    if hasattr(trained, "merge_and_unload"):
-        trained = trained.merge_and_unload()
-    trained.eval()
+    result, resume = train_resuming(trainer, checkpoints)
+    trained = merged(trainer.model).eval()
     metrics = {"objective": objective, "train_examples": len(train_rows), "eval_examples": len(eval_rows),
                "prompts_dropped_too_long": dropped, "train_loss": result.training_loss,
                "steps": trainer.state.global_step, "resumed": resume, "train_tokens_per_second": rate.rate,

@@ -31,7 +31,8 @@ from afd import models
 from afd.config import opt
 from afd.errors import AfdError
 from afd.runs import DataOptions, StageDir, StageOptions, link_final, write_demo_files
-from afd.training import PadCollator, TokenRate, TrainOptions, apply_lora, loss_plot, save_model, training_arguments
+from afd.training import (PadCollator, TokenRate, TrainOptions, apply_lora, loss_plot, save_model, train_resuming,
+                          training_arguments)
 
 
 @dataclass
@@ -158,8 +159,7 @@ def train_step(cfg: StepConfig) -> dict:
     trainer = _trainer_class(cfg.beta)(model=policy, args=training_arguments(cfg, checkpoints, False),
                                        train_dataset=rows, data_collator=PairCollator(tok.pad_token_id),
                                        processing_class=tok, callbacks=[rate])
-    resume = any(checkpoints.glob("checkpoint-*"))
-    result = trainer.train(resume_from_checkpoint=True if resume else None)
+    result, resume = train_resuming(trainer, checkpoints)
     if trainer.is_world_process_zero():
         save_model(trainer.model, tok, stage.path / "model")
     (stage.path / "log_history.json").write_text(json.dumps(trainer.state.log_history, indent=1))

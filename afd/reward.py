@@ -38,7 +38,8 @@ from afd.ava import AVAOptions
 from afd.config import check_choice, opt
 from afd.errors import AfdError
 from afd.runs import DataOptions, StageDir, StageOptions
-from afd.training import TokenRate, TrainOptions, apply_lora, loss_plot, save_model, training_arguments
+from afd.training import (TokenRate, TrainOptions, apply_lora, loss_plot, merged, save_model, train_resuming,
+                          training_arguments)
 
 VARIANTS = ("init-sft", "init-demo", "sft-demo", "bt", "ava-d", "ava-p")
 
@@ -303,12 +304,8 @@ def reward(cfg: RewardConfig) -> dict:
                                train_dataset=train_rows, eval_dataset=eval_rows or None,
                                data_collator=RewardCollator(tok.pad_token_id), processing_class=tok,
                                callbacks=[rate])
-    resume = any(checkpoints.glob("checkpoint-*"))
-    result = trainer.train(resume_from_checkpoint=True if resume else None)
-    trained = trainer.model
-    if hasattr(trained, "merge_and_unload"):
-        trained = trained.merge_and_unload()
-    trained.eval()
+    result, resume = train_resuming(trainer, checkpoints)
+    trained = merged(trainer.model).eval()
 
     metrics = {"variant": cfg.variant, "loss": "bt" if pairwise else "bce", "train_examples": len(train_rows),
                "eval_examples": len(eval_rows), "prompts_dropped_too_long": dropped,

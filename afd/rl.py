@@ -40,7 +40,7 @@ from afd import models
 from afd.config import opt
 from afd.errors import AfdError
 from afd.runs import DataOptions, StageDir, StageOptions
-from afd.training import TrainOptions, lora_config, save_model, training_arguments
+from afd.training import TrainOptions, lora_config, save_model, train_resuming, training_arguments
 
 
 @dataclass
@@ -265,8 +265,7 @@ def rl(cfg: RLConfig) -> dict:
         except RuntimeError as e:
             raise AfdError(f"ref_model '{cfg.ref_model}' does not have the policy's architecture ({e})") from None
         del ref
-    resume = any(checkpoints.glob("checkpoint-*"))
-    result = trainer.train(resume_from_checkpoint=True if resume else None)
+    result, resume = train_resuming(trainer, checkpoints)
     if trainer.is_world_process_zero():
         save_model(trainer.model, tok, stage.path / "model")
     history = trainer.state.log_history

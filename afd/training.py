@@ -145,10 +145,21 @@ def training_arguments(cfg: TrainOptions, output_dir: Path, has_eval: bool, **ex
         dataloader_num_workers=0, include_num_input_tokens_seen="non_padding", **warmup, **extra)
 
 
+def train_resuming(trainer, checkpoints: Path):
+    """``trainer.train()``, resuming from the last checkpoint a killed run left in
+    ``checkpoints``; returns (the train output, whether it resumed)."""
+    resume = any(checkpoints.glob("checkpoint-*"))
+    return trainer.train(resume_from_checkpoint=True if resume else None), resume
+
+
+def merged(model):
+    """The model with its LoRA adapters merged in (the model itself when it has none)."""
+    return model.merge_and_unload() if hasattr(model, "merge_and_unload") else model
+
+
 def save_model(model, tokenizer, folder: Path) -> None:
     """Save a plain HF folder (LoRA adapters merged in), loadable by any tool."""
-    if hasattr(model, "merge_and_unload"):
-        model = model.merge_and_unload()
+    model = merged(model)
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
 
