@@ -45,7 +45,8 @@ def bar_plot(path: str | Path, bars: dict[str, tuple[float, float, float]], ylab
     err = [[bars[n][0] - bars[n][1] for n in names], [bars[n][2] - bars[n][0] for n in names]]
     fig, ax = plt.subplots(figsize=(max(4, 1.3 * len(names) + 2), 4), dpi=120)
     ax.bar(range(len(names)), values, yerr=err, capsize=6, color="tab:blue", alpha=0.8)
-    ax.set_xticks(range(len(names)), names)
+    tilt = {"rotation": 20, "ha": "right"} if len(names) > 4 else {}
+    ax.set_xticks(range(len(names)), names, **tilt)
     if hline is not None:
         ax.axhline(hline, color="grey", linestyle="--", linewidth=1)
     for i, v in enumerate(values):

@@ -35,15 +35,22 @@ PAPER = {"bt": 70.0, "ava-p": 70.3, "ava-d": 70.5}
 BACKBONE = "smollm2-135m-instruct"
 
 
-def pipeline(out: str, files: dict, epochs: float) -> dict:
+ABLATIONS = {"rm_ava_p_no_td": {"ava_lambda": 0.0}, "rm_ava_p_no_contrastive": {"ava_contrastive": 0.0},
+             "rm_ava_p_uniform": {"ava_weighting": "uniform"}, "rm_ava_p_new_q": {"ava_q_head": "new"}}
+
+
+def pipeline(out: str, files: dict, epochs: float, ablations: bool) -> dict:
     rm = {"kind": "reward", "model": BACKBONE, "epochs": epochs, "lr": 5.0e-5, "batch_size": 4,
           "grad_accum": 2, "eval_fraction": 0.0, "max_length": 320, "max_prompt_length": 256, "logging_steps": 2,
           "eval_pairs": files["eval_pairs"], "save_steps": 20}
-    return {"out": out, "seed": 0, "stages": {
+    stages = {
         "rm_bt": {**rm, "variant": "bt", "data": files["train_pairs"]},
         "rm_ava_p": {**rm, "variant": "ava-p", "data": files["train_pairs"]},
         "rm_ava_d": {**rm, "variant": "ava-d", "data": files["demos"]},
-    }}
+    }
+    if ablations:  # the paper's ablation switches, one at a time, on AVA-p
+        stages.update({name: {**stages["rm_ava_p"], **change} for name, change in ABLATIONS.items()})
+    return {"out": out, "seed": 0, "stages": stages}
 
 
 def main() -> None:
@@ -51,6 +58,7 @@ def main() -> None:
     ap.add_argument("--out", default="runs/hh-ava")
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--report-only", action="store_true", help="redraw the table and plot from the saved metrics")
+    ap.add_argument("--ablations", action="store_true", help="also AVA-p with each ablation switch (~45 min more)")
     args = ap.parse_args()
     n_train, n_eval, epochs = (16, 32, 1) if args.quick else (160, 400, 1)
     if args.report_only:
@@ -60,9 +68,10 @@ def main() -> None:
     from afd.pipeline import run
 
     files = make_data(Path(args.out) / "data", n_train, n_eval)
-    results = run(pipeline(args.out, files, epochs),
+    results = run(pipeline(args.out, files, epochs, args.ablations),
                   report=lambda name, m: print(f"[{name}] done in {m.get('seconds', 0):.0f} s", flush=True))
-    report({name: results[name] for name in ("rm_bt", "rm_ava_p", "rm_ava_d")},
+    report({name: results[name] for name in ("rm_bt", "rm_ava_p", "rm_ava_d",
+                                             *(ABLATIONS if args.ablations else ()))},
            {"n_train": n_train, "epochs": epochs, "backbone": BACKBONE}, machine(), save=not args.quick)
 
 
@@ -71,12 +80,14 @@ def report(results: dict, setup: dict, host: dict, save: bool) -> None:
     from afd.plots import bar_plot
 
     rows, bars = [], {}
-    for m in results.values():
+    for name, m in results.items():
         lo, hi = wilson_interval(m["pair_accuracy"], m["pairs"])
         data = "chosen replies only (no label)" if m["variant"] == "ava-d" else "pairs"
-        rows.append(f"| {m['variant']} | {data} | {m['train_examples']} | {m['pair_accuracy']:.3f} | "
-                    f"[{lo:.3f}, {hi:.3f}] | {PAPER[m['variant']]:.1f} | {m['seconds'] / 60:.1f} |")
-        bars[m["variant"]] = (m["pair_accuracy"], lo, hi)
+        label = m["variant"] + "".join(f", {k}={v}" for k, v in ABLATIONS.get(name, {}).items())
+        paper = f"{PAPER[m['variant']]:.1f}" if name not in ABLATIONS else "–"
+        rows.append(f"| {label} | {data} | {m['train_examples']} | {m['pair_accuracy']:.3f} | "
+                    f"[{lo:.3f}, {hi:.3f}] | {paper} | {m['seconds'] / 60:.1f} |")
+        bars[label.replace("ava_", "")] = (m["pair_accuracy"], lo, hi)
     pairs = next(iter(results.values()))["pairs"]
     table = "\n".join([
         f"# hh-ava: reward accuracy on {pairs} held-out HH-RLHF harmless pairs", "",
