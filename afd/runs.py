@@ -6,6 +6,7 @@ different config is never silently mixed with the new one (``--force`` redoes it
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -34,6 +35,17 @@ class StageOptions:
 
 
 IGNORED_IN_FINGERPRINT = {"out", "stage_name", "force"}
+
+
+def _defaults(cls: type) -> dict[str, Any]:
+    """The default of each option of a config class that has one."""
+    out = {}
+    for f in dataclasses.fields(cls):
+        if f.default is not dataclasses.MISSING:
+            out[f.name] = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            out[f.name] = f.default_factory()
+    return out
 
 
 def fingerprint(cfg: Any) -> dict[str, Any]:
@@ -101,6 +113,8 @@ class StageDir:
         elif config_file.is_file():
             theirs = yaml.safe_load(config_file.read_text()) or {}
             theirs = {k: v for k, v in theirs.items() if k not in IGNORED_IN_FINGERPRINT}
+            # an option the saved config lacks (added by a newer afd) is unchanged at its default
+            theirs = {**{k: v for k, v in _defaults(type(self.cfg)).items() if k in mine and k not in theirs}, **theirs}
             changed = sorted(k for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k))
             # a folder holding nothing but its config (a run that stopped on its inputs)
             # has no work to protect: the corrected command simply starts it again

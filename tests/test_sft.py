@@ -6,6 +6,7 @@ import shutil
 
 import pytest
 import torch
+import yaml
 from safetensors.torch import load_file
 
 from afd import models
@@ -185,6 +186,15 @@ def test_finished_sft_is_reused(full_run, monkeypatch):
     assert sft(cfg) == metrics
     with pytest.raises(AfdError, match=r"different options \(lr\)"):
         sft(sft_config(cfg.out, cfg.data, lr=1e-3))
+    # a folder written before an option existed (here: without lora_dropout) is still this
+    # stage while the option stays at its default, and not once it is set to something else
+    config = stage / "config.yaml"
+    saved = yaml.safe_load(config.read_text())
+    del saved["lora_dropout"]
+    config.write_text(yaml.safe_dump(saved))
+    assert sft(cfg) == metrics
+    with pytest.raises(AfdError, match=r"different options \(lora_dropout\)"):
+        sft(sft_config(cfg.out, cfg.data, lora_dropout=0.2))
 
 
 @pytest.mark.parametrize("options, option", [(dict(eval_fraction=1.0), "eval_fraction"),
