@@ -83,6 +83,7 @@ class AVAOptions:
     ava_q_head: str = opt("pretrained", "Q head: pretrained (the LM's logits) or new (a fresh linear head; ablation)")
     ava_weighting: str = opt("attention", "token weights w_t: attention (column means) or uniform (ablation)")
     ava_attention_layer: int = opt(-1, "layer whose attention gives w_t (python index; -1 = last)")
+    ava_head_lr: float | None = opt(None, "learning rate of the new heads (default: lr, as the backbone)")
 
     def validate_ava(self) -> None:
         check_choice("ava_q_head", self.ava_q_head, ("pretrained", "new"))
@@ -93,6 +94,8 @@ class AVAOptions:
             raise AfdError(f"option 'ava_gamma' must be in [0, 1]; got {self.ava_gamma}")
         if self.ava_lambda < 0 or self.ava_contrastive < 0:
             raise AfdError("options 'ava_lambda' and 'ava_contrastive' must be >= 0")
+        if self.ava_head_lr is not None and self.ava_head_lr <= 0:
+            raise AfdError(f"option 'ava_head_lr' must be positive; got {self.ava_head_lr}")
 
     def ava_options(self) -> dict:
         return {f.name: getattr(self, f.name) for f in fields(AVAOptions)}
@@ -303,6 +306,19 @@ def _trainer_class(objective: str, opts: AVAOptions):
             with torch.no_grad():
                 loss = self.compute_loss(model, dict(inputs))
             return loss.detach(), None, None
+
+        def create_optimizer(self, *args, **kw):
+            """Trainer's optimizer, with the heads in their own group at ``ava_head_lr``."""
+            optimizer = super().create_optimizer(*args, **kw)
+            if opts.ava_head_lr is None or any(g.get("afd_heads") for g in optimizer.param_groups):
+                return optimizer
+            heads = {id(p) for p in _unwrap(self.model).ava_heads.parameters()}
+            moved = []
+            for group in optimizer.param_groups:
+                moved += [p for p in group["params"] if id(p) in heads]
+                group["params"] = [p for p in group["params"] if id(p) not in heads]
+            optimizer.add_param_group({"params": moved, "lr": opts.ava_head_lr, "weight_decay": 0.0, "afd_heads": True})
+            return optimizer
 
     return AVATrainer
 

@@ -308,3 +308,21 @@ def test_interrupted_training_resumes_with_its_heads(tmp_path):
     again = load_file(stage / "model" / "ava_heads.safetensors")
     assert all(torch.equal(first[k], again[k]) for k in first)
     assert not torch.equal(first["reward.bias"], torch.tensor([0.0, math.log(math.e - 1)]))  # it trained
+
+
+def test_heads_learn_at_their_own_rate(tmp_path):
+    """ava_head_lr puts the heads in their own optimiser group: with a backbone rate of ~0 only
+    the heads move."""
+    from safetensors.torch import load_file
+
+    from afd import models
+    from afd.ava import AVAConfig, ava
+
+    demos = write_jsonl(tmp_path / "demos.jsonl", say_demos())
+    m = ava(AVAConfig(out=str(tmp_path / "run"), data=demos, max_steps=2, lr=1e-12, ava_head_lr=1e-2, batch_size=8,
+                      eval_fraction=0.0, device="cpu"))
+    before = models.load_causal_lm("tiny-random", "cpu")[0].state_dict()
+    after = models.load_causal_lm(m["model"], "cpu")[0].state_dict()
+    assert all(torch.allclose(before[k], after[k], atol=1e-8) for k in before)
+    heads = load_file(str(tmp_path / "run" / "ava" / "model" / "ava_heads.safetensors"))
+    assert (heads["reward.bias"] - torch.tensor([0.0, math.log(math.e - 1)])).abs().max() > 1e-3

@@ -47,7 +47,8 @@ def pipeline(out: str, files: dict, s: dict) -> dict:
           "logging_steps": 2, **SEQ}
     stages["rm_init_sft_smollm2"] = {**rm, "variant": "init-sft", "init_pool": "@rm_pool_init",
                                      "sft_pool": "@rm_pool_sft"}
-    stages["rm_ava_d"] = {**rm, "variant": "ava-d", "data": files["demos"]}
+    # the new heads at their own rate: at 5e-5 for 16 steps they barely leave their initial N(0, 1)
+    stages["rm_ava_d"] = {**rm, "variant": "ava-d", "data": files["demos"], "ava_head_lr": 1e-3}
     stages["eval_ava"] = {"kind": "eval", "golden": "vader", "pools": {"init": "@sample_init", "sft": "@sample_sft"},
                           "proxies": {"ava-d": "@rm_ava_d", "init-sft (smollm2)": "@rm_init_sft_smollm2",
                                       "init-sft (MiniLM)": "@rm_init_sft"},
@@ -120,7 +121,7 @@ def report(ev: dict, unc: dict, rm_metrics: dict, s: dict, host: dict) -> str:
              " VADER)", "",
              f"Machine: {host['cpu']}, {host['cores']} cores. Policy and SFT as in imdb-iterated "
              f"(smollm2-135m-instruct, SFT on {s['n_demos']} positive-review continuations). AVA-d: smollm2 "
-             f"backbone, the {s['n_demos']} demonstrations only, 1 epoch, lr 5e-5, default options. init-sft "
+             f"backbone, the {s['n_demos']} demonstrations only, 1 epoch, lr 5e-5 (heads 1e-3), default options otherwise. init-sft "
              f"(smollm2): same backbone and epochs, on {s['n_rm']} prompts x 4 samples of SFT vs pi_0.", "",
              "## Best-of-N golden reward (VADER) from the SFT pool", "",
              "| reward | " + " | ".join(f"N={n}" for n in ns) + " | win rate vs SFT at N=" + str(ns[-1])
