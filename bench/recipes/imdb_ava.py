@@ -121,8 +121,9 @@ def report(ev: dict, unc: dict, rm_metrics: dict, s: dict, host: dict) -> str:
              " VADER)", "",
              f"Machine: {host['cpu']}, {host['cores']} cores. Policy and SFT as in imdb-iterated "
              f"(smollm2-135m-instruct, SFT on {s['n_demos']} positive-review continuations). AVA-d: smollm2 "
-             f"backbone, the {s['n_demos']} demonstrations only, 1 epoch, lr 5e-5 (heads 1e-3), default options otherwise. init-sft "
-             f"(smollm2): same backbone and epochs, on {s['n_rm']} prompts x 4 samples of SFT vs pi_0.", "",
+             f"backbone, the {s['n_demos']} demonstrations only, 1 epoch, lr 5e-5 (heads 1e-3), default options "
+             f"otherwise. init-sft (smollm2): same backbone and epochs, on {s['n_rm']} prompts x 4 samples of SFT vs "
+             "pi_0.", "",
              "## Best-of-N golden reward (VADER) from the SFT pool", "",
              "| reward | " + " | ".join(f"N={n}" for n in ns) + " | win rate vs SFT at N=" + str(ns[-1])
              + " | Spearman proxy/gold |", "|---|" + "---|" * (len(ns) + 2)]
