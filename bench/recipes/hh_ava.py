@@ -97,7 +97,8 @@ def report(results: dict, setup: dict, host: dict, save: bool) -> None:
     table = "\n".join([
         f"# hh-ava: reward accuracy on {pairs} held-out HH-RLHF harmless pairs", "",
         f"Machine: {host['cpu']}, {host['cores']} cores. Backbone {setup['backbone']} for all three; "
-        f"{setup['n_train']} training pairs (those whose prompt fits 256 tokens), {setup['epochs']} epoch, "
+        f"{setup['n_train']} training pairs, of which those whose prompt fits 256 tokens are used, {setup['epochs']} "
+        "epoch, "
         "lr 5e-5, 8 sequences or pairs a step. AVA defaults: alpha 1, beta 10, gamma 1, lambda 1, contrastive 1, "
         "attention weights from the last layer. The paper trained GPT-2 on the whole data set.", "",
         "| reward model | trained on | training examples | pair accuracy | 95% interval | paper (GPT-2, %) | "
