@@ -351,5 +351,17 @@ def preference_metrics(score, cfg) -> dict:
     pairs, stats = load_pairs(DataConfig(path=cfg.eval_pairs, on_invalid=cfg.on_invalid, limit=cfg.eval_pairs_max))
     prompts = [p.prompt for p in pairs]
     chosen, rejected = score(prompts, [p.chosen for p in pairs]), score(prompts, [p.rejected for p in pairs])
+    lengths = [(len(p.chosen), len(p.rejected)) for p in pairs]
     return {"pair_accuracy": pair_accuracy(chosen, rejected), "pairs": len(pairs),
-            "pairs_skipped": stats.skipped}
+            "pairs_skipped": stats.skipped, **length_bias(chosen, rejected, lengths)}
+
+
+def length_bias(chosen: list[float], rejected: list[float], lengths: list[tuple[int, int]]) -> dict:
+    """How much of a pair accuracy length alone explains: ``longer_chosen_accuracy``, the
+    accuracy of "the longer reply wins", and ``prefers_longer``, the share of pairs of unequal
+    length in which the reward ranks the longer reply higher (ties half)."""
+    unequal = [(c, r, lc > lr) for c, r, (lc, lr) in zip(chosen, rejected, lengths) if lc != lr]
+    longer = [c if chosen_longer else r for c, r, chosen_longer in unequal]
+    shorter = [r if chosen_longer else c for c, r, chosen_longer in unequal]
+    return {"longer_chosen_accuracy": pair_accuracy([float(a) for a, _ in lengths], [float(b) for _, b in lengths]),
+            "prefers_longer": pair_accuracy(longer, shorter) if unequal else None}

@@ -144,3 +144,13 @@ def test_vader_scorer_ranks_sentiment():
 
     good, bad = make_scorer("vader")([[user("q")]] * 2, ["What a wonderful, joyful film!", "Awful, boring and sad."])
     assert good > 0.5 and bad < -0.5
+
+
+def test_length_bias_by_hand():
+    from afd.reward import length_bias
+
+    # pair 0: chosen longer, reward prefers chosen; pair 1: rejected longer, reward prefers
+    # rejected; pair 2: equal lengths (left out of prefers_longer, a tie for the length rule)
+    got = length_bias([2.0, 0.0, 1.0], [1.0, 3.0, 1.0], [(10, 5), (4, 8), (6, 6)])
+    assert got == {"longer_chosen_accuracy": pytest.approx((1 + 0 + 0.5) / 3), "prefers_longer": 1.0}
+    assert length_bias([0.0], [1.0], [(10, 5)])["prefers_longer"] == 0.0

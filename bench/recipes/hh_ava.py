@@ -76,8 +76,24 @@ def main() -> None:
     files = make_data(Path(args.out) / "data", n_train, n_eval)
     results = run(pipeline(args.out, files, epochs, ablations),
                   report=lambda name, m: print(f"[{name}] done in {m.get('seconds', 0):.0f} s", flush=True))
-    report({name: results[name] for name in ("rm_bt", "rm_ava_p", "rm_ava_d", *ablations)},
+    chosen = {name: results[name] for name in ("rm_bt", "rm_ava_p", "rm_ava_d", *ablations)}
+    for name, m in chosen.items():
+        if "prefers_longer" not in m:  # stages finished before afd reported it: score them again
+            m.update(length_metrics(str(Path(args.out) / name / "model"), files["eval_pairs"]))
+    report(chosen,
            {"n_train": n_train, "epochs": epochs, "backbone": BACKBONE}, machine(), save=not args.quick)
+
+
+def length_metrics(model: str, pairs_path: str) -> dict:
+    from afd.data import DataConfig, load_pairs
+    from afd.reward import length_bias
+    from afd.scorers import make_scorer
+
+    pairs, _ = load_pairs(DataConfig(path=pairs_path))
+    score = make_scorer(model, batch_size=8)
+    prompts = [p.prompt for p in pairs]
+    return length_bias(score(prompts, [p.chosen for p in pairs]), score(prompts, [p.rejected for p in pairs]),
+                       [(len(p.chosen), len(p.rejected)) for p in pairs])
 
 
 def report(results: dict, setup: dict, host: dict, save: bool) -> None:
@@ -90,8 +106,10 @@ def report(results: dict, setup: dict, host: dict, save: bool) -> None:
         data = "chosen replies only (no label)" if m["variant"] == "ava-d" else "pairs"
         label = m["variant"] + "".join(f", {k}={v}" for k, v in ABLATIONS.get(name, {}).items())
         paper = f"{PAPER[m['variant']]:.1f}" if name not in ABLATIONS else "–"
+        longer = m.get("prefers_longer")
         rows.append(f"| {label} | {data} | {m['train_examples']} | {m['pair_accuracy']:.3f} | "
-                    f"[{lo:.3f}, {hi:.3f}] | {paper} | {m['seconds'] / 60:.1f} |")
+                    f"[{lo:.3f}, {hi:.3f}] | {'–' if longer is None else f'{longer:.3f}'} | {paper} | "
+                    f"{m['seconds'] / 60:.1f} |")
         bars[label.replace("ava_", "")] = (m["pair_accuracy"], lo, hi)
     pairs = next(iter(results.values()))["pairs"]
     table = "\n".join([
@@ -101,8 +119,12 @@ def report(results: dict, setup: dict, host: dict, save: bool) -> None:
         "epoch, "
         "lr 5e-5, 8 sequences or pairs a step. AVA defaults: alpha 1, beta 10, gamma 1, lambda 1, contrastive 1, "
         "attention weights from the last layer. The paper trained GPT-2 on the whole data set.", "",
-        "| reward model | trained on | training examples | pair accuracy | 95% interval | paper (GPT-2, %) | "
-        "minutes |", "|---|---|---|---|---|---|---|", *rows, "", "![pair accuracy](pair_accuracy.png)", ""])
+        "| reward model | trained on | training examples | pair accuracy | 95% interval | prefers the longer reply | "
+        "paper (GPT-2, %) | minutes |", "|---|---|---|---|---|---|---|---|", *rows, "",
+        "\"Prefers the longer reply\": the share of the pairs of unequal length in which the model ranks the longer "
+        "reply higher. The rule \"the longer reply wins\" alone scores "
+        f"{next(iter(results.values())).get('longer_chosen_accuracy', float('nan')):.3f} on these pairs.", "",
+        "![pair accuracy](pair_accuracy.png)", ""])
     print(table)
     if save:
         dest = RESULTS / "hh-ava"
