@@ -40,6 +40,14 @@ so TD differences lie in [-1, 1], the scale of the N(0, 1) reward prior; ``beta 
 ``lambda = 1`` and ``ava_contrastive = 1`` weigh the terms equally. Ablations: ``ava_lambda 0``
 (no IRL/TD term), ``ava_contrastive 0``, ``ava_weighting uniform``, ``ava_q_head new``.
 
+**A property of these defaults worth knowing.** With ``gamma = 1`` and ``Q = 0`` after the last
+token the TD targets telescope: ``sum_j (Q_j - Q_(j+1)) = Q_1``, the first token's Q, which the
+pretrained head puts near ``-log V`` (-10.8 for a 49k vocabulary) for every response. So the
+more closely the means fit their TD targets, the more a uniformly weighted sequence reward
+``sum_j mu_j / |y|`` is ``-log V / |y|``: a preference for longer responses that only the
+attention weights and AVA-p's contrastive term work against. afd's reward metrics report
+``prefers_longer`` so that this shows (``bench/recipes/hh_ava.py``).
+
 **Uses.** (a) a reward model: ``afd reward --variant ava-d|ava-p``; its sequence reward serves
 Best-of-N and pair ranking, and :class:`AVARewardModel` gives per-token means, standard
 deviations and weights. (b) dense rewards for RL: ``afd rl --dense-rewards`` and ``afd irl
