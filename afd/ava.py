@@ -63,14 +63,14 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from afd import models
-from afd.config import check_choice, opt
+from afd.config import check_choice, opt, options_of
 from afd.errors import AfdError
 from afd.runs import DataOptions, StageDir, StageOptions
 from afd.training import TokenRate, TrainOptions, loss_plot, merged, train_resuming, training_arguments
@@ -106,7 +106,7 @@ class AVAOptions:
             raise AfdError(f"option 'ava_head_lr' must be positive; got {self.ava_head_lr}")
 
     def ava_options(self) -> dict:
-        return {f.name: getattr(self, f.name) for f in fields(AVAOptions)}
+        return options_of(self, AVAOptions)
 
 
 class AVAHeads(nn.Module):

@@ -109,6 +109,12 @@ def from_dict(cls: type, data: dict[str, Any], where: str) -> Any:
     return cfg
 
 
+def options_of(cfg: Any, group: type) -> dict[str, Any]:
+    """The values in ``cfg`` of the options that the mixin ``group`` declares (to pass them on
+    to the stages a multi-step stage runs)."""
+    return {f.name: getattr(cfg, f.name) for f in dataclasses.fields(group)}
+
+
 def to_dict(cfg: Any) -> dict[str, Any]:
     return dataclasses.asdict(cfg)
 

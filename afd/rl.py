@@ -37,7 +37,7 @@ from dataclasses import dataclass
 import torch
 
 from afd import models
-from afd.config import opt
+from afd.config import opt, options_of
 from afd.errors import AfdError
 from afd.runs import DataOptions, StageDir, StageOptions
 from afd.training import TrainOptions, lora_config, save_model, train_resuming, training_arguments
@@ -66,7 +66,7 @@ class RLOptions:
             raise AfdError(f"option 'kl_coef' must be >= 0; got {self.kl_coef}")
 
     def rl_options(self) -> dict:
-        return {f: getattr(self, f) for f in RLOptions.__dataclass_fields__}
+        return options_of(self, RLOptions)
 
 
 @dataclass

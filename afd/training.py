@@ -16,7 +16,7 @@ import torch
 from transformers import TrainerCallback
 
 from afd import models
-from afd.config import check_choice, opt
+from afd.config import check_choice, opt, options_of
 from afd.errors import AfdError
 
 
@@ -50,7 +50,7 @@ class TrainOptions:
 
     def train_options(self) -> dict:
         """These options as a mapping, to pass on to the stages a multi-step stage runs."""
-        return {f: getattr(self, f) for f in TrainOptions.__dataclass_fields__}
+        return options_of(self, TrainOptions)
 
     def validate_training(self) -> None:
         check_choice("template", self.template, models.TEMPLATES)
