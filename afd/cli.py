@@ -33,6 +33,10 @@ def _add_options(parser: argparse.ArgumentParser, cls: type) -> None:
 
 
 def _print_metrics(name: str, metrics: dict) -> None:
+    from afd import dist
+
+    if not dist.is_main():  # under a launcher, one summary
+        return
     shown = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in metrics.items()}
     print(f"[{name}] " + json.dumps(shown), flush=True)
 
@@ -93,7 +97,8 @@ def main(argv: list[str] | None = None) -> int:
         _print_metrics(command, fn(from_dict(cls, options, where)))
         return 0
     except (AfdError, ConfigError) as e:
-        print(f"afd {command}: error: {e}", file=sys.stderr)
+        if os.environ.get("RANK", "0") == "0":  # every rank meets a user's error; one says it
+            print(f"afd {command}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"afd {command}: interrupted; run the same command again to resume", file=sys.stderr)

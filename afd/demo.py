@@ -52,13 +52,17 @@ def demo_config(out: str = "runs/demo", model: str = "smollm2-135m-instruct",
 
 
 def run_demo(out: str = "runs/demo", force: bool = False) -> dict:
+    from afd import dist
     from afd.pipeline import run
 
     config = demo_config(out)
-    Path(out).mkdir(parents=True, exist_ok=True)
-    (Path(out) / "demo.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    if dist.is_main():
+        Path(out).mkdir(parents=True, exist_ok=True)
+        (Path(out) / "demo.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
     results = run(config, {"force": True} if force else None,
-                  report=lambda name, m: print(f"[{name}] done in {m.get('seconds', 0):.0f} s", flush=True))
+                  report=lambda name, m: dist.print_main(f"[{name}] done in {m.get('seconds', 0):.0f} s", flush=True))
+    if not dist.is_main():
+        return results
     print()
     print((Path(out) / "eval" / "report.md").read_text())
     print(f"Plots and the full report: {Path(out) / 'eval'}/ (bon_gold_vs_n.png, bon_win_rate.png, "

@@ -139,6 +139,10 @@ def resolve(name: str) -> str:
 # --------------------------------------------------------------------------- placement
 
 def pick_device(device: str = "auto") -> torch.device:
+    from afd import dist
+
+    if device in ("auto", "cuda") and dist.world() > 1 and torch.cuda.is_available():
+        return torch.device("cuda", dist.local_rank())  # under a launcher: this rank's GPU
     if device == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")

@@ -18,6 +18,7 @@ from typing import Any
 
 import yaml
 
+from afd import dist
 from afd.config import opt, to_dict
 from afd.errors import AfdError
 
@@ -53,7 +54,7 @@ def fingerprint(cfg: Any) -> dict[str, Any]:
 
 
 def atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # one per process: no two share one
     tmp.write_text(text)
     os.replace(tmp, path)
 
@@ -105,7 +106,15 @@ class StageDir:
         return json.loads((self.path / METRICS).read_text())
 
     def begin(self) -> bool:
-        """Prepare the folder. Returns False when a finished stage can be reused as it is."""
+        """Prepare the folder. Returns False when a finished stage can be reused as it is.
+
+        Under several processes the main one decides and writes; every rank gets its answer
+        (or its error) once the folder is ready."""
+        go = dist.on_main(self._begin)
+        self.started = time.time()
+        return go
+
+    def _begin(self) -> bool:
         config_file = self.path / CONFIG
         mine = fingerprint(self.cfg)
         if self.path.exists() and self.cfg.force:
@@ -127,20 +136,30 @@ class StageDir:
                 return False
         self.path.mkdir(parents=True, exist_ok=True)
         atomic_write_text(config_file, yaml.safe_dump(to_dict(self.cfg), sort_keys=False))
-        self.started = time.time()
         return True
 
     def finish(self, metrics: dict[str, Any]) -> dict[str, Any]:
-        metrics = {"stage": self.kind, **metrics}
-        if hasattr(self, "started"):
-            metrics.setdefault("seconds", round(time.time() - self.started, 2))
-        write_json(self.path / METRICS, metrics)
-        return metrics
+        """Write ``metrics.json`` (the main process, once every rank has got here); every rank
+        returns the main process's metrics."""
+        dist.barrier()
+
+        def write() -> dict[str, Any]:
+            out = {"stage": self.kind, **metrics}
+            if hasattr(self, "started"):
+                out.setdefault("seconds", round(time.time() - self.started, 2))
+            write_json(self.path / METRICS, out)
+            return out
+
+        return dist.on_main(write)
 
 
 def link_final(folder: Path, target: str) -> None:
     """``folder/model`` -> the final policy of a multi-step stage (a relative symlink), so the
-    stage's artifact is ``OUT/STAGE/model`` like every policy stage's."""
+    stage's artifact is ``OUT/STAGE/model`` like every policy stage's. Main process only."""
+    dist.on_main(_link, folder, target)
+
+
+def _link(folder: Path, target: str) -> None:
     link = folder / "model"
     if link.is_symlink() or link.exists():
         link.unlink()

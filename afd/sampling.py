@@ -37,7 +37,7 @@ from pathlib import Path
 
 import torch
 
-from afd import models
+from afd import dist, models
 from afd.config import check_choice, opt
 from afd.errors import AfdError
 from afd.runs import DataOptions, StageDir, StageOptions
@@ -345,8 +345,9 @@ def vllm_available() -> bool:
 def make_engine(cfg: SampleConfig):
     """(engine, tokenizer) for the configured backend."""
     backend = cfg.backend
-    if backend == "auto":
-        backend = "vllm" if vllm_available() and models.pick_device(cfg.device).type == "cuda" else "hf"
+    if backend == "auto":  # under a launcher each rank runs its own HF engine on its own GPU
+        backend = "vllm" if vllm_available() and models.pick_device(cfg.device).type == "cuda" \
+            and dist.world() == 1 else "hf"
     if backend == "vllm":
         if not vllm_available():
             raise AfdError("option 'backend' is 'vllm' but vLLM is not installed: pip install afd[vllm]")
@@ -386,54 +387,66 @@ def sample(cfg: SampleConfig, kind: str = "sample") -> dict:
     if not encoded:
         raise AfdError(f"no prompt in {cfg.data} is within max_prompt_length={cfg.max_prompt_length} tokens")
 
-    pool = PoolWriter(stage.path / POOL, cfg.num_samples)
+    # Several processes: the main process alone holds the pool file. Batches go round-robin
+    # to the ranks, a round at a time; the main process gathers each round's rows and writes
+    # them in batch order, so the pool is the one-process pool row for row (a row's batch is
+    # the same, and its randomness its own), and a kill leaves what a one-process kill would.
+    pool = PoolWriter(stage.path / POOL, cfg.num_samples) if dist.is_main() else None
+    complete, resumed_rows = dist.broadcast((pool.complete, pool.resumed_rows) if pool else None)
     # Batches are fixed by the options alone (prompts sorted by length, then cut), so a
     # resumed run rebuilds exactly the batches of an uninterrupted one.
     order = sorted(range(len(encoded)), key=lambda i: (len(encoded[i][1]), i))
     per_batch = max(1, cfg.batch_size // cfg.num_samples)
     batches = [order[i:i + per_batch] for i in range(0, len(order), per_batch)]
-    todo = [b for b in batches if any(encoded[i][0].id not in pool.complete for i in b)]
+    todo = [b for b in batches if any(encoded[i][0].id not in complete for i in b)]
 
     new_tokens, started = 0, time.time()
-    bar = tqdm(total=len(encoded) * cfg.num_samples, initial=pool.resumed_rows, unit="sample",
-               desc=f"sample {cfg.model}")
-    for batch in todo:
-        seeds = [[row_seed(cfg.seed, encoded[i][0].id, j) for j in range(cfg.num_samples)] for i in batch]
-        outs = engine.generate([encoded[i][1] for i in batch], seeds, cfg.max_new_tokens,
-                               cfg.temperature, cfg.top_k, cfg.top_p, cfg.ignore_eos)
+    bar = tqdm(total=len(encoded) * cfg.num_samples, initial=resumed_rows, unit="sample",
+               desc=f"sample {cfg.model}", disable=not dist.is_main())
+    for first in range(0, len(todo), dist.world()):
+        mine = todo[first + dist.rank()] if first + dist.rank() < len(todo) else []
         rows = []
-        for i, row_seeds, completions in zip(batch, seeds, outs):
-            p = encoded[i][0]
-            if p.id in pool.complete:
-                continue
-            for j, (s, c) in enumerate(zip(row_seeds, completions)):
-                rows.append({"prompt_id": p.id, "prompt": p.prompt, "sample_index": j,
-                             "response": models.decode_response(tok, p.prompt, c.token_ids, cfg.template),
-                             "num_tokens": len(c.token_ids), "finish_reason": c.finish_reason,
-                             "seed": s, "logprob": c.logprob,
-                             "token_ids": c.token_ids + ([c.stop_id] if c.stop_id is not None else [])})
-                new_tokens += len(c.token_ids)
-        pool.write(rows)
-        bar.update(len(rows))
-        bar.set_postfix(tok_s=f"{new_tokens / max(time.time() - started, 1e-9):.0f}")
+        if mine:
+            seeds = [[row_seed(cfg.seed, encoded[i][0].id, j) for j in range(cfg.num_samples)] for i in mine]
+            outs = engine.generate([encoded[i][1] for i in mine], seeds, cfg.max_new_tokens,
+                                   cfg.temperature, cfg.top_k, cfg.top_p, cfg.ignore_eos)
+            for i, row_seeds, completions in zip(mine, seeds, outs):
+                p = encoded[i][0]
+                if p.id in complete:
+                    continue
+                for j, (s, c) in enumerate(zip(row_seeds, completions)):
+                    rows.append({"prompt_id": p.id, "prompt": p.prompt, "sample_index": j,
+                                 "response": models.decode_response(tok, p.prompt, c.token_ids, cfg.template),
+                                 "num_tokens": len(c.token_ids), "finish_reason": c.finish_reason,
+                                 "seed": s, "logprob": c.logprob,
+                                 "token_ids": c.token_ids + ([c.stop_id] if c.stop_id is not None else [])})
+                    new_tokens += len(c.token_ids)
+        for shard in dist.gather(rows) or ():  # rank order = batch order
+            pool.write(shard)
+            bar.update(len(shard))
+        bar.set_postfix(tok_s=f"{new_tokens * dist.world() / max(time.time() - started, 1e-9):.0f}")
     bar.close()
-    pool.close()
-
-    rows = read_pool(stage.path / POOL)
-    if cfg.output_format == "parquet":
-        import pyarrow as pa
-        import pyarrow.parquet as pq
-
-        pq.write_table(pa.Table.from_pylist(rows), stage.path / "pool.parquet")
+    new_tokens = dist.reduce_sum(new_tokens)
     elapsed = time.time() - started
-    n = len(rows)
-    return stage.finish({
-        "prompts": len(encoded), "samples": n, "num_samples": cfg.num_samples,
-        "prompts_dropped_too_long": dropped, "rows_read": stats.rows, "rows_skipped": stats.skipped,
-        "resumed_rows": pool.resumed_rows,
-        "new_tokens": new_tokens, "tokens_per_second": new_tokens / elapsed if elapsed > 0 else None,
-        "mean_num_tokens": sum(r["num_tokens"] for r in rows) / n,
-        "finished_by_eos": sum(r["finish_reason"] == "stop" for r in rows) / n,
-        "mean_logprob": sum(r["logprob"] for r in rows) / n,
-    })
+
+    def summary() -> dict:
+        pool.close()
+        rows = read_pool(stage.path / POOL)
+        if cfg.output_format == "parquet":
+            import pyarrow as pa
+            import pyarrow.parquet as pq
+
+            pq.write_table(pa.Table.from_pylist(rows), stage.path / "pool.parquet")
+        n = len(rows)
+        return {
+            "prompts": len(encoded), "samples": n, "num_samples": cfg.num_samples,
+            "prompts_dropped_too_long": dropped, "rows_read": stats.rows, "rows_skipped": stats.skipped,
+            "resumed_rows": resumed_rows, "processes": dist.world(),
+            "new_tokens": new_tokens, "tokens_per_second": new_tokens / elapsed if elapsed > 0 else None,
+            "mean_num_tokens": sum(r["num_tokens"] for r in rows) / n,
+            "finished_by_eos": sum(r["finish_reason"] == "stop" for r in rows) / n,
+            "mean_logprob": sum(r["logprob"] for r in rows) / n,
+        }
+
+    return stage.finish(dist.on_main(summary))
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import torch
 
-from afd import models
+from afd import dist, models
 from afd.config import opt
 from afd.errors import AfdError
 from afd.runs import DataOptions, StageDir, StageOptions
@@ -93,14 +93,15 @@ def sft(cfg: SFTConfig) -> dict:
     history = trainer.state.log_history
     if eval_before is not None:  # train() starts a fresh log; keep the step-0 evaluation
         history = [{"step": 0, "eval_loss": eval_before}] + history
-    (stage.path / "log_history.json").write_text(json.dumps(history, indent=1))
-    loss_plot(history, stage.path / "loss.png")
+    if dist.is_main():
+        (stage.path / "log_history.json").write_text(json.dumps(history, indent=1))
+        loss_plot(history, stage.path / "loss.png")
     return stage.finish({
         "model": str(stage.path / "model"), "train_examples": len(train_rows), "eval_examples": len(eval_rows),
         "rows_read": stats.rows, "rows_skipped": stats.skipped, **counts,
         "response_tokens": sum(sum(1 for x in r["labels"] if x != -100) for r in train_rows),
-        "train_loss": result.training_loss, "eval_loss_before": eval_before, "eval_loss_after": eval_after,
+        "train_loss": dist.reduce_mean(result.training_loss), "eval_loss_before": eval_before, "eval_loss_after": eval_after,
         "steps": trainer.state.global_step, "resumed": resume,
         "train_tokens": rate.tokens, "train_tokens_per_second": rate.rate,
-        "train_runtime": result.metrics.get("train_runtime"),
+        "train_runtime": result.metrics.get("train_runtime"), "processes": dist.world(),
     })

@@ -1,0 +1,151 @@
+"""Several processes (``torchrun``, ``accelerate launch``): who writes, who waits, what is summed.
+
+Under a launcher every process runs the same stage function. ``transformers.Trainer`` shards
+the training data and averages gradients; afd adds what is around it:
+
+- only the main process (rank 0) writes a stage's files (``config.yaml``, ``metrics.json``,
+  models, plots, pools) and prints; the others wait for it at barriers, so every rank sees a
+  finished file before it reads it;
+- a decision that one process makes (reuse a finished stage, or stop because its options
+  changed) reaches every rank, error included, so that no rank waits for one that stopped;
+- metrics are reduced: a mean over ranks (a rank's own training loss), a sum (counts).
+
+The helpers are no-ops in a single process, so the stage code reads the same either way. The
+process group is ``torch.distributed``'s (gloo on CPU, NCCL on CUDA), created on first use
+unless the launcher or ``accelerate`` already made it; ``Trainer`` then reuses it. Its
+timeout (``AFD_DIST_TIMEOUT`` seconds, default 6 hours) bounds how long ranks wait for the
+main process while it alone scores or evaluates.
+"""
+
+from __future__ import annotations
+
+import os
+from contextlib import contextmanager
+from datetime import timedelta
+from typing import Any, Callable
+
+import torch
+
+
+def world() -> int:
+    """Number of processes of this run (1 without a launcher)."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def rank() -> int:
+    return int(os.environ.get("RANK", "0"))
+
+
+def local_rank() -> int:
+    return int(os.environ.get("LOCAL_RANK", "0"))
+
+
+def is_main() -> bool:
+    return rank() == 0
+
+
+_alone = False  # True while the main process runs an ``on_main`` block: no collectives then
+
+
+def init() -> bool:
+    """Join the process group (creating it if needed); False in a single process, and inside
+    an ``on_main`` block, where the main process works alone."""
+    if world() < 2 or _alone:
+        return False
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        cuda = torch.cuda.is_available() and os.environ.get("ACCELERATE_USE_CPU", "").lower() not in ("1", "true")
+        if cuda:
+            torch.cuda.set_device(local_rank())
+        dist.init_process_group("nccl" if cuda else "gloo",
+                                timeout=timedelta(seconds=int(os.environ.get("AFD_DIST_TIMEOUT", 6 * 3600))))
+    return True
+
+
+def barrier() -> None:
+    if init():
+        torch.distributed.barrier()
+
+
+def broadcast(obj: Any) -> Any:
+    """The main process's ``obj`` on every rank (any picklable object)."""
+    if not init():
+        return obj
+    box = [obj]
+    torch.distributed.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def gather(obj: Any) -> list[Any] | None:
+    """Every rank's ``obj`` in rank order on the main process; None on the others."""
+    if not init():
+        return [obj]
+    out = [None] * world() if is_main() else None
+    torch.distributed.gather_object(obj, out, dst=0)
+    return out
+
+
+def reduce_sum(x: float | int | None) -> float | int | None:
+    """The sum over ranks of a per-rank number (None stays None)."""
+    if x is None or not init():
+        return x
+    values = [None] * world()
+    torch.distributed.all_gather_object(values, x)
+    return sum(values)
+
+
+def reduce_mean(x: float | None) -> float | None:
+    """The mean over ranks of a per-rank number, e.g. a rank's own training loss."""
+    total = reduce_sum(x)
+    return total if total is None or world() < 2 else total / world()
+
+
+def on_main(fn: Callable[..., Any], *args, **kwargs) -> Any:
+    """``fn(*args, **kwargs)`` run by the main process only, its result (or the exception it
+    raised) handed to every rank; the other ranks wait for it. Inside ``fn`` the helpers of
+    this module act as in a single process, so ``fn`` may run a whole stage."""
+    global _alone
+    if not init():
+        return fn(*args, **kwargs)
+    result, error, failure = None, None, None
+    if is_main():
+        _alone = True
+        try:
+            result = fn(*args, **kwargs)
+        except Exception as e:  # the other ranks raise it too, so none waits for ever
+            failure = e
+            error = e if _picklable(e) else RuntimeError(f"the main process failed: {e!r}")
+        finally:
+            _alone = False
+    result, error = broadcast((result, error))
+    if failure is not None:
+        raise failure
+    if error is not None:
+        raise error
+    return result
+
+
+def _picklable(e: Exception) -> bool:
+    import pickle
+
+    try:
+        pickle.loads(pickle.dumps(e))
+        return True
+    except Exception:
+        return False
+
+
+@contextmanager
+def main_only():
+    """``with main_only() as main: if main: ...`` — a block that only the main process runs
+    (writing files), after which every rank has waited for it."""
+    try:
+        yield is_main()
+    finally:
+        barrier()
+
+
+def print_main(*args, **kwargs) -> None:
+    if is_main():
+        print(*args, **kwargs)
