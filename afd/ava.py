@@ -69,7 +69,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from afd import models
+from afd import dist, models
 from afd.config import check_choice, opt, options_of
 from afd.errors import AfdError
 from afd.runs import DataOptions, StageDir, StageOptions
@@ -383,13 +383,14 @@ def train(cfg, stage: StageDir, objective: str) -> tuple[dict, object, object]:
     result, resume = train_resuming(trainer, checkpoints)
     trained = merged(trainer.model).eval()
     metrics = {"objective": objective, "train_examples": len(train_rows), "eval_examples": len(eval_rows),
-               "prompts_dropped_too_long": dropped, "train_loss": result.training_loss,
+               "prompts_dropped_too_long": dropped, "train_loss": dist.reduce_mean(result.training_loss),
                "steps": trainer.state.global_step, "resumed": resume, "train_tokens_per_second": rate.rate,
                **held_out(trained, tok, eval_rows, objective, cfg)}
     if trainer.is_world_process_zero():
         save(trained, tok, stage.path / "model", cfg, objective)
-    (stage.path / "log_history.json").write_text(json.dumps(trainer.state.log_history, indent=1))
-    loss_plot(trainer.state.log_history, stage.path / "loss.png", "minus the AVA objective", f"{objective} training")
+    if dist.is_main():
+        (stage.path / "log_history.json").write_text(json.dumps(trainer.state.log_history, indent=1))
+        loss_plot(trainer.state.log_history, stage.path / "loss.png", "minus the AVA objective", f"{objective} training")
     return metrics, trained, tok
 
 

@@ -20,6 +20,7 @@ import json
 import math
 from dataclasses import dataclass
 
+from afd import dist
 from afd.config import opt
 from afd.errors import AfdError
 from afd.runs import StageDir, StageOptions
@@ -116,6 +117,7 @@ def score_pool(rows: list[dict], scorer_spec: str, key: str, device: str = "auto
         r[key] = float(v)
 
 
+@dist.main_process_stage
 def bon(cfg: BonConfig) -> dict:
     """Run the stage: ``chosen.jsonl`` has one row per prompt, the best of its first N samples."""
     from afd.sampling import read_pool

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, replace
 
+from afd import dist
 from afd.config import opt
 from afd.errors import AfdError
 from afd.runs import METRICS, StageDir, write_json
@@ -38,8 +39,11 @@ class DemonstrateConfig(SampleConfig):
 def demonstrate(cfg: DemonstrateConfig) -> dict:
     """Run the stage: the demonstrator's pool, then OUT/demonstrate/demos.jsonl."""
     folder_cfg = replace(cfg, system_prompt=cfg.instruction)
-    metrics = sample(folder_cfg, kind="demonstrate")
-    folder = StageDir(folder_cfg, "demonstrate").path
+    metrics = sample(folder_cfg, kind="demonstrate")  # sharded across ranks under a launcher
+    return dist.on_main(_write_demos, cfg, StageDir(folder_cfg, "demonstrate").path, metrics)
+
+
+def _write_demos(cfg: DemonstrateConfig, folder, metrics: dict) -> dict:
     demos_file = folder / DEMOS
     if not demos_file.is_file():  # written after metrics.json: a rerun completes it
         rows = read_pool(folder / POOL)

@@ -19,6 +19,8 @@ main process while it alone scores or evaluates.
 
 from __future__ import annotations
 
+import atexit
+import functools
 import os
 from contextlib import contextmanager
 from datetime import timedelta
@@ -60,7 +62,15 @@ def init() -> bool:
             torch.cuda.set_device(local_rank())
         dist.init_process_group("nccl" if cuda else "gloo",
                                 timeout=timedelta(seconds=int(os.environ.get("AFD_DIST_TIMEOUT", 6 * 3600))))
+        atexit.register(_destroy)
     return True
+
+
+def _destroy() -> None:
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def barrier() -> None:
@@ -134,6 +144,16 @@ def _picklable(e: Exception) -> bool:
         return True
     except Exception:
         return False
+
+
+def main_process_stage(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """A stage that the main process runs alone (scoring and evaluation that is cheap beside
+    training): the other ranks wait for it and return its metrics."""
+    @functools.wraps(fn)
+    def run(*args, **kwargs):
+        return on_main(fn, *args, **kwargs)
+
+    return run
 
 
 @contextmanager

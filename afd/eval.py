@@ -26,6 +26,7 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
+from afd import dist
 from afd.bon import bon_curve, bon_kl, group_by_prompt, powers_of_two, score_pool
 from afd.config import opt
 from afd.errors import AfdError
@@ -119,6 +120,7 @@ def standardise(values: dict[int, float], pool: list[float]) -> dict[int, float]
     return {n: (v - mean) / sd for n, v in values.items()}
 
 
+@dist.main_process_stage
 def evaluate(cfg: EvalConfig) -> dict:
     """Run the stage: metrics.json, report.md and PNG plots in OUT/eval."""
     from afd.sampling import read_pool

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 
 import torch
 
-from afd import models
+from afd import dist, models
 from afd.config import opt
 from afd.errors import AfdError
 from afd.runs import DataOptions, StageDir, StageOptions, link_final, write_demo_files
@@ -162,14 +162,15 @@ def train_step(cfg: StepConfig) -> dict:
     result, resume = train_resuming(trainer, checkpoints)
     if trainer.is_world_process_zero():
         save_model(trainer.model, tok, stage.path / "model")
-    (stage.path / "log_history.json").write_text(json.dumps(trainer.state.log_history, indent=1))
-    loss_plot(trainer.state.log_history, stage.path / "loss.png", "IRFT loss", "IRFT stage")
-    acc = getattr(trainer, "accuracies", [])
+    if dist.is_main():
+        (stage.path / "log_history.json").write_text(json.dumps(trainer.state.log_history, indent=1))
+        loss_plot(trainer.state.log_history, stage.path / "loss.png", "IRFT loss", "IRFT stage")
+    acc = getattr(trainer, "accuracies", [])  # this rank's batches
     tail = acc[-max(1, len(acc) // 4):]
     return stage.finish({"model": str(stage.path / "model"), "pairs": len(rows),
                          "pairs_too_long": len(pairs) - len(rows),
-                         "train_loss": result.training_loss, "steps": trainer.state.global_step, "resumed": resume,
-                         "implicit_reward_accuracy_last_quarter": sum(tail) / len(tail) if tail else None,
+                         "train_loss": dist.reduce_mean(result.training_loss), "steps": trainer.state.global_step, "resumed": resume,
+                         "implicit_reward_accuracy_last_quarter": dist.reduce_mean(sum(tail) / len(tail) if tail else None),
                          "opponent_logp_chosen": sum(r["opp_chosen"] for r in rows) / len(rows),
                          "opponent_logp_rejected": sum(r["opp_rejected"] for r in rows) / len(rows),
                          "train_tokens_per_second": rate.rate})
@@ -196,7 +197,7 @@ def irft(cfg: IRFTConfig) -> dict:
     policy, history = cfg.model, []
     for t, part in enumerate(parts):
         folder = stage.path / f"stage_{t}"
-        demos_path, prompts_path = write_demo_files(folder, [demos[i] for i in part])
+        demos_path, prompts_path = dist.on_main(write_demo_files, folder, [demos[i] for i in part])
         samples = sample(SampleConfig(
             out=str(stage.path), stage_name=f"stage_{t}/samples", model=policy, data=prompts_path,
             data_format="prompt", template=cfg.template, num_samples=cfg.num_samples,
@@ -211,7 +212,7 @@ def irft(cfg: IRFTConfig) -> dict:
                         "negative_mean_tokens": samples["mean_num_tokens"], **{
                             k: step[k] for k in ("pairs", "train_loss", "steps",
                                                  "implicit_reward_accuracy_last_quarter")}})
-        (stage.path / "history.json").write_text(json.dumps(history, indent=1))
+        dist.on_main((stage.path / "history.json").write_text, json.dumps(history, indent=1))
     link_final(stage.path, policy)
     return stage.finish({"model": str(stage.path / "model"), "final_policy": policy, "stages": history})
 

