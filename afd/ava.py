@@ -365,7 +365,10 @@ def train(cfg, stage: StageDir, objective: str) -> tuple[dict, object, object]:
                                            < model.config.num_hidden_layers):
         raise AfdError(f"option 'ava_attention_layer' is {cfg.ava_attention_layer} but {cfg.model} has "
                        f"{model.config.num_hidden_layers} layers")
-    attach(model, cfg)
+    heads = attach(model, cfg)
+    out_emb = model.get_output_embeddings().weight
+    if heads.q is not None and out_emb is not model.get_input_embeddings().weight:
+        out_emb.requires_grad_(False)  # a new Q head: the LM head is unused (and has no gradient)
     if cfg.lora_r > 0:
         from peft import get_peft_model
 
@@ -377,7 +380,10 @@ def train(cfg, stage: StageDir, objective: str) -> tuple[dict, object, object]:
     checkpoints = stage.path / "checkpoints"
     rate = TokenRate()
     trainer = _trainer_class(objective, cfg)(
-        model=model, args=training_arguments(cfg, checkpoints, bool(eval_rows)), train_dataset=train_rows,
+        # the heads run outside the model's forward, where DDP's search for unused parameters
+        # would count them twice; every trainable parameter has a gradient, so it needs none
+        model=model, args=training_arguments(cfg, checkpoints, bool(eval_rows), ddp_find_unused_parameters=False),
+        train_dataset=train_rows,
         eval_dataset=eval_rows or None, data_collator=AVACollator(tok.pad_token_id), processing_class=tok,
         callbacks=[rate])
     result, resume = train_resuming(trainer, checkpoints)
