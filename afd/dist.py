@@ -166,6 +166,24 @@ def main_only():
         barrier()
 
 
+def save_trained(trainer, tokenizer, folder, save: Callable[..., None]) -> None:
+    """Save a trained model from a call every rank makes: ``save(model, tokenizer, folder)`` on
+    the main process. Under FSDP or DeepSpeed, whose weights are sharded across the ranks, the
+    full weights are first gathered onto the main process (a collective) and saved with
+    ``save_pretrained`` (LoRA adapters are then saved unmerged, as PEFT keys)."""
+    sharded = getattr(trainer, "is_fsdp_enabled", False) or getattr(trainer, "is_deepspeed_enabled", False)
+    if not sharded:
+        if is_main():
+            save(trainer.model, tokenizer, folder)
+        return
+    acc = trainer.accelerator
+    state = acc.get_state_dict(trainer.model_wrapped if trainer.is_deepspeed_enabled else trainer.model)
+    if is_main():
+        acc.unwrap_model(trainer.model).save_pretrained(folder, state_dict=state)
+        tokenizer.save_pretrained(folder)
+    barrier()
+
+
 def print_main(*args, **kwargs) -> None:
     if is_main():
         print(*args, **kwargs)

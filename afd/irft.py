@@ -160,8 +160,7 @@ def train_step(cfg: StepConfig) -> dict:
                                        train_dataset=rows, data_collator=PairCollator(tok.pad_token_id),
                                        processing_class=tok, callbacks=[rate])
     result, resume = train_resuming(trainer, checkpoints)
-    if trainer.is_world_process_zero():
-        save_model(trainer.model, tok, stage.path / "model")
+    dist.save_trained(trainer, tok, stage.path / "model", save_model)  # rank 0 writes
     if dist.is_main():
         (stage.path / "log_history.json").write_text(json.dumps(trainer.state.log_history, indent=1))
         loss_plot(trainer.state.log_history, stage.path / "loss.png", "IRFT loss", "IRFT stage")

@@ -315,8 +315,8 @@ def reward(cfg: RewardConfig) -> dict:
     if cfg.eval_pairs:
         metrics.update(preference_metrics(
             lambda p, r: score_texts(trained, tok, p, r, cfg.template, cfg.batch_size, cfg.max_length), cfg))
-    if trainer.is_world_process_zero():
-        save_model(trained, tok, stage.path / "model")
+    # rank 0 writes the scored model (LoRA already merged)
+    dist.save_trained(trainer, tok, stage.path / "model", lambda _, t, folder: save_model(trained, t, folder))
     if dist.is_main():
         (stage.path / "log_history.json").write_text(json.dumps(trainer.state.log_history, indent=1))
         loss_plot(trainer.state.log_history, stage.path / "loss.png", "loss", f"reward model ({cfg.variant})")

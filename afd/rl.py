@@ -266,8 +266,7 @@ def rl(cfg: RLConfig) -> dict:
             raise AfdError(f"ref_model '{cfg.ref_model}' does not have the policy's architecture ({e})") from None
         del ref
     result, resume = train_resuming(trainer, checkpoints)
-    if trainer.is_world_process_zero():
-        save_model(trainer.model, tok, stage.path / "model")
+    dist.save_trained(trainer, tok, stage.path / "model", save_model)  # rank 0 writes
     history = trainer.state.log_history
     logged = [h for h in history if "reward" in h]
     if dist.is_main():

@@ -88,8 +88,7 @@ def sft(cfg: SFTConfig) -> dict:
     result = trainer.train(resume_from_checkpoint=True if resume else None)
     eval_after = trainer.evaluate()["eval_loss"] if eval_rows else None
 
-    if trainer.is_world_process_zero():
-        save_model(trainer.model, tok, stage.path / "model")
+    dist.save_trained(trainer, tok, stage.path / "model", save_model)  # rank 0 writes
     history = trainer.state.log_history
     if eval_before is not None:  # train() starts a fresh log; keep the step-0 evaluation
         history = [{"step": 0, "eval_loss": eval_before}] + history
