@@ -391,8 +391,14 @@ def sample(cfg: SampleConfig, kind: str = "sample") -> dict:
     # to the ranks, a round at a time; the main process gathers each round's rows and writes
     # them in batch order, so the pool is the one-process pool row for row (a row's batch is
     # the same, and its randomness its own), and a kill leaves what a one-process kill would.
-    pool = PoolWriter(stage.path / POOL, cfg.num_samples) if dist.is_main() else None
-    complete, resumed_rows = dist.broadcast((pool.complete, pool.resumed_rows) if pool else None)
+    pool = None
+
+    def open_pool() -> tuple[set, int]:
+        nonlocal pool
+        pool = PoolWriter(stage.path / POOL, cfg.num_samples)
+        return pool.complete, pool.resumed_rows
+
+    complete, resumed_rows = dist.on_main(open_pool)
     # Batches are fixed by the options alone (prompts sorted by length, then cut), so a
     # resumed run rebuilds exactly the batches of an uninterrupted one.
     order = sorted(range(len(encoded)), key=lambda i: (len(encoded[i][1]), i))

@@ -1,4 +1,4 @@
-"""Two processes on the CPU (torchrun, gloo): one writer, one summary, summed counts, and
+"""Two processes on the CPU (torchrun or accelerate launch, gloo): one writer, one summary, summed counts, and
 the pool of a one-process run row for row."""
 
 import json
@@ -12,12 +12,17 @@ import pytest
 from conftest import REPO, WORDS, prompt_rows, say_demos, user, write_jsonl
 
 
-def torchrun(args, cwd, timeout=300):
-    """``torchrun --nproc_per_node 2 ARGS`` with one thread a rank; returns the finished process."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(
+TORCHRUN = ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+# the README's accelerate command for several CPU processes (--cpu would start one)
+ACCELERATE = ["-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--main_process_port", "0"]
+
+
+def torchrun(args, cwd, launcher=TORCHRUN, timeout=300):
+    """Two processes (gloo, one thread each) running ARGS; returns the finished process."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": "", "PYTHONPATH": os.pathsep.join(
         [str(REPO), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)}
-    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                           *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    done = subprocess.run([sys.executable, *launcher, *args], cwd=cwd, env=env, capture_output=True, text=True,
+                          timeout=timeout)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     return done
 
@@ -49,18 +54,17 @@ try:
     error = None
 except AfdError as e:
     error = str(e)
-print(json.dumps({"rank": dist.rank(), "world": dist.world(), "sum": dist.reduce_sum(dist.rank() + 1),
+open(f"rank{dist.rank()}.json", "w").write(json.dumps({"rank": dist.rank(), "world": dist.world(), "sum": dist.reduce_sum(dist.rank() + 1),
                   "mean": dist.reduce_mean(float(dist.rank())), "gathered": dist.gather(10 * dist.rank()),
                   "broadcast": dist.broadcast("main" if dist.is_main() else "other"), "error": error,
-                  "alone": dist.on_main(lambda: dist.reduce_sum(5))}), flush=True)
+                  "alone": dist.on_main(lambda: dist.reduce_sum(5))}))
 """
 
 
 def test_helpers_reduce_and_share_the_main_process_decisions(tmp_path):
     (tmp_path / "helpers.py").write_text(HELPERS)
-    done = torchrun(["helpers.py"], tmp_path)
-    out = sorted((json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")),
-                 key=lambda r: r["rank"])
+    torchrun(["helpers.py"], tmp_path)
+    out = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
     assert [r["rank"] for r in out] == [0, 1] and all(r["world"] == 2 for r in out)
     assert all(r["sum"] == 3 and r["mean"] == 0.5 for r in out)
     assert out[0]["gathered"] == [0, 10] and out[1]["gathered"] is None
@@ -92,7 +96,7 @@ def test_sft_on_two_processes_writes_once_and_sums_tokens(tmp_path):
     assert 0 < m["train_loss"] < 10 and m["eval_loss_after"] < m["eval_loss_before"]
 
 
-def test_reward_on_two_processes_writes_once(tmp_path):
+def test_reward_on_two_processes_of_accelerate_launch_writes_once(tmp_path):
     def pool(name, response):
         return write_jsonl(tmp_path / name, [
             {"prompt_id": w, "prompt": [user(f"Talk about {w}")], "sample_index": i, "response": response(w, i)}
@@ -103,7 +107,7 @@ def test_reward_on_two_processes_writes_once(tmp_path):
     done = torchrun(["-m", "afd", "reward", "--variant", "init-sft", "--sft-pool", sft_pool, "--init-pool", init_pool,
                      "--out", "run", "--epochs", "4", "--lr", "3e-3", "--batch-size", "8", "--eval-fraction", "0.25",
                      "--max-length", "96", "--max-prompt-length", "64", "--save-steps", "1000", "--device", "cpu"],
-                    tmp_path)
+                    tmp_path, launcher=ACCELERATE)
     printed = summaries(done.stdout, "reward")
     assert len(printed) == 1, done.stdout
     stage = tmp_path / "run" / "reward"
