@@ -17,13 +17,13 @@ TORCHRUN = ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "
 ACCELERATE = ["-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--main_process_port", "0"]
 
 
-def torchrun(args, cwd, launcher=TORCHRUN, timeout=300):
+def torchrun(args, cwd, launcher=TORCHRUN, timeout=300, ok=True):
     """Two processes (gloo, one thread each) running ARGS; returns the finished process."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": "", "PYTHONPATH": os.pathsep.join(
         [str(REPO), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)}
     done = subprocess.run([sys.executable, *launcher, *args], cwd=cwd, env=env, capture_output=True, text=True,
                           timeout=timeout)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert (done.returncode == 0) == ok, done.stdout[-3000:] + done.stderr[-3000:]
     return done
 
 
@@ -149,3 +149,8 @@ def test_sample_on_two_processes_is_the_one_process_pool_and_resumes(tmp_path):
     resumed = json.loads((stage / "metrics.json").read_text())
     assert read_pool(stage) == expected and resumed["resumed_rows"] == 12
     assert resumed["new_tokens"] == sum(r["num_tokens"] for r in expected[12:])
+
+    # rerun with another option: every rank stops (none waits for ever), one says why
+    done = torchrun(argv + ["--max-new-tokens", "5"], tmp_path, ok=False)
+    assert done.stderr.count("was made with different options (max_new_tokens)") == 1
+    assert read_pool(stage) == expected
