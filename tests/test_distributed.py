@@ -3,8 +3,10 @@ the pool of a one-process run row for row."""
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -154,3 +156,40 @@ def test_sample_on_two_processes_is_the_one_process_pool_and_resumes(tmp_path):
     done = torchrun(argv + ["--max-new-tokens", "5"], tmp_path, ok=False)
     assert done.stderr.count("was made with different options (max_new_tokens)") == 1
     assert read_pool(stage) == expected
+
+
+def test_sample_killed_on_two_processes_resumes_to_the_one_process_pool(tmp_path):
+    """SIGKILL both ranks (and torchrun) mid-run; a rerun on two processes completes the pool."""
+    from afd.sampling import SampleConfig, read_pool, sample
+
+    data = write_jsonl(tmp_path / "prompts.jsonl", [{"id": f"p-{i:02d}", "prompt": f"Question {i}" + " why" * (i % 4)}
+                                                    for i in range(24)])
+    opts = dict(data=data, num_samples=2, batch_size=2, max_new_tokens=32, ignore_eos=True, device="cpu")
+    argv = ["-m", "afd", "sample", "--out", "two", "--data", data, "--num-samples", "2", "--batch-size", "2",
+            "--max-new-tokens", "32", "--ignore-eos", "--device", "cpu"]
+    pool = tmp_path / "two" / "sample" / "pool.jsonl"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": "", "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen([sys.executable, *TORCHRUN, *argv], cwd=tmp_path, env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:  # one prompt a batch, two batches a round
+        if pool.exists() and pool.read_bytes().count(b"\n") >= 6:
+            break
+        time.sleep(0.005)
+    import psutil
+
+    ranks = psutil.Process(proc.pid).children(recursive=True)  # torchrun gives them sessions of their own
+    for p in [*ranks, psutil.Process(proc.pid)]:
+        p.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    psutil.wait_procs(ranks, timeout=30)
+    assert not (pool.parent / "metrics.json").exists(), "the run finished before it was killed"
+    at_kill = read_pool(pool, tolerate_truncation=True)
+
+    sample(SampleConfig(out=str(tmp_path / "one"), **opts))
+    expected = read_pool(tmp_path / "one" / "sample")
+    assert 0 < len(at_kill) < len(expected) and at_kill == expected[:len(at_kill)]  # a prefix, in order
+    torchrun(argv, tmp_path)
+    assert read_pool(pool) == expected and len(expected) == 24 * 2
+    complete = len(at_kill) - len(at_kill) % 2
+    assert json.loads((pool.parent / "metrics.json").read_text())["resumed_rows"] == complete
