@@ -111,6 +111,19 @@ def reduce_mean(x: float | None) -> float | None:
     return total if total is None or world() < 2 else total / world()
 
 
+def map_sharded(fn: Callable[[list], list], items: list) -> list:
+    """``fn(items)`` (one result per item, in order) with the items dealt round-robin to the
+    ranks; every rank gets all the results in order."""
+    if not init():
+        return fn(items)
+    parts = [None] * world()
+    torch.distributed.all_gather_object(parts, fn(items[rank()::world()]))
+    out = [None] * len(items)
+    for r, part in enumerate(parts):
+        out[r::world()] = part
+    return out
+
+
 def on_main(fn: Callable[..., Any], *args, **kwargs) -> Any:
     """``fn(*args, **kwargs)`` run by the main process only, its result (or the exception it
     raised) handed to every rank; the other ranks wait for it. Inside ``fn`` the helpers of

@@ -143,8 +143,9 @@ def train_step(cfg: StepConfig) -> dict:
     opponent, _ = models.load_causal_lm(cfg.model, cfg.device, cfg.dtype)
     for side in ("chosen", "rejected"):
         items = [(row["prompt"], response_ids(row[side])) for row in rows]
-        for row, lp in zip(rows, response_logprobs(opponent, tok, items, cfg.template, cfg.batch_size,
-                                                   progress=f"opponent log-probs ({side})")):
+        # each rank scores a share of the rows; every rank gets them all
+        for row, lp in zip(rows, dist.map_sharded(lambda part: response_logprobs(
+                opponent, tok, part, cfg.template, cfg.batch_size, progress=f"opponent log-probs ({side})"), items)):
             row[f"opp_{side}"] = lp
     del opponent
     for row in rows:

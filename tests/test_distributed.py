@@ -59,7 +59,8 @@ except AfdError as e:
 open(f"rank{dist.rank()}.json", "w").write(json.dumps({"rank": dist.rank(), "world": dist.world(), "sum": dist.reduce_sum(dist.rank() + 1),
                   "mean": dist.reduce_mean(float(dist.rank())), "gathered": dist.gather(10 * dist.rank()),
                   "broadcast": dist.broadcast("main" if dist.is_main() else "other"), "error": error,
-                  "alone": dist.on_main(lambda: dist.reduce_sum(5))}))
+                  "alone": dist.on_main(lambda: dist.reduce_sum(5)),
+                  "mapped": dist.map_sharded(lambda part: [10 * x + dist.rank() for x in part], list(range(5)))}))
 """
 
 
@@ -73,6 +74,7 @@ def test_helpers_reduce_and_share_the_main_process_decisions(tmp_path):
     assert all(r["broadcast"] == "main" for r in out)
     assert all(r["error"] == "stopped on the main process" for r in out)  # no rank left waiting
     assert all(r["alone"] == 5 for r in out)  # inside on_main the main process works alone
+    assert all(r["mapped"] == [0, 11, 20, 31, 40] for r in out)  # items dealt round-robin, results in order
 
 
 def test_sft_on_two_processes_writes_once_and_sums_tokens(tmp_path):
