@@ -22,7 +22,6 @@ from __future__ import annotations
 import atexit
 import functools
 import os
-from contextlib import contextmanager
 from datetime import timedelta
 from typing import Any, Callable
 
@@ -160,8 +159,8 @@ def _picklable(e: Exception) -> bool:
 
 
 def main_process_stage(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """A stage that the main process runs alone (scoring and evaluation that is cheap beside
-    training): the other ranks wait for it and return its metrics."""
+    """A stage that the main process runs alone (Best-of-N and evaluation, which score pools
+    with one model at a time): the other ranks wait for it and return its metrics."""
     @functools.wraps(fn)
     def run(*args, **kwargs):
         return on_main(fn, *args, **kwargs)
@@ -169,21 +168,12 @@ def main_process_stage(fn: Callable[..., Any]) -> Callable[..., Any]:
     return run
 
 
-@contextmanager
-def main_only():
-    """``with main_only() as main: if main: ...`` — a block that only the main process runs
-    (writing files), after which every rank has waited for it."""
-    try:
-        yield is_main()
-    finally:
-        barrier()
-
-
 def save_trained(trainer, tokenizer, folder, save: Callable[..., None]) -> None:
     """Save a trained model from a call every rank makes: ``save(model, tokenizer, folder)`` on
     the main process. Under FSDP or DeepSpeed, whose weights are sharded across the ranks, the
     full weights are first gathered onto the main process (a collective) and saved with
-    ``save_pretrained`` (LoRA adapters are then saved unmerged, as PEFT keys)."""
+    ``save_pretrained`` (a LoRA model is then saved as its PEFT adapter, not merged).
+    Untested here: no GPU."""
     sharded = getattr(trainer, "is_fsdp_enabled", False) or getattr(trainer, "is_deepspeed_enabled", False)
     if not sharded:
         if is_main():
