@@ -6,8 +6,9 @@ import pytest
 import torch
 
 from conftest import WORDS, user, write_jsonl
-from afd.reward import (Example, RewardConfig, auc, bt_pairs, pair_accuracy, reward, reward_loss,
-                        split_groups)
+from afd.errors import AfdError
+from afd.reward import (Example, RewardConfig, auc, bt_pairs, controls, encode, examples, fit, pair_accuracy,
+                        preference_metrics, reward, reward_loss, split_groups)
 
 
 def test_bce_loss_by_hand():
@@ -154,3 +155,68 @@ def test_length_bias_by_hand():
     got = length_bias([2.0, 0.0, 1.0], [1.0, 3.0, 1.0], [(10, 5), (4, 8), (6, 6)])
     assert got == {"longer_chosen_accuracy": pytest.approx((1 + 0 + 0.5) / 3), "prefers_longer": 1.0}
     assert length_bias([0.0], [1.0], [(10, 5)])["prefers_longer"] == 0.0
+
+
+def test_pair_data_is_held_out_by_prompt_not_by_pair(tmp_path):
+    # as in afd irl: one demonstration per prompt is the chosen side of several pairs
+    rows = [{"id": f"{w}/{t}", "prompt": f"Talk about {w}", "chosen": f"The {w} is fine.", "rejected": f"{w} {t}"}
+            for w in WORDS[:8] for t in range(3)]
+    cfg = RewardConfig(variant="bt", data=write_jsonl(tmp_path / "pairs.jsonl", rows))
+    items = examples(cfg)
+    train, held = split_groups(items, 0.25, seed=0)
+    assert {e.group for e in train}.isdisjoint({e.group for e in held})
+    assert {e.response for e in train if e.label == 1}.isdisjoint({e.response for e in held if e.label == 1})
+    pairs = bt_pairs(held, seed=0)
+    assert len(pairs) == len(held) // 2 and all(c.pair == r.pair for c, r in pairs)
+
+
+def test_demo_variants_use_only_prompts_with_both_classes(tmp_path):
+    demos = write_jsonl(tmp_path / "demos.jsonl", [{"prompt": f"Talk about {w}", "completion": f"The {w}."}
+                                                   for w in WORDS[:16]])
+    init = write_jsonl(tmp_path / "init.jsonl", pool_rows(WORDS[8:24], lambda w, i: f"{w} ugh {i}"))
+    items = examples(RewardConfig(variant="init-demo", data=demos, init_pool=init))
+    pos = {e.group for e in items if e.label == 1}
+    assert pos == {e.group for e in items if e.label == 0} and len(pos) == 8
+    assert len(examples(RewardConfig(variant="init-demo", data=demos, init_pool=init, same_prompts=False))) == 48
+    far = write_jsonl(tmp_path / "far.jsonl", pool_rows(WORDS[20:24], lambda w, i: w))
+    with pytest.raises(AfdError, match="no prompt has both"):
+        examples(RewardConfig(variant="init-demo", data=demos, init_pool=far))
+
+
+def test_fit_cuts_the_prompt_from_the_left_so_replies_stay_apart(tiny):
+    from afd import models
+
+    _, tok = tiny
+    prompt = [user("a long question " * 20)]
+    cfg = RewardConfig(max_length=40, max_prompt_length=1000)
+    a, b = encode(tok, prompt, "yes, sure", cfg), encode(tok, prompt, "no, never", cfg)
+    assert len(a) == 40 and a != b  # cut at the end, both were the prompt's first 40 tokens
+    assert a[-len(models.encode_response(tok, prompt, "yes, sure")):] == models.encode_response(tok, prompt, "yes, sure")
+    assert fit([1, 2, 3], [4, 5], 4) == [2, 3, 4, 5] and fit([1, 2], [3, 4, 5, 6], 3) == [3, 4, 5]
+    assert fit([1, 2], [3], None) == [1, 2, 3]
+
+
+def test_controls_by_hand():
+    def ex(label, n, ended=True, group="g"):
+        return Example([user(group)], "x" * n, label, group, ended=ended)
+
+    # positives are long and end with EOS; negatives short and cut
+    train = [ex(1, 10), ex(1, 12), ex(0, 3, False), ex(0, 5, False)]
+    held = [ex(1, 11, group="h"), ex(1, 4, group="h"), ex(0, 2, False, "h"), ex(0, 6, True, "h")]
+    c = controls(train, held, lambda e: len(e.response))
+    # threshold between 5 and 10 (7.5): held 11 -> +, 4 -> -, 2 -> -, 6 -> -
+    assert c["length_only_accuracy"] == 0.75 and c["length_only_auc"] == pytest.approx(0.75)
+    # eos rule: ended -> positive: held right on 11, 4, 2; wrong on 6
+    assert c["eos_only_accuracy"] == 0.75
+    assert c["eval_truncated_share_positive"] == 0.0 and c["eval_truncated_share_negative"] == 0.5
+    assert "eos_only_accuracy" not in controls([ex(1, 3), ex(0, 2)], [ex(1, 3), ex(0, 2)], lambda e: len(e.response))
+    assert controls(train, [], len) == {}
+
+
+def test_preference_metrics_count_ties(tmp_path):
+    pairs = write_jsonl(tmp_path / "p.jsonl", [{"prompt": "q", "chosen": c, "rejected": r}
+                                               for c, r in (("aa", "b"), ("c", "d"), ("e", "ff"))])
+    cfg = RewardConfig(eval_pairs=pairs)
+    m = preference_metrics(lambda p, r: [float(len(x)) for x in r], cfg)
+    assert m["pairs_tied"] == 1 and m["pair_accuracy"] == pytest.approx(1.5 / 3)
+    assert m["pair_accuracy_untied"] == 0.5
