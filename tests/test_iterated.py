@@ -179,3 +179,22 @@ def test_cli_flags_yaml_and_resume_at_last_finished_iteration(tmp_path, capsys):
     assert [s["demonstrations"] for s in metrics["stages"]] == [4, 4]
     assert main(["irft", "--config", str(tmp_path / "irft.yaml"), "--beta", "-1"]) == 2
     assert "'beta' must be positive" in capsys.readouterr().err
+
+
+def test_irft_negatives_are_the_sampled_tokens(tiny, tmp_path):
+    """A negative cut at max_new_tokens is trained on as drawn, without an EOS it never had."""
+    from afd import models
+    from afd.irft import StepConfig, train_step
+    from afd.scoring import response_logprobs
+
+    model, tok = tiny
+    prompt = [{"role": "user", "content": "Say cat"}]
+    ids = models.encode_response(tok, prompt, "cat cat cat cat")[:-1]
+    pool = tmp_path / "pool.jsonl"
+    pool.write_text(json.dumps({"prompt_id": "d-0", "prompt": prompt, "sample_index": 0, "finish_reason": "length",
+                                "response": models.decode_response(tok, prompt, ids), "token_ids": ids}) + "\n")
+    demos = tmp_path / "demos.jsonl"
+    demos.write_text(json.dumps({"id": "d-0", "prompt": "Say cat", "completion": "cat!"}) + "\n")
+    m = train_step(StepConfig(out=str(tmp_path), stage_name="step", model="tiny-random", data=str(demos),
+                              pool=str(pool), max_steps=1, batch_size=1, device="cpu", save_steps=1000))
+    assert m["opponent_logp_rejected"] == pytest.approx(response_logprobs(model, tok, [(prompt, ids)])[0], abs=1e-4)

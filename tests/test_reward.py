@@ -220,3 +220,37 @@ def test_preference_metrics_count_ties(tmp_path):
     m = preference_metrics(lambda p, r: [float(len(x)) for x in r], cfg)
     assert m["pairs_tied"] == 1 and m["pair_accuracy"] == pytest.approx(1.5 / 3)
     assert m["pair_accuracy_untied"] == 0.5
+
+
+def truncated_row(tok, prompt, text="the cat sat on the mat"):
+    """A pool row as the sampler writes it for a sample cut at max_new_tokens: no stop token."""
+    from afd import models
+
+    ids = models.encode_response(tok, prompt, text)[:-1]  # the text's tokens, no EOS
+    return {"prompt_id": "p", "prompt": prompt, "sample_index": 0, "response": models.decode_response(tok, prompt, ids),
+            "finish_reason": "length", "token_ids": ids}
+
+
+def test_density_ratio_scores_the_sampled_tokens_without_an_eos_they_lack(tiny, tmp_path):
+    from afd.bon import score_pool
+    from afd.scoring import response_logprobs
+
+    model, tok = tiny
+    other = type(model)(model.config)  # a second policy: same architecture, fresh weights
+    torch.manual_seed(1)
+    other.load_state_dict({k: v + 0.05 * torch.randn_like(v) for k, v in model.state_dict().items()})
+    other.save_pretrained(tmp_path / "other")
+    tok.save_pretrained(tmp_path / "other")
+    prompt = [user("hello there")]
+    row = truncated_row(tok, prompt)
+    rows = [dict(row)]
+    score_pool(rows, f"density-ratio:{tmp_path / 'other'},tiny-random", "dr", device="cpu")
+    want = (response_logprobs(other.eval(), tok, [(prompt, row["token_ids"])])[0]
+            - response_logprobs(model, tok, [(prompt, row["token_ids"])])[0])
+    with_eos = (response_logprobs(other.eval(), tok, [(prompt, row["response"])])[0]
+                - response_logprobs(model, tok, [(prompt, row["response"])])[0])
+    assert rows[0]["dr"] == pytest.approx(want, abs=1e-4) and abs(want - with_eos) > 1e-3
+    # without token ids (or with another tokenizer's), the text is scored as before
+    rows = [{k: v for k, v in row.items() if k != "token_ids"}]
+    score_pool(rows, f"density-ratio:{tmp_path / 'other'},tiny-random", "dr", device="cpu")
+    assert rows[0]["dr"] == pytest.approx(with_eos, abs=1e-4)
