@@ -66,6 +66,23 @@ def test_reward_function_passes_messages_and_text():
     assert out == [1.0, 2.0, 3.0] and seen["prompts"] == [msgs] and seen["responses"] == ["ccc"]
 
 
+def test_reward_function_can_standardise_the_raw_reward_and_records_its_scale():
+    from afd.rl import reward_function
+
+    msgs = [{"role": "user", "content": "x"}]
+    kw = dict(prompts=[msgs] * 3, completions=["a", "bbb", "ccccc"], afd_prompt=[json.dumps(msgs)] * 3)
+    store = {}
+    out = reward_function(lambda p, r: [10.0 * len(x) for x in r], 2, "standardize", store)(**kw)
+    assert out == pytest.approx([-1.0, 0.0, 1.0])  # raw 10, 30, 50: mean 30, std 20
+    assert store == {"mean": [30.0], "std": [pytest.approx(20.0)]}
+    assert reward_function(lambda p, r: [10.0 * len(x) for x in r], 2)(**kw) == [10.0, 30.0, 50.0]
+    with pytest.raises(Exception, match="reward_scaling"):
+        from afd.config import from_dict
+        from afd.rl import RLConfig
+
+        from_dict(RLConfig, {"reward": "vader", "reward_scaling": "log"}, "test")
+
+
 def test_write_pairs_accumulates_iterations(tmp_path):
     from afd.data import Demo
     from afd.irl import write_pairs
@@ -163,6 +180,7 @@ def test_cli_flags_yaml_and_resume_at_last_finished_iteration(tmp_path, capsys):
     assert main(flags) == 0
     irl = tmp_path / "run" / "irl"
     first = json.loads((irl / "iter_0" / "rl" / "metrics.json").read_text())
+    assert first["reward_scaling"] == "none" and first["raw_reward_std_first"] is not None
     # "kill" the run inside iteration 1's RL step: its metrics and the stage's are gone
     (irl / "iter_1" / "rl" / "metrics.json").unlink()
     (irl / "metrics.json").unlink()
