@@ -41,7 +41,7 @@ def pipeline(out: str, files: dict, s: dict, seed: int = 0) -> dict:
     new_tokens = s.get("new_tokens", 64)
     x = s.get("length_scale", 1)  # tiny-random's byte tokens (--smoke): longer sequences
     policy = s.get("policy", POLICY)
-    seq = {"max_length": 96 * x + max(new_tokens, 96 * (x - 1)), "max_prompt_length": 96 * x}
+    seq = {"max_length": 96 * x + max(new_tokens, 96 * x), "max_prompt_length": 96 * x}
     # RL and the loops' samples share the evaluation pools' cap, so RL can move along length
     loop = {**seq, "model": "@sft", "data": files["demos"], "max_examples": s["n_loop"], "max_new_tokens": new_tokens,
             "logging_steps": 2, "save_steps": 50}
