@@ -111,12 +111,15 @@ def reward_function(scorer, batch_size: int, scaling: str = "none", store: dict 
     with ``scaling`` "standardize" the call's rewards are returned standardised (TRL then
     subtracts the KL term from these)."""
 
-    def afd_reward(prompts, completions, afd_prompt, **_):
+    def afd_reward(prompts, completions, afd_prompt, completion_ids=None, **_):
         messages = [json.loads(p) for p in afd_prompt]
         texts = [c[-1]["content"] if isinstance(c, list) else c for c in completions]
+        ids = [list(map(int, c)) for c in completion_ids] if completion_ids is not None and \
+            getattr(scorer, "takes_token_ids", False) else None  # the sampled tokens (density ratio)
         out = []
         for s in range(0, len(texts), batch_size):
-            out += scorer(messages[s:s + batch_size], texts[s:s + batch_size])
+            kw = {"token_ids": ids[s:s + batch_size]} if ids is not None else {}
+            out += scorer(messages[s:s + batch_size], texts[s:s + batch_size], **kw)
         out = [float(x) for x in out]
         mean = sum(out) / len(out)
         std = (sum((x - mean) ** 2 for x in out) / max(len(out) - 1, 1)) ** 0.5

@@ -76,6 +76,16 @@ def test_reward_function_can_standardise_the_raw_reward_and_records_its_scale():
     assert out == pytest.approx([-1.0, 0.0, 1.0])  # raw 10, 30, 50: mean 30, std 20
     assert store == {"mean": [30.0], "std": [pytest.approx(20.0)]}
     assert reward_function(lambda p, r: [10.0 * len(x) for x in r], 2)(**kw) == [10.0, 30.0, 50.0]
+    # a scorer that takes token ids (the density ratio) gets the sampled ones
+    seen = []
+
+    def by_ids(p, r, token_ids=None):
+        seen.extend(token_ids)
+        return [float(len(t)) for t in token_ids]
+
+    by_ids.takes_token_ids = True
+    assert reward_function(by_ids, 2)(**kw, completion_ids=[[1], [2, 3], [4, 5, 6]]) == [1.0, 2.0, 3.0]
+    assert seen == [[1], [2, 3], [4, 5, 6]]
     with pytest.raises(Exception, match="reward_scaling"):
         from afd.config import from_dict
         from afd.rl import RLConfig
@@ -216,3 +226,17 @@ def test_irft_negatives_are_the_sampled_tokens(tiny, tmp_path):
     m = train_step(StepConfig(out=str(tmp_path), stage_name="step", model="tiny-random", data=str(demos),
                               pool=str(pool), max_steps=1, batch_size=1, device="cpu", save_steps=1000))
     assert m["opponent_logp_rejected"] == pytest.approx(response_logprobs(model, tok, [(prompt, ids)])[0], abs=1e-4)
+
+
+def test_rl_with_standardised_rewards_logs_the_raw_scale(tmp_path):
+    from afd.cli import main
+
+    prompts = write_jsonl(tmp_path / "prompts.jsonl", [{"prompt": f"Write {i}"} for i in range(4)])
+    assert main(["rl", "--out", str(tmp_path / "run"), "--data", prompts, "--device", "cpu", "--reward",
+                 "python:test_iterated:gold", "--reward-scaling", "standardize", "--max-steps", "2",
+                 "--batch-size", "4", "--num-generations", "2", "--max-new-tokens", "8", "--logging-steps", "1"]) == 0
+    history = json.loads((tmp_path / "run" / "rl" / "log_history.json").read_text())
+    steps = [h for h in history if "reward" in h]
+    assert steps and all(abs(h["reward"]) < 1e-5 and "raw_reward_mean" in h for h in steps)
+    m = json.loads((tmp_path / "run" / "rl" / "metrics.json").read_text())
+    assert m["reward_scaling"] == "standardize" and 0 <= m["raw_reward_mean_first"] <= 1
