@@ -19,11 +19,14 @@ pool size and from that one pool with the unbiased estimator of ``afd.bon``:
 
 Normalisation: ``normalised = gold / gold(demos)`` as in the paper, which assumes the golden
 reward is positive; ``gap_closed = (gold - gold(init)) / (gold(demos) - gold(init))`` does
-not, and is the figure to read with a signed judge such as VADER.
+not, and is the figure to read with a signed judge such as VADER. Both mean most when the
+demonstrations answer the evaluation prompts themselves; ``share_on_pool_prompts`` (of the
+demonstrations entry) says what share of them do.
 """
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -154,7 +157,11 @@ def evaluate(cfg: EvalConfig) -> dict:
         rows = [{"prompt_id": d.id, "prompt": d.prompt, "response": d.response, "sample_index": 0} for d in demos]
         score_pool(rows, cfg.golden, "gold", **kw)
         demo_gold, ci = mean_ci([r["gold"] for r in rows])
-        policies["demonstrations"] = {"gold": demo_gold, "gold_ci95": ci, "samples": len(rows)}
+        # the normalisation is meant on the evaluation prompts: say how many demonstrations are
+        pool_prompts = {json.dumps(r["prompt"], sort_keys=True) for rows_ in pools.values() for r in rows_}
+        on_pools = sum(json.dumps(d.prompt, sort_keys=True) in pool_prompts for d in demos) / max(len(demos), 1)
+        policies["demonstrations"] = {"gold": demo_gold, "gold_ci95": ci, "samples": len(rows),
+                                      "share_on_pool_prompts": on_pools}
     if cfg.kl_reference:
         from afd import models
 
