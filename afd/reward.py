@@ -56,6 +56,9 @@ class RewardConfig(StageOptions, DataOptions, TrainOptions, AVAOptions):
     eval_pairs_max: int | None = opt(None, "use only the first N valid eval pairs")
     same_prompts: bool = opt(True, "train and evaluate only on prompts that have both positives and negatives, "
                                    "so the prompt alone cannot tell the classes apart (init-sft, init-demo, sft-demo)")
+    response_tokens: int | None = opt(None, "classifier input keeps at most N response tokens (a cut response has "
+                                            "no EOS), so that length past N and how a response ends cannot tell "
+                                            "the classes apart; the saved model applies the same cut when scoring")
 
     def validate(self) -> None:
         self.validate_training()
@@ -147,7 +150,13 @@ def encode(tokenizer, prompt, response, cfg) -> list[int] | None:
                                     "a reward-model prompt")
     if p is None:
         return None
-    return fit(p, models.encode_response(tokenizer, prompt, response, cfg.template), cfg.max_length)
+    return fit(p, response_ids(tokenizer, prompt, response, cfg.template, cfg.response_tokens), cfg.max_length)
+
+
+def response_ids(tokenizer, prompt, response: str, template: str, limit: int | None) -> list[int]:
+    """The response's tokens and EOS, or only its first ``limit`` tokens when it is longer."""
+    ids = models.encode_response(tokenizer, prompt, response, template)
+    return ids[:limit] if limit and len(ids) > limit else ids
 
 
 def fit(prompt_ids: list[int], response_ids: list[int], max_length: int | None) -> list[int]:
@@ -225,11 +234,14 @@ def load_reward_model(path: str, device: str = "auto", dtype: str = "auto"):
 
 @torch.inference_mode()
 def score_texts(model, tokenizer, prompts: list[list[dict]], responses: list[str], template: str = "auto",
-                batch_size: int = 16, max_length: int | None = None) -> list[float]:
-    """Reward (the classifier logit) of each response to its prompt."""
+                batch_size: int = 16, max_length: int | None = None, response_tokens: int | None = None) -> list[float]:
+    """Reward (the classifier logit) of each response to its prompt (``response_tokens``: the
+    model's own cut, by default the one it was trained with)."""
     device = next(model.parameters()).device
     collate = RewardCollator(tokenizer.pad_token_id)
-    seqs = [fit(models.encode_prompt(tokenizer, p, template), models.encode_response(tokenizer, p, r, template),
+    if response_tokens is None:
+        response_tokens = (getattr(model.config, "afd", None) or {}).get("response_tokens")
+    seqs = [fit(models.encode_prompt(tokenizer, p, template), response_ids(tokenizer, p, r, template, response_tokens),
                 max_length) for p, r in zip(prompts, responses)]
     order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))
     out = [0.0] * len(seqs)
@@ -362,7 +374,8 @@ def reward(cfg: RewardConfig) -> dict:
     except (OSError, ValueError) as e:
         raise models._load_error(cfg.model, e) from None
     model.config.pad_token_id = tok.pad_token_id
-    model.config.afd = {"variant": cfg.variant, "loss": "bt" if pairwise else "bce", "template": cfg.template}
+    model.config.afd = {"variant": cfg.variant, "loss": "bt" if pairwise else "bce", "template": cfg.template,
+                        "response_tokens": cfg.response_tokens}
     if cfg.lora_r > 0:
         model = apply_lora(model, cfg, task_type="SEQ_CLS")
 
@@ -380,8 +393,8 @@ def reward(cfg: RewardConfig) -> dict:
                "train_loss": result.training_loss, "steps": trainer.state.global_step, "resumed": resume,
                "train_tokens_per_second": rate.rate}
     metrics.update(held_out_metrics(trained, tok, held, cfg))
-    metrics.update(controls(train, held, lambda e: len(models.encode_response(tok, e.prompt, e.response, cfg.template)),
-                            cfg.seed))
+    metrics.update(controls(train, held, lambda e: len(response_ids(tok, e.prompt, e.response, cfg.template,
+                                                                     cfg.response_tokens)), cfg.seed))
     if cfg.eval_pairs:
         metrics.update(preference_metrics(
             lambda p, r: score_texts(trained, tok, p, r, cfg.template, cfg.batch_size, cfg.max_length), cfg))

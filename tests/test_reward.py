@@ -254,3 +254,21 @@ def test_density_ratio_scores_the_sampled_tokens_without_an_eos_they_lack(tiny, 
     rows = [{k: v for k, v in row.items() if k != "token_ids"}]
     score_pool(rows, f"density-ratio:{tmp_path / 'other'},tiny-random", "dr", device="cpu")
     assert rows[0]["dr"] == pytest.approx(with_eos, abs=1e-4)
+
+
+def test_response_tokens_cut_every_input_alike_in_training_and_scoring(tmp_path, pools):
+    from afd import models
+    from afd.scorers import make_scorer
+
+    sft, init, _ = pools
+    m = train(tmp_path, variant="init-sft", sft_pool=sft, init_pool=init, epochs=1, response_tokens=6)
+    # length past 6 tokens is invisible: two responses that share their first 6 tokens score alike
+    score = make_scorer(str(tmp_path / "run" / "reward" / "model"), device="cpu")
+    a, b, c = score([[user("Talk about cat")]] * 3, ["Thank you so much", "Thank you, the cat", "Thank"])
+    assert a == b and a != c
+    assert m["length_only_accuracy"] is not None
+    _, tok = models.load_causal_lm("tiny-random", device="cpu")
+    cfg = RewardConfig(response_tokens=6, max_prompt_length=100, max_length=None)
+    p = models.encode_prompt(tok, [user("q")])
+    assert encode(tok, [user("q")], "a long reply", cfg) == p + models.encode_response(tok, [user("q")], "a long reply")[:6]
+    assert encode(tok, [user("q")], "ok", cfg) == p + models.encode_response(tok, [user("q")], "ok")  # EOS kept

@@ -65,7 +65,8 @@ def pipeline(out: str, files: dict, s: dict, seed: int = 0) -> dict:
         "rm_init_sft": {"kind": "reward", "model": s.get("rm_backbone", "minilm-l6"), "variant": "init-sft",
                         "init_pool": "@rm_pool_init", "sft_pool": "@rm_pool_sft", "epochs": 3, "lr": 5e-5,
                         "batch_size": 16, "eval_fraction": 0.15, "max_length": 128 * x + 2 * new_tokens,
-                        "max_prompt_length": 128 * x},
+                        "max_prompt_length": 128 * x,
+                        **({"response_tokens": s["rm_response_tokens"]} if s.get("rm_response_tokens") else {})},
         "irl": {**loop, **rl, "iterations": 3},
         "gail": {**loop, **rl, "iterations": 2},
         "spin": {"kind": "irft", **loop, **irft, "stages": 1},
@@ -160,6 +161,9 @@ def main() -> None:
     ap.add_argument("--smoke", action="store_true", help="--quick with tiny-random as policy and reward backbone")
     ap.add_argument("--seeds", type=seeds_arg, default=[0], help="e.g. 0,1,2: one run per seed (data split, "
                                                                   "sampling, training); mean and 95%% interval across")
+    ap.add_argument("--rm-response-tokens", type=int, default=None,
+                    help="reward models see at most N response tokens (afd reward's response_tokens): length "
+                         "matched by cutting every response alike; choose N on the reward models' held-out split")
     ap.add_argument("--max-new-tokens", type=int, default=None, help="sample cap of every pool and of RL")
     args = ap.parse_args()
     s = dict(n_demos=32, n_loop=8, n_rm=8, n_eval=4, n_eval_negative=2, k_eval=2, k_bon=4, k_rm=1, rl_steps=2,
@@ -171,6 +175,8 @@ def main() -> None:
         s.update(policy="tiny-random", rm_backbone="tiny-random", length_scale=4)
     if args.max_new_tokens:
         s["new_tokens"] = args.max_new_tokens
+    if args.rm_response_tokens:
+        s["rm_response_tokens"] = args.rm_response_tokens
     from afd.pipeline import run
 
     per_seed = []

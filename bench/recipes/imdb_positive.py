@@ -99,7 +99,8 @@ def pipeline(out: str, files: dict, s: dict, seed: int = 0) -> dict:
     x = s.get("length_scale", 1)  # tiny-random's byte tokens: longer sequences
     pool = {"kind": "sample", "max_new_tokens": s["new_tokens"], "max_prompt_length": 256 * x}
     rm = {"kind": "reward", "model": s.get("rm_backbone", "minilm-l6"), "epochs": 3, "lr": 5.0e-5, "batch_size": 16,
-          "eval_fraction": 0.15, "max_length": 320 * x, "max_prompt_length": 128 * x, "logging_steps": 5}
+          "eval_fraction": 0.15, "max_length": 320 * x, "max_prompt_length": 128 * x, "logging_steps": 5,
+          **({"response_tokens": s["rm_response_tokens"]} if s.get("rm_response_tokens") else {})}
     proxies = {"init-sft": "@rm_init_sft", "init-demo": "@rm_init_demo", "sft-demo": "@rm_sft_demo",
                "density-ratio": f"density-ratio:@sft,{policy}"}
     stages = {
@@ -174,6 +175,9 @@ def main() -> None:
                                                         "(seconds; checks the plumbing, not the method)")
     ap.add_argument("--seeds", type=seeds_arg, default=[0], help="e.g. 0,1,2: one run per seed (data split, "
                                                                   "sampling, training); mean and 95%% interval across")
+    ap.add_argument("--rm-response-tokens", type=int, default=None,
+                    help="reward models see at most N response tokens (afd reward's response_tokens): length "
+                         "matched by cutting every response alike; choose N on the reward models' held-out split")
     ap.add_argument("--max-new-tokens", type=int, default=None, help="sample cap of every pool")
     args = ap.parse_args()
     s = dict(n_demos=32, n_rm=16, n_eval=4, n_eval_negative=4, k_eval=4, k_rm=1, sft_epochs=1, new_tokens=32) \
@@ -184,6 +188,8 @@ def main() -> None:
         s.update(policy="tiny-random", rm_backbone="tiny-random", length_scale=4)
     if args.max_new_tokens:
         s["new_tokens"] = args.max_new_tokens
+    if args.rm_response_tokens:
+        s["rm_response_tokens"] = args.rm_response_tokens
     from afd.pipeline import run
 
     per_seed = []
