@@ -191,7 +191,8 @@ def test_fit_cuts_the_prompt_from_the_left_so_replies_stay_apart(tiny):
     cfg = RewardConfig(max_length=40, max_prompt_length=1000)
     a, b = encode(tok, prompt, "yes, sure", cfg), encode(tok, prompt, "no, never", cfg)
     assert len(a) == 40 and a != b  # cut at the end, both were the prompt's first 40 tokens
-    assert a[-len(models.encode_response(tok, prompt, "yes, sure")):] == models.encode_response(tok, prompt, "yes, sure")
+    reply = models.encode_response(tok, prompt, "yes, sure")
+    assert a[-len(reply):] == reply
     assert fit([1, 2, 3], [4, 5], 4) == [2, 3, 4, 5] and fit([1, 2], [3, 4, 5, 6], 3) == [3, 4, 5]
     assert fit([1, 2], [3], None) == [1, 2, 3]
 
@@ -270,5 +271,5 @@ def test_response_tokens_cut_every_input_alike_in_training_and_scoring(tmp_path,
     _, tok = models.load_causal_lm("tiny-random", device="cpu")
     cfg = RewardConfig(response_tokens=6, max_prompt_length=100, max_length=None)
     p = models.encode_prompt(tok, [user("q")])
-    assert encode(tok, [user("q")], "a long reply", cfg) == p + models.encode_response(tok, [user("q")], "a long reply")[:6]
+    assert encode(tok, [user("q")], "a long reply", cfg) == p + models.encode_response(tok, [user("q")], "a long")[:6]
     assert encode(tok, [user("q")], "ok", cfg) == p + models.encode_response(tok, [user("q")], "ok")  # EOS kept

@@ -134,7 +134,8 @@ def report(per_seed: dict, seeds: list[int], setup: dict, host: dict, save: bool
         labels = "none (demonstrations only)" if name != "bt" else "train pairs"
         rows.append(f"| {name} | {labels} | {ci(acc)} | {ci(m['pair_accuracy_untied'])} | {ci(m['pairs_tied'], 1)} | "
                     f"{ci(m['longer_chosen_accuracy'])} | {ci(m['prefers_longer'])} | {ci(m['eval_accuracy'])} | "
-                    f"{ci(m['length_only_accuracy'])} | {ci(m['eval_pair_accuracy'])} | {ci(m['length_only_pair_accuracy'])} |")
+                    f"{ci(m['length_only_accuracy'])} | {ci(m['eval_pair_accuracy'])} | "
+                    f"{ci(m['length_only_pair_accuracy'])} |")
         bars[name] = (acc["mean"], lo, hi)
     pairs = int(next(iter(agg["reward_models"].values()))["pairs"]["mean"])
     cut = ", ".join(f"{k} {ci(v, 2)}" for k, v in agg["cut_at_max_new_tokens"].items())

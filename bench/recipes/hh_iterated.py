@@ -115,7 +115,8 @@ def main() -> None:
         dest.mkdir(parents=True, exist_ok=True)
         (dest / "results.md").write_text(table)
         (dest / "metrics.json").write_text(json.dumps(
-            {"seeds": args.seeds, "setup": s, "reward_models": {f"irl iter {t}": m for t, m in agg["iterations"].items()},
+            {"seeds": args.seeds, "setup": s,
+             "reward_models": {f"irl iter {t}": m for t, m in agg["iterations"].items()},
              "across_seeds": agg, "per_seed": per_seed, "machine": host}, indent=2))
         bar_plot(dest / "pair_accuracy.png", bars, "accuracy on held-out human pairs",
                  f"{s['n_eval']} held-out human pairs (95% interval)", hline=0.5)

@@ -203,7 +203,8 @@ def main() -> None:
         per_seed.append(seed_figures(results, s))
     agg = aggregate(per_seed)
     host = machine()
-    lines = [f"# imdb-positive ({s.get('policy', 'smollm2-135m-instruct')}, golden judge VADER, seeds {args.seeds})", "",
+    policy = s.get("policy", "smollm2-135m-instruct")
+    lines = [f"# imdb-positive ({policy}, golden judge VADER, seeds {args.seeds})", "",
              f"Machine: {host['cpu']}, {host['cores']} cores. Per seed (data split, sampling, training): SFT on "
              f"{s['n_demos']} positive-review continuations; reward models on MiniLM-L6 from {s['n_rm']} other "
              f"positive-review openings x {s['k_rm']} sample(s), init-demo / sft-demo against those openings' "
