@@ -110,7 +110,11 @@ def score_pool(rows: list[dict], scorer_spec: str, key: str, device: str = "auto
     from afd.scorers import make_scorer
 
     scorer = make_scorer(scorer_spec, device=device, batch_size=batch_size, template=template)
-    values = scorer([r["prompt"] for r in rows], [r["response"] for r in rows])
+    prompts, responses = [r["prompt"] for r in rows], [r["response"] for r in rows]
+    if getattr(scorer, "takes_token_ids", False) and all("token_ids" in r for r in rows):
+        values = scorer(prompts, responses, token_ids=[r["token_ids"] for r in rows])  # the sampled tokens
+    else:
+        values = scorer(prompts, responses)
     if len(values) != len(rows):
         raise AfdError(f"scorer '{scorer_spec}' returned {len(values)} scores for {len(rows)} responses")
     for r, v in zip(rows, values):

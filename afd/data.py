@@ -197,11 +197,17 @@ def pairs_to_demos(pairs: list[Pair]) -> list[Demo]:
     return [Demo(p.id, p.prompt, p.chosen) for p in pairs]
 
 
-def split(items: list, eval_fraction: float, seed: int) -> tuple[list, list]:
+def split(items: list, eval_fraction: float, seed: int, key=None) -> tuple[list, list]:
     """(train, eval): a random eval subset of round(n * eval_fraction) items, at least 1 when
-    eval_fraction > 0 and n >= 2, chosen by `seed` alone; both keep the input order."""
+    eval_fraction > 0 and n >= 2, chosen by `seed` alone; both keep the input order. With
+    ``key`` (e.g. a pair's prompt), items of one key are held out together: the fraction is of
+    the distinct keys, so no key is on both sides."""
     if not 0 <= eval_fraction < 1:
         raise DataError(f"eval_fraction must be at least 0 and below 1, not {eval_fraction!r}")
+    if key is not None:
+        keys = list(dict.fromkeys(key(x) for x in items))
+        held = set(split(keys, eval_fraction, seed)[1])
+        return [x for x in items if key(x) not in held], [x for x in items if key(x) in held]
     n = len(items)
     n_eval = round(n * eval_fraction)
     if eval_fraction > 0 and n >= 2:

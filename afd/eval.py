@@ -10,18 +10,23 @@ pool size and from that one pool with the unbiased estimator of ``afd.bon``:
 
 - the golden reward of BoN_N, against N and against KL = log N - (N-1)/N;
 - its win rate against a plain sample of the baseline policy under the golden reward (ties
-  count half): E_prompts E_{b ~ baseline} P(gold(BoN_N) > gold(b));
+  count half): E_prompts E_{b ~ baseline} P(gold(BoN_N) > gold(b)); when the baseline is the
+  Best-of-N pool itself, b ranges over the pool's *other* samples of the prompt (a sample is
+  never compared with itself), so BoN_1's win rate is exactly 0.5;
 - the proxy reward of BoN_N next to its golden reward, both in units of the pool's standard
   deviation above the pool mean, and the rank correlation of proxy and gold: when the proxy
   keeps climbing while the gold stalls or falls, the proxy is being hacked.
 
 Normalisation: ``normalised = gold / gold(demos)`` as in the paper, which assumes the golden
 reward is positive; ``gap_closed = (gold - gold(init)) / (gold(demos) - gold(init))`` does
-not, and is the figure to read with a signed judge such as VADER.
+not, and is the figure to read with a signed judge such as VADER. Both mean most when the
+demonstrations answer the evaluation prompts themselves; ``share_on_pool_prompts`` (of the
+demonstrations entry) says what share of them do.
 """
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -104,13 +109,18 @@ def spearman(x: list[float], y: list[float]) -> float | None:
     return cov / (sx * sy) if sx > 0 and sy > 0 else None
 
 
-def win_values(rows: list[dict], baseline_rows: list[dict], key: str = "gold") -> None:
-    """row["win"] = P(row's gold beats a random baseline sample of the same prompt), ties half."""
-    base = {pid: [r[key] for r in g] for pid, g in group_by_prompt(baseline_rows).items()}
+def win_values(rows: list[dict], baseline_rows: list[dict], key: str = "gold", same_pool: bool = False) -> None:
+    """row["win"] = P(row's gold beats a random baseline sample of the same prompt), ties half.
+    With ``same_pool`` (the baseline pool is the pool ``rows`` come from) a sample is compared
+    with the *other* samples of its prompt only: ``win_i = mean_(j != i) [g_i > g_j] + [g_i = g_j] / 2``,
+    so that Best-of-N's win rate is P(BoN_N beats an independent baseline sample) rather than
+    being pulled toward 0.5 by its comparison with itself."""
+    base = {pid: [(r["sample_index"], r[key]) for r in g] for pid, g in group_by_prompt(baseline_rows).items()}
     for r in rows:
-        b = base.get(r["prompt_id"])
+        b = [v for i, v in base.get(r["prompt_id"], []) if not (same_pool and i == r["sample_index"])]
         if not b:
-            raise AfdError(f"prompt '{r['prompt_id']}' has no sample in the baseline pool")
+            raise AfdError(f"prompt '{r['prompt_id']}' has no {'other ' if same_pool else ''}sample in the "
+                           f"baseline pool")
         r["win"] = sum(1.0 if r[key] > v else 0.5 if r[key] == v else 0.0 for v in b) / len(b)
 
 
@@ -149,7 +159,11 @@ def evaluate(cfg: EvalConfig) -> dict:
         rows = [{"prompt_id": d.id, "prompt": d.prompt, "response": d.response, "sample_index": 0} for d in demos]
         score_pool(rows, cfg.golden, "gold", **kw)
         demo_gold, ci = mean_ci([r["gold"] for r in rows])
-        policies["demonstrations"] = {"gold": demo_gold, "gold_ci95": ci, "samples": len(rows)}
+        # the normalisation is meant on the evaluation prompts: say how many demonstrations are
+        pool_prompts = {json.dumps(r["prompt"], sort_keys=True) for rows_ in pools.values() for r in rows_}
+        on_pools = sum(json.dumps(d.prompt, sort_keys=True) in pool_prompts for d in demos) / max(len(demos), 1)
+        policies["demonstrations"] = {"gold": demo_gold, "gold_ci95": ci, "samples": len(rows),
+                                      "share_on_pool_prompts": on_pools}
     if cfg.kl_reference:
         from afd import models
 
@@ -166,7 +180,9 @@ def evaluate(cfg: EvalConfig) -> dict:
         rows = pools[cfg.bon_policy]
         baseline = pools.get(cfg.baseline)
         if baseline is not None:
-            win_values(rows, baseline)
+            same = cfg.baseline == cfg.bon_policy or Path(cfg.pools[cfg.baseline]).resolve() == \
+                Path(cfg.pools[cfg.bon_policy]).resolve()
+            win_values(rows, baseline, same_pool=same)
         m = min(len(g) for g in group_by_prompt(rows).values())
         ns = powers_of_two(m)
         for name, spec in cfg.proxies.items():

@@ -107,10 +107,12 @@ class StepConfig(StageOptions, TrainOptions):
     beta: float = opt(0.1, "beta")
 
 
-def encode_side(tok, prompt: list[dict], response: str, cfg) -> dict:
-    """input_ids / labels (-100 on the prompt) of one side of a pair, tokenised as in SFT."""
+def encode_side(tok, prompt: list[dict], response: str | list[int], cfg) -> dict:
+    """input_ids / labels (-100 on the prompt) of one side of a pair: a text response is
+    tokenised as in SFT (EOS last), a list of token ids (a sample as drawn, EOS only where the
+    sampler emitted it) is used as is."""
     p = models.encode_prompt(tok, prompt, cfg.template)
-    r = models.encode_response(tok, prompt, response, cfg.template)
+    r = list(response) if isinstance(response, list) else models.encode_response(tok, prompt, response, cfg.template)
     return {"input_ids": p + r, "labels": [-100] * len(p) + r}
 
 
@@ -130,7 +132,8 @@ def train_step(cfg: StepConfig) -> dict:
         return stage.metrics()
     demos = {d.id: d for d in load_demos(DataConfig(path=cfg.data))[0]}
     pool = read_pool(cfg.pool)
-    pairs = [(demos[r["prompt_id"]], r["response"]) for r in pool if r["prompt_id"] in demos]
+    # negatives are the opponent's samples as drawn: its tokens, EOS only where it stopped
+    pairs = [(demos[r["prompt_id"]], r.get("token_ids", r["response"])) for r in pool if r["prompt_id"] in demos]
     tok = models.load_tokenizer(cfg.model)
     rows = []
     for d, y in pairs:

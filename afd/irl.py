@@ -138,6 +138,9 @@ def iterate(cfg: IRLConfig, method: str) -> dict:
                         "sample_mean_tokens": samples["mean_num_tokens"],
                         "reward_eval_accuracy": rm.get("eval_accuracy"), "reward_eval_auc": rm.get("eval_auc"),
                         "reward_eval_pair_accuracy": rm.get("eval_pair_accuracy"),
+                        "reward_length_only_accuracy": rm.get("length_only_accuracy"),
+                        "reward_length_only_pair_accuracy": rm.get("length_only_pair_accuracy"),
+                        "sample_cut_share": 1 - samples["finished_by_eos"],
                         "reward_pair_accuracy": rm.get("pair_accuracy"),
                         "rl_reward_first": policy_metrics["reward_first"],
                         "rl_reward_last": policy_metrics["reward_last"], "rl_kl_last": policy_metrics["kl_last"]})

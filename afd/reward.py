@@ -54,6 +54,11 @@ class RewardConfig(StageOptions, DataOptions, TrainOptions, AVAOptions):
     sft_pool: str = opt("", "samples of the SFT policy pi_sft (a pool file or a sample stage folder)")
     eval_pairs: str = opt("", "preference pairs (any pair format) to report pair accuracy on; never trained on")
     eval_pairs_max: int | None = opt(None, "use only the first N valid eval pairs")
+    same_prompts: bool = opt(True, "train and evaluate only on prompts that have both positives and negatives, "
+                                   "so the prompt alone cannot tell the classes apart (init-sft, init-demo, sft-demo)")
+    response_tokens: int | None = opt(None, "classifier input keeps at most N response tokens (a cut response has "
+                                            "no EOS), so that length past N and how a response ends cannot tell "
+                                            "the classes apart; the saved model applies the same cut when scoring")
 
     def validate(self) -> None:
         self.validate_training()
@@ -73,6 +78,8 @@ class Example:
     response: str
     label: float  # 1.0 positive, 0.0 negative
     group: str    # the prompt, as a key: examples of one prompt share a split and form BT pairs
+    pair: str = ""      # pair data: the pair's id (its two sides form one BT pair)
+    ended: bool = True  # the response ended by itself (EOS), not cut at max_new_tokens
 
 
 def prompt_key(prompt: list[dict]) -> str:
@@ -85,7 +92,8 @@ def examples(cfg: RewardConfig) -> list[Example]:
     from afd.sampling import read_pool
 
     def pool(path: str, label: float) -> list[Example]:
-        return [Example(r["prompt"], r["response"], label, prompt_key(r["prompt"])) for r in read_pool(path)]
+        return [Example(r["prompt"], r["response"], label, prompt_key(r["prompt"]),
+                        ended=r.get("finish_reason") != "length") for r in read_pool(path)]
 
     def demos(label: float) -> list[Example]:
         return [Example(d.prompt, d.response, label, prompt_key(d.prompt)) for d in load_demos(cfg.data_config())[0]]
@@ -93,11 +101,20 @@ def examples(cfg: RewardConfig) -> list[Example]:
     if cfg.variant == "bt":
         out = []
         for p in load_pairs(cfg.data_config())[0]:
-            key = prompt_key(p.prompt) + "\x00" + p.id  # a pair is its own group
-            out += [Example(p.prompt, p.chosen, 1.0, key), Example(p.prompt, p.rejected, 0.0, key)]
+            # grouped by prompt, so that pairs sharing a prompt (and, in afd irl, a chosen
+            # demonstration) fall on one side of the held-out split
+            key = prompt_key(p.prompt)
+            out += [Example(p.prompt, p.chosen, 1.0, key, p.id), Example(p.prompt, p.rejected, 0.0, key, p.id)]
         return out
     positives = pool(cfg.sft_pool, 1.0) if cfg.variant == "init-sft" else demos(1.0)
     negatives = pool(cfg.sft_pool if cfg.variant == "sft-demo" else cfg.init_pool, 0.0)
+    if cfg.same_prompts:
+        shared = {e.group for e in positives} & {e.group for e in negatives}
+        if not shared:
+            raise AfdError(f"variant '{cfg.variant}': no prompt has both positives and negatives; sample the pools "
+                           f"on the demonstrations' prompts, or set same_prompts false")
+        positives = [e for e in positives if e.group in shared]
+        negatives = [e for e in negatives if e.group in shared]
     return positives + negatives
 
 
@@ -115,9 +132,9 @@ def bt_pairs(items: list[Example], seed: int) -> list[tuple[Example, Example]]:
     """Pair each prompt's positives with its negatives (shuffled, as many pairs as the
     smaller side): the data of the pairwise loss."""
     rng = random.Random(seed)
-    by_group: dict[str, tuple[list, list]] = {}
+    by_group: dict[tuple[str, str], tuple[list, list]] = {}
     for e in items:
-        by_group.setdefault(e.group, ([], []))[0 if e.label > 0.5 else 1].append(e)
+        by_group.setdefault((e.group, e.pair), ([], []))[0 if e.label > 0.5 else 1].append(e)
     pairs = []
     for group in sorted(by_group):
         pos, neg = by_group[group]
@@ -133,7 +150,24 @@ def encode(tokenizer, prompt, response, cfg) -> list[int] | None:
                                     "a reward-model prompt")
     if p is None:
         return None
-    return (p + models.encode_response(tokenizer, prompt, response, cfg.template))[: cfg.max_length]
+    return fit(p, response_ids(tokenizer, prompt, response, cfg.template, cfg.response_tokens), cfg.max_length)
+
+
+def response_ids(tokenizer, prompt, response: str, template: str, limit: int | None) -> list[int]:
+    """The response's tokens and EOS, or only its first ``limit`` tokens when it is longer."""
+    ids = models.encode_response(tokenizer, prompt, response, template)
+    return ids[:limit] if limit and len(ids) > limit else ids
+
+
+def fit(prompt_ids: list[int], response_ids: list[int], max_length: int | None) -> list[int]:
+    """``prompt + response`` in at most ``max_length`` tokens: the prompt loses tokens from its
+    left first, so the response, and the end of the prompt next to it, stay whole; only a
+    response longer than ``max_length`` is cut (at its end). Cutting the joined sequence at its
+    end instead would make two replies to a long prompt identical inputs (a tie)."""
+    if max_length is None or len(prompt_ids) + len(response_ids) <= max_length:
+        return prompt_ids + response_ids
+    keep = max(max_length - len(response_ids), 0)
+    return prompt_ids[len(prompt_ids) - keep:] + response_ids[:max_length - keep]
 
 
 class RewardCollator:
@@ -200,12 +234,15 @@ def load_reward_model(path: str, device: str = "auto", dtype: str = "auto"):
 
 @torch.inference_mode()
 def score_texts(model, tokenizer, prompts: list[list[dict]], responses: list[str], template: str = "auto",
-                batch_size: int = 16, max_length: int | None = None) -> list[float]:
-    """Reward (the classifier logit) of each response to its prompt."""
+                batch_size: int = 16, max_length: int | None = None, response_tokens: int | None = None) -> list[float]:
+    """Reward (the classifier logit) of each response to its prompt (``response_tokens``: the
+    model's own cut, by default the one it was trained with)."""
     device = next(model.parameters()).device
     collate = RewardCollator(tokenizer.pad_token_id)
-    seqs = [(models.encode_prompt(tokenizer, p, template) + models.encode_response(tokenizer, p, r, template))
-            [:max_length] for p, r in zip(prompts, responses)]
+    if response_tokens is None:
+        response_tokens = (getattr(model.config, "afd", None) or {}).get("response_tokens")
+    seqs = [fit(models.encode_prompt(tokenizer, p, template), response_ids(tokenizer, p, r, template, response_tokens),
+                max_length) for p, r in zip(prompts, responses)]
     order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))
     out = [0.0] * len(seqs)
     for s in range(0, len(order), batch_size):
@@ -238,6 +275,49 @@ def auc(scores: list[float], labels: list[float]) -> float | None:
 def pair_accuracy(chosen: list[float], rejected: list[float]) -> float:
     """Share of pairs ranked right (ties count half)."""
     return sum(1.0 if c > r else 0.5 if c == r else 0.0 for c, r in zip(chosen, rejected)) / len(chosen)
+
+
+def threshold_rule(values: list[float], labels: list[float]) -> tuple[float, float]:
+    """(threshold, sign) of the one-feature classifier "positive iff sign * (value - threshold) > 0"
+    with the best accuracy on these examples (thresholds halfway between observed values)."""
+    cuts = sorted(set(values))
+    candidates = [cuts[0] - 1] + [(a + b) / 2 for a, b in zip(cuts, cuts[1:])] + [cuts[-1] + 1]
+    best = (-1.0, 0.0, 1.0)
+    for t in candidates:
+        for sign in (1.0, -1.0):
+            acc = sum((sign * (v - t) > 0) == (l > 0.5) for v, l in zip(values, labels))
+            if acc > best[0]:
+                best = (acc, t, sign)
+    return best[1], best[2]
+
+
+def controls(train: list[Example], held: list[Example], length, seed: int = 0) -> dict:
+    """What a reward model's held-out figures are to be read against: the same classification
+    by one feature of the response alone, fitted on the training examples and scored on the
+    held-out ones of the same split. ``length_only_accuracy`` (and ``length_only_auc``,
+    ``length_only_pair_accuracy`` on the same-prompt pairs) use its length in tokens
+    (``length(example)``); ``eos_only_*`` use whether it ended with EOS rather than being cut at
+    ``max_new_tokens`` (given where that varies), beside the held-out share of cut responses of
+    each class. A reward model no better than these has learnt length or truncation."""
+    if not train or not held:
+        return {}
+    out = {}
+    for name, feature in (("length_only", lambda e: float(length(e))), ("eos_only", lambda e: float(e.ended))):
+        values = {id(e): feature(e) for e in train + held}
+        if name == "eos_only" and len(set(values.values())) < 2:
+            continue
+        t, sign = threshold_rule([values[id(e)] for e in train], [e.label for e in train])
+        scores = [sign * (values[id(e)] - t) for e in held]
+        labels = [e.label for e in held]
+        pairs = bt_pairs(held, seed)
+        out[f"{name}_accuracy"] = sum((s > 0) == (l > 0.5) for s, l in zip(scores, labels)) / len(held)
+        out[f"{name}_auc"] = auc(scores, labels)
+        out[f"{name}_pair_accuracy"] = pair_accuracy([sign * values[id(c)] for c, _ in pairs],
+                                                     [sign * values[id(r)] for _, r in pairs]) if pairs else None
+    for label, side in ((1.0, "positive"), (0.0, "negative")):
+        part = [e for e in held if e.label == label]
+        out[f"eval_truncated_share_{side}"] = sum(not e.ended for e in part) / len(part) if part else None
+    return out
 
 
 def reward(cfg: RewardConfig) -> dict:
@@ -294,7 +374,8 @@ def reward(cfg: RewardConfig) -> dict:
     except (OSError, ValueError) as e:
         raise models._load_error(cfg.model, e) from None
     model.config.pad_token_id = tok.pad_token_id
-    model.config.afd = {"variant": cfg.variant, "loss": "bt" if pairwise else "bce", "template": cfg.template}
+    model.config.afd = {"variant": cfg.variant, "loss": "bt" if pairwise else "bce", "template": cfg.template,
+                        "response_tokens": cfg.response_tokens}
     if cfg.lora_r > 0:
         model = apply_lora(model, cfg, task_type="SEQ_CLS")
 
@@ -312,6 +393,8 @@ def reward(cfg: RewardConfig) -> dict:
                "train_loss": dist.reduce_mean(result.training_loss), "steps": trainer.state.global_step, "resumed": resume,
                "train_tokens_per_second": rate.rate}
     metrics.update(held_out_metrics(trained, tok, held, cfg))
+    metrics.update(controls(train, held, lambda e: len(response_ids(tok, e.prompt, e.response, cfg.template,
+                                                                     cfg.response_tokens)), cfg.seed))
     if cfg.eval_pairs:
         metrics.update(preference_metrics(
             lambda p, r: score_texts(trained, tok, p, r, cfg.template, cfg.batch_size, cfg.max_length), cfg))
@@ -353,7 +436,10 @@ def preference_metrics(score, cfg) -> dict:
     prompts = [p.prompt for p in pairs]
     chosen, rejected = score(prompts, [p.chosen for p in pairs]), score(prompts, [p.rejected for p in pairs])
     lengths = [(len(p.chosen), len(p.rejected)) for p in pairs]
+    untied = [(c, r) for c, r in zip(chosen, rejected) if c != r]
     return {"pair_accuracy": pair_accuracy(chosen, rejected), "pairs": len(pairs),
+            "pairs_tied": len(pairs) - len(untied),
+            "pair_accuracy_untied": pair_accuracy(*zip(*untied)) if untied else None,
             "pairs_skipped": stats.skipped, **length_bias(chosen, rejected, lengths)}
 
 

@@ -9,8 +9,16 @@ solved with RLOO (REINFORCE with a leave-one-out baseline over ``num_generations
 each prompt). The trainer is TRL's ``RLOOTrainer``: it samples (HF ``generate`` or vLLM with
 ``use_vllm``), subtracts ``kl_coef`` times the sequence KL estimate from the reward, forms the
 leave-one-out advantages and, with ``normalize_rewards``, standardises them per batch, which
-makes one ``kl_coef`` and one learning rate work for rewards of any scale. Checkpoints,
-resume and ``accelerate launch`` come from ``transformers.Trainer`` under it.
+makes one learning rate work for rewards of any scale. It does **not** make one ``kl_coef``
+work for any scale: the KL term is subtracted from the raw reward *before* the advantages are
+standardised, so ``kl_coef`` is in units of the reward, and a reward ten times larger is a KL
+penalty ten times weaker. ``reward_scaling: standardize`` standardises the reward over each
+batch of samples (mean 0, standard deviation 1) before the KL term is applied, so that
+``kl_coef`` is in units of the reward's spread; ``none`` (the default) leaves it raw. Either
+way each logged step records the raw reward's mean and standard deviation
+(``raw_reward_mean``, ``raw_reward_std`` in ``log_history.json``; TRL's own ``reward`` and
+``reward_std`` are of the reward as scaled), so the scale that ``kl_coef`` meets is visible.
+Checkpoints, resume and ``accelerate launch`` come from ``transformers.Trainer`` under it.
 
 afd supplies the reward: any scorer of :mod:`afd.scorers` (a reward-model folder, the density
 ratio, ``python:MODULE:FN``, ...), called on the prompt messages and response text, so the
@@ -37,7 +45,7 @@ from dataclasses import dataclass
 import torch
 
 from afd import dist, models
-from afd.config import opt, options_of
+from afd.config import check_choice, opt, options_of
 from afd.errors import AfdError
 from afd.runs import DataOptions, StageDir, StageOptions
 from afd.training import TrainOptions, lora_config, save_model, train_resuming, training_arguments
@@ -51,7 +59,10 @@ class RLOptions:
     num_generations: int = opt(4, "samples per prompt; RLOO's baseline for each is the mean reward of the others")
     max_new_tokens: int = opt(64, "longest sampled response, in tokens")
     temperature: float = opt(1.0, "sampling temperature")
-    normalize_rewards: bool = opt(True, "standardise the advantages per batch (rewards of any scale)")
+    normalize_rewards: bool = opt(True, "standardise the advantages per batch (one learning rate for rewards of "
+                                        "any scale; the KL penalty still meets the reward's own scale)")
+    reward_scaling: str = opt("none", "none, or standardize: the reward standardised over each batch of samples "
+                                      "before the KL term, so kl_coef is in units of the reward's spread")
     reward_batch_size: int = opt(16, "responses scored together by the reward")
     use_vllm: bool = opt(False, "generate with vLLM during RL (TRL's colocate mode; needs vLLM and a GPU)")
     dense_rewards: bool = opt(False, "per-token rewards w_t * mu_t from an AVA reward model, credited by reward-to-go")
@@ -64,6 +75,9 @@ class RLOptions:
                            f"num_generations ({self.num_generations}): each step holds whole groups of samples")
         if self.kl_coef < 0:
             raise AfdError(f"option 'kl_coef' must be >= 0; got {self.kl_coef}")
+        check_choice("reward_scaling", self.reward_scaling, ("none", "standardize"))
+        if self.dense_rewards and self.reward_scaling != "none":
+            raise AfdError("reward_scaling 'standardize' is for sequence rewards; dense_rewards takes 'none'")
 
     def rl_options(self) -> dict:
         return options_of(self, RLOptions)
@@ -90,19 +104,50 @@ def trl_prompts(tokenizer, prompts, template: str) -> list:
     return [models.render_raw(p.prompt) for p in prompts]
 
 
-def reward_function(scorer, batch_size: int):
+def reward_function(scorer, batch_size: int, scaling: str = "none", store: dict | None = None):
     """TRL reward function around an afd scorer: the original prompt messages travel in the
-    dataset's ``afd_prompt`` column (JSON), completions come back as text or messages."""
+    dataset's ``afd_prompt`` column (JSON), completions come back as text or messages. The raw
+    rewards' mean and standard deviation of each call go to ``store`` (see :class:`RawRewardLog`);
+    with ``scaling`` "standardize" the call's rewards are returned standardised (TRL then
+    subtracts the KL term from these)."""
 
-    def afd_reward(prompts, completions, afd_prompt, **_):
+    def afd_reward(prompts, completions, afd_prompt, completion_ids=None, **_):
         messages = [json.loads(p) for p in afd_prompt]
         texts = [c[-1]["content"] if isinstance(c, list) else c for c in completions]
+        ids = [list(map(int, c)) for c in completion_ids] if completion_ids is not None and \
+            getattr(scorer, "takes_token_ids", False) else None  # the sampled tokens (density ratio)
         out = []
         for s in range(0, len(texts), batch_size):
-            out += scorer(messages[s:s + batch_size], texts[s:s + batch_size])
-        return [float(x) for x in out]
+            kw = {"token_ids": ids[s:s + batch_size]} if ids is not None else {}
+            out += scorer(messages[s:s + batch_size], texts[s:s + batch_size], **kw)
+        out = [float(x) for x in out]
+        mean = sum(out) / len(out)
+        std = (sum((x - mean) ** 2 for x in out) / max(len(out) - 1, 1)) ** 0.5
+        if store is not None:
+            store.setdefault("mean", []).append(mean)
+            store.setdefault("std", []).append(std)
+        if scaling == "standardize":
+            out = [(x - mean) / std if std > 0 else 0.0 for x in out]
+        return out
 
     return afd_reward
+
+
+def _raw_reward_log(store: dict):
+    from transformers import TrainerCallback
+
+    class RawRewardLog(TrainerCallback):
+        """Adds the raw reward's mean and standard deviation since the last log (averaged over
+        the reward calls between) to each logged step."""
+
+        def on_log(self, args, state, control, logs=None, **kw):
+            if store.get("mean") and state.log_history:
+                n = len(store["mean"])
+                state.log_history[-1].update(raw_reward_mean=sum(store["mean"]) / n,
+                                             raw_reward_std=sum(store["std"]) / n)
+                store.clear()
+
+    return RawRewardLog()
 
 
 def dense_advantages(rewards: torch.Tensor, kl: torch.Tensor, mask: torch.Tensor, kl_coef: float,
@@ -253,9 +298,11 @@ def rl(cfg: RLConfig) -> dict:
         trainer = _dense_trainer(cfg, policy, tok, dataset, peft_config, checkpoints)
     else:
         scorer = make_scorer(cfg.reward, device=cfg.device, template=cfg.template)
-        trainer = RLOOTrainer(model=policy, reward_funcs=reward_function(scorer, cfg.reward_batch_size),
+        raw: dict = {}
+        trainer = RLOOTrainer(model=policy, reward_funcs=reward_function(scorer, cfg.reward_batch_size,
+                                                                         cfg.reward_scaling, raw),
                               args=_rloo_config(cfg, checkpoints, False), train_dataset=dataset,
-                              processing_class=tok, peft_config=peft_config)
+                              processing_class=tok, peft_config=peft_config, callbacks=[_raw_reward_log(raw)])
     if cfg.ref_model and cfg.kl_coef > 0:
         if peft_config is not None:
             raise AfdError("option 'ref_model' cannot be combined with LoRA (the reference is the adapter-free model)")
@@ -279,6 +326,11 @@ def rl(cfg: RLConfig) -> dict:
         "reward_first": logged[0]["reward"] if logged else None,
         "reward_last": logged[-1]["reward"] if logged else None,
         "kl_last": logged[-1].get("kl") if logged else None,
+        "reward_scaling": cfg.reward_scaling,
+        "raw_reward_mean_first": logged[0].get("raw_reward_mean") if logged else None,
+        "raw_reward_mean_last": logged[-1].get("raw_reward_mean") if logged else None,
+        "raw_reward_std_first": logged[0].get("raw_reward_std") if logged else None,
+        "raw_reward_std_last": logged[-1].get("raw_reward_std") if logged else None,
     })
 
 

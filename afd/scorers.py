@@ -8,7 +8,9 @@ density ratio and a golden judge are used the same way:
   model (``afd reward --variant ava-d|ava-p``) gives its sequence reward ``sum_t w_t mu_t``.
 - ``density-ratio:POLICY,REFERENCE``: ``log pi(y|x) - log pi_ref(y|x)``, the closed-form
   optimum of the ``init-sft`` classifier (METHODS §1); ``density-ratio-norm:`` divides by
-  the number of response tokens.
+  the number of response tokens. Given ``token_ids`` (a pool's sampled tokens, its stop token
+  last only where the sampler emitted one) it scores exactly those tokens, so a response cut
+  at ``max_new_tokens`` is not scored as if it had ended with EOS; text is the fallback.
 - ``vader``: VADER sentiment, the ``compound`` score of the response in [-1, 1].
 - ``python:MODULE:FUNCTION``: ``FUNCTION(prompts, responses) -> list[float]``, where prompts
   are message lists and responses strings.
@@ -47,11 +49,12 @@ def density_ratio_scorer(policy: str, reference: str, normalise: bool = False, d
                          dtype: str = "auto", batch_size: int = 16, template: str = "auto") -> Scorer:
     from afd.scoring import response_logprobs
 
-    def score(prompts, responses):
-        items = list(zip(prompts, responses))
+    def score(prompts, responses, token_ids=None):
         out = []
         for name in (policy, reference):
             model, tok = models.load_causal_lm(name, device, dtype)
+            items = [(p, sampled(tok, p, r, ids, template)) for p, r, ids in
+                     zip(prompts, responses, token_ids or [None] * len(prompts))]
             out.append(response_logprobs(model, tok, items, template, batch_size, per_token=normalise,
                                          progress=f"log-probs under {Path(name).name}"))
             del model
@@ -60,7 +63,16 @@ def density_ratio_scorer(policy: str, reference: str, normalise: bool = False, d
         (sa, ta), (sb, _) = out
         return [(a - b) / max(len(t), 1) for a, b, t in zip(sa, sb, ta)]
 
+    score.takes_token_ids = True
     return score
+
+
+def sampled(tok, prompt: list[dict], response: str, ids: list[int] | None, template: str) -> str | list[int]:
+    """The sampled token ids when they are this tokenizer's tokens for ``response`` (they decode
+    to it), else the text (tokenised with EOS, as in SFT)."""
+    if ids is not None and models.decode_response(tok, prompt, list(ids), template) == response:
+        return list(ids)
+    return response
 
 
 def vader_scorer() -> Scorer:

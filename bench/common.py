@@ -59,3 +59,86 @@ def save(name: str, result: dict, table: str) -> Path:
     (RESULTS / f"{name}.json").write_text(json.dumps(result, indent=2) + "\n")
     (RESULTS / f"{name}.md").write_text(table)
     return RESULTS / f"{name}.md"
+
+
+# ---------------------------------------------------------------------------------------------
+# Seeds: a recipe runs once per seed (seed = data split, sampling and training) and reports
+# each seed's figures and, across seeds, their mean with a 95% t interval.
+
+T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228}
+
+
+def seeds_arg(text: str) -> list[int]:
+    """``--seeds 0,1,2`` (or ``0-2``) as a list of ints."""
+    if "-" in text and "," not in text:
+        a, b = text.split("-")
+        return list(range(int(a), int(b) + 1))
+    return [int(x) for x in text.split(",") if x.strip()]
+
+
+def across_seeds(values: list) -> dict:
+    """Mean of one figure across seeds and its 95% t interval (over seeds: None when fewer
+    than 2 seeds have the figure); ``per_seed`` keeps every seed's value."""
+    xs = [float(v) for v in values if v is not None]
+    out = {"mean": sum(xs) / len(xs) if xs else None, "ci95": None, "per_seed": list(values)}
+    if len(xs) >= 2:
+        sd = (sum((x - out["mean"]) ** 2 for x in xs) / (len(xs) - 1)) ** 0.5
+        half = T975.get(len(xs) - 1, 1.96) * sd / len(xs) ** 0.5
+        out["ci95"] = [out["mean"] - half, out["mean"] + half]
+    return out
+
+
+def aggregate(per_seed: list):
+    """Per-seed results of one shape -> the same shape with every number replaced by
+    :func:`across_seeds` of its values (lists of numbers element by element); other leaves are
+    kept when all seeds agree, else listed per seed."""
+    first = per_seed[0]
+    if isinstance(first, dict):
+        keys = [k for k in first if all(isinstance(p, dict) and k in p for p in per_seed)]
+        return {k: aggregate([p[k] for p in per_seed]) for k in keys}
+    if isinstance(first, (int, float)) and not isinstance(first, bool) or first is None and \
+            any(isinstance(p, (int, float)) and not isinstance(p, bool) for p in per_seed):
+        return across_seeds(per_seed)
+    if isinstance(first, list) and all(isinstance(p, list) and len(p) == len(first) for p in per_seed) and \
+            all(isinstance(x, (int, float)) or x is None for p in per_seed for x in p):
+        return [across_seeds([p[i] for p in per_seed]) for i in range(len(first))]
+    return first if all(p == first for p in per_seed) else {"per_seed": per_seed}
+
+
+def ci(entry: dict | None, digits: int = 3) -> str:
+    """``mean [lo, hi]`` of an :func:`across_seeds` entry, for tables."""
+    if not entry or entry.get("mean") is None:
+        return "–"
+    if entry.get("ci95") is None:
+        return f"{entry['mean']:.{digits}f}"
+    lo, hi = entry["ci95"]
+    return f"{entry['mean']:.{digits}f} [{lo:.{digits}f}, {hi:.{digits}f}]"
+
+
+def fmt(x, digits: int = 3) -> str:
+    return "–" if x is None else f"{x:.{digits}f}"
+
+
+def rm_figures(m: dict) -> dict:
+    """A reward model's held-out figures beside the length-only and EOS-only controls on the
+    same split (afd.reward.controls), and its human-pair accuracy when it has one."""
+    keys = ("eval_accuracy", "eval_auc", "eval_pair_accuracy", "length_only_accuracy", "length_only_auc",
+            "length_only_pair_accuracy", "eos_only_accuracy", "eval_truncated_share_positive",
+            "eval_truncated_share_negative", "pair_accuracy", "pair_accuracy_untied", "pairs_tied",
+            "longer_chosen_accuracy", "prefers_longer")
+    return {k: m.get(k) for k in keys}
+
+
+def rm_table(rms: dict, seeds: int) -> list[str]:
+    """Markdown rows: each reward model's held-out accuracy beside its controls (across seeds)."""
+    lines = [f"Reward models on held-out prompts (mean [95% interval] over {seeds} seed(s)); the controls are "
+             "one-feature classifiers fitted on the same training split: response length in tokens, and "
+             "ended-with-EOS (where it varies).", "",
+             "| reward model | accuracy | length-only accuracy | EOS-only accuracy | same-prompt pair accuracy | "
+             "length-only pair accuracy | cut share (pos / neg) |", "|---|---|---|---|---|---|---|"]
+    for name, m in rms.items():
+        lines.append(f"| {name} | {ci(m.get('eval_accuracy'))} | {ci(m.get('length_only_accuracy'))} | "
+                     f"{ci(m.get('eos_only_accuracy'))} | {ci(m.get('eval_pair_accuracy'))} | "
+                     f"{ci(m.get('length_only_pair_accuracy'))} | {ci(m.get('eval_truncated_share_positive'), 2)} / "
+                     f"{ci(m.get('eval_truncated_share_negative'), 2)} |")
+    return lines

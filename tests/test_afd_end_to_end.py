@@ -57,5 +57,7 @@ def test_bon_with_init_sft_reward_beats_init_and_sft(tmp_path):
     assert bon["gold"][-1] > sft + 0.03 and bon["gold"][-1] > init
     assert bon["win_rate"][-1] > 0.55 and abs(bon["win_rate"][0] - 0.5) < 1e-9
     assert ev["policies"]["demonstrations"]["normalised"] == 1.0
+    assert ev["policies"]["demonstrations"]["share_on_pool_prompts"] == 0.0  # demos on other prompts: said so
+    assert results["reward"]["length_only_accuracy"] is not None  # the control beside the reward's accuracy
     for plot in ("bon_gold_vs_n.png", "bon_gold_vs_kl.png", "bon_win_rate.png", "proxy_vs_gold.png", "report.md"):
         assert (tmp_path / "run" / "eval" / plot).is_file()

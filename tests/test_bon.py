@@ -73,3 +73,20 @@ def test_bon_stage_picks_the_best_of_the_first_n(tmp_path):
         first_two = [r for r in rows if r["prompt_id"] == c["prompt_id"] and r["sample_index"] < 2]
         assert c["response"] == max(first_two, key=lambda r: len(r["response"]))["response"]
     assert m["kl_bon_nats"] == pytest.approx(bon_kl(2))
+
+
+def test_win_rate_against_its_own_pool_leaves_the_sample_itself_out():
+    from afd.eval import win_values
+
+    # one prompt, golds 1, 2, 3 (proxy = gold): the best sample beats both others
+    rows = [{"prompt_id": "p", "sample_index": i, "gold": g, "proxy": g} for i, g in enumerate([1.0, 2.0, 3.0])]
+    win_values(rows, rows, same_pool=True)
+    assert [r["win"] for r in rows] == [0.0, 0.5, 1.0]
+    curve = bon_curve(rows, "proxy", "win", [1, 2, 3])
+    assert curve[1] == pytest.approx(0.5) and curve[3] == pytest.approx(1.0)
+    # BoN_2 = the max of a random pair: {1,2} -> 2 (0.5), {1,3} -> 3 (1), {2,3} -> 3 (1)
+    assert curve[2] == pytest.approx(2.5 / 3)
+    # against a different pool every baseline sample counts
+    other = [{"prompt_id": "p", "sample_index": i, "gold": g} for i, g in enumerate([3.0, 0.0])]
+    win_values(rows, other)
+    assert [r["win"] for r in rows] == [0.5, 0.5, 0.75]

@@ -436,6 +436,13 @@ def test_split_is_deterministic_disjoint_and_covering():
     assert split(items, 0.2, seed=2)[1] != held_out
 
 
+def test_split_by_key_holds_out_whole_keys():
+    items = [(k, i) for k in range(10) for i in range(3)]  # 10 prompts, 3 pairs each
+    train, held = split(items, 0.2, seed=0, key=lambda x: x[0])
+    assert len(held) == 6 and {k for k, _ in train}.isdisjoint({k for k, _ in held})
+    assert sorted(train + held) == items
+
+
 def test_split_sizes():
     assert split([1, 2], 0.01, seed=0)[1] != []  # at least one eval item
     assert split([1], 0.5, seed=0) == ([1], [])

@@ -66,6 +66,33 @@ def test_reward_function_passes_messages_and_text():
     assert out == [1.0, 2.0, 3.0] and seen["prompts"] == [msgs] and seen["responses"] == ["ccc"]
 
 
+def test_reward_function_can_standardise_the_raw_reward_and_records_its_scale():
+    from afd.rl import reward_function
+
+    msgs = [{"role": "user", "content": "x"}]
+    kw = dict(prompts=[msgs] * 3, completions=["a", "bbb", "ccccc"], afd_prompt=[json.dumps(msgs)] * 3)
+    store = {}
+    out = reward_function(lambda p, r: [10.0 * len(x) for x in r], 2, "standardize", store)(**kw)
+    assert out == pytest.approx([-1.0, 0.0, 1.0])  # raw 10, 30, 50: mean 30, std 20
+    assert store == {"mean": [30.0], "std": [pytest.approx(20.0)]}
+    assert reward_function(lambda p, r: [10.0 * len(x) for x in r], 2)(**kw) == [10.0, 30.0, 50.0]
+    # a scorer that takes token ids (the density ratio) gets the sampled ones
+    seen = []
+
+    def by_ids(p, r, token_ids=None):
+        seen.extend(token_ids)
+        return [float(len(t)) for t in token_ids]
+
+    by_ids.takes_token_ids = True
+    assert reward_function(by_ids, 2)(**kw, completion_ids=[[1], [2, 3], [4, 5, 6]]) == [1.0, 2.0, 3.0]
+    assert seen == [[1], [2, 3], [4, 5, 6]]
+    with pytest.raises(Exception, match="reward_scaling"):
+        from afd.config import from_dict
+        from afd.rl import RLConfig
+
+        from_dict(RLConfig, {"reward": "vader", "reward_scaling": "log"}, "test")
+
+
 def test_write_pairs_accumulates_iterations(tmp_path):
     from afd.data import Demo
     from afd.irl import write_pairs
@@ -163,6 +190,7 @@ def test_cli_flags_yaml_and_resume_at_last_finished_iteration(tmp_path, capsys):
     assert main(flags) == 0
     irl = tmp_path / "run" / "irl"
     first = json.loads((irl / "iter_0" / "rl" / "metrics.json").read_text())
+    assert first["reward_scaling"] == "none" and first["raw_reward_std_first"] is not None
     # "kill" the run inside iteration 1's RL step: its metrics and the stage's are gone
     (irl / "iter_1" / "rl" / "metrics.json").unlink()
     (irl / "metrics.json").unlink()
@@ -179,3 +207,36 @@ def test_cli_flags_yaml_and_resume_at_last_finished_iteration(tmp_path, capsys):
     assert [s["demonstrations"] for s in metrics["stages"]] == [4, 4]
     assert main(["irft", "--config", str(tmp_path / "irft.yaml"), "--beta", "-1"]) == 2
     assert "'beta' must be positive" in capsys.readouterr().err
+
+
+def test_irft_negatives_are_the_sampled_tokens(tiny, tmp_path):
+    """A negative cut at max_new_tokens is trained on as drawn, without an EOS it never had."""
+    from afd import models
+    from afd.irft import StepConfig, train_step
+    from afd.scoring import response_logprobs
+
+    model, tok = tiny
+    prompt = [{"role": "user", "content": "Say cat"}]
+    ids = models.encode_response(tok, prompt, "cat cat cat cat")[:-1]
+    pool = tmp_path / "pool.jsonl"
+    pool.write_text(json.dumps({"prompt_id": "d-0", "prompt": prompt, "sample_index": 0, "finish_reason": "length",
+                                "response": models.decode_response(tok, prompt, ids), "token_ids": ids}) + "\n")
+    demos = tmp_path / "demos.jsonl"
+    demos.write_text(json.dumps({"id": "d-0", "prompt": "Say cat", "completion": "cat!"}) + "\n")
+    m = train_step(StepConfig(out=str(tmp_path), stage_name="step", model="tiny-random", data=str(demos),
+                              pool=str(pool), max_steps=1, batch_size=1, device="cpu", save_steps=1000))
+    assert m["opponent_logp_rejected"] == pytest.approx(response_logprobs(model, tok, [(prompt, ids)])[0], abs=1e-4)
+
+
+def test_rl_with_standardised_rewards_logs_the_raw_scale(tmp_path):
+    from afd.cli import main
+
+    prompts = write_jsonl(tmp_path / "prompts.jsonl", [{"prompt": f"Write {i}"} for i in range(4)])
+    assert main(["rl", "--out", str(tmp_path / "run"), "--data", prompts, "--device", "cpu", "--reward",
+                 "python:test_iterated:gold", "--reward-scaling", "standardize", "--max-steps", "2",
+                 "--batch-size", "4", "--num-generations", "2", "--max-new-tokens", "8", "--logging-steps", "1"]) == 0
+    history = json.loads((tmp_path / "run" / "rl" / "log_history.json").read_text())
+    steps = [h for h in history if "reward" in h]
+    assert steps and all(abs(h["reward"]) < 1e-5 and "raw_reward_mean" in h for h in steps)
+    m = json.loads((tmp_path / "run" / "rl" / "metrics.json").read_text())
+    assert m["reward_scaling"] == "standardize" and 0 <= m["raw_reward_mean_first"] <= 1

@@ -6,8 +6,9 @@ import pytest
 import torch
 
 from conftest import WORDS, user, write_jsonl
-from afd.reward import (Example, RewardConfig, auc, bt_pairs, pair_accuracy, reward, reward_loss,
-                        split_groups)
+from afd.errors import AfdError
+from afd.reward import (Example, RewardConfig, auc, bt_pairs, controls, encode, examples, fit, pair_accuracy,
+                        preference_metrics, reward, reward_loss, split_groups)
 
 
 def test_bce_loss_by_hand():
@@ -154,3 +155,121 @@ def test_length_bias_by_hand():
     got = length_bias([2.0, 0.0, 1.0], [1.0, 3.0, 1.0], [(10, 5), (4, 8), (6, 6)])
     assert got == {"longer_chosen_accuracy": pytest.approx((1 + 0 + 0.5) / 3), "prefers_longer": 1.0}
     assert length_bias([0.0], [1.0], [(10, 5)])["prefers_longer"] == 0.0
+
+
+def test_pair_data_is_held_out_by_prompt_not_by_pair(tmp_path):
+    # as in afd irl: one demonstration per prompt is the chosen side of several pairs
+    rows = [{"id": f"{w}/{t}", "prompt": f"Talk about {w}", "chosen": f"The {w} is fine.", "rejected": f"{w} {t}"}
+            for w in WORDS[:8] for t in range(3)]
+    cfg = RewardConfig(variant="bt", data=write_jsonl(tmp_path / "pairs.jsonl", rows))
+    items = examples(cfg)
+    train, held = split_groups(items, 0.25, seed=0)
+    assert {e.group for e in train}.isdisjoint({e.group for e in held})
+    assert {e.response for e in train if e.label == 1}.isdisjoint({e.response for e in held if e.label == 1})
+    pairs = bt_pairs(held, seed=0)
+    assert len(pairs) == len(held) // 2 and all(c.pair == r.pair for c, r in pairs)
+
+
+def test_demo_variants_use_only_prompts_with_both_classes(tmp_path):
+    demos = write_jsonl(tmp_path / "demos.jsonl", [{"prompt": f"Talk about {w}", "completion": f"The {w}."}
+                                                   for w in WORDS[:16]])
+    init = write_jsonl(tmp_path / "init.jsonl", pool_rows(WORDS[8:24], lambda w, i: f"{w} ugh {i}"))
+    items = examples(RewardConfig(variant="init-demo", data=demos, init_pool=init))
+    pos = {e.group for e in items if e.label == 1}
+    assert pos == {e.group for e in items if e.label == 0} and len(pos) == 8
+    assert len(examples(RewardConfig(variant="init-demo", data=demos, init_pool=init, same_prompts=False))) == 48
+    far = write_jsonl(tmp_path / "far.jsonl", pool_rows(WORDS[20:24], lambda w, i: w))
+    with pytest.raises(AfdError, match="no prompt has both"):
+        examples(RewardConfig(variant="init-demo", data=demos, init_pool=far))
+
+
+def test_fit_cuts_the_prompt_from_the_left_so_replies_stay_apart(tiny):
+    from afd import models
+
+    _, tok = tiny
+    prompt = [user("a long question " * 20)]
+    cfg = RewardConfig(max_length=40, max_prompt_length=1000)
+    a, b = encode(tok, prompt, "yes, sure", cfg), encode(tok, prompt, "no, never", cfg)
+    assert len(a) == 40 and a != b  # cut at the end, both were the prompt's first 40 tokens
+    reply = models.encode_response(tok, prompt, "yes, sure")
+    assert a[-len(reply):] == reply
+    assert fit([1, 2, 3], [4, 5], 4) == [2, 3, 4, 5] and fit([1, 2], [3, 4, 5, 6], 3) == [3, 4, 5]
+    assert fit([1, 2], [3], None) == [1, 2, 3]
+
+
+def test_controls_by_hand():
+    def ex(label, n, ended=True, group="g"):
+        return Example([user(group)], "x" * n, label, group, ended=ended)
+
+    # positives are long and end with EOS; negatives short and cut
+    train = [ex(1, 10), ex(1, 12), ex(0, 3, False), ex(0, 5, False)]
+    held = [ex(1, 11, group="h"), ex(1, 4, group="h"), ex(0, 2, False, "h"), ex(0, 6, True, "h")]
+    c = controls(train, held, lambda e: len(e.response))
+    # threshold between 5 and 10 (7.5): held 11 -> +, 4 -> -, 2 -> -, 6 -> -
+    assert c["length_only_accuracy"] == 0.75 and c["length_only_auc"] == pytest.approx(0.75)
+    # eos rule: ended -> positive: held right on 11, 4, 2; wrong on 6
+    assert c["eos_only_accuracy"] == 0.75
+    assert c["eval_truncated_share_positive"] == 0.0 and c["eval_truncated_share_negative"] == 0.5
+    assert "eos_only_accuracy" not in controls([ex(1, 3), ex(0, 2)], [ex(1, 3), ex(0, 2)], lambda e: len(e.response))
+    assert controls(train, [], len) == {}
+
+
+def test_preference_metrics_count_ties(tmp_path):
+    pairs = write_jsonl(tmp_path / "p.jsonl", [{"prompt": "q", "chosen": c, "rejected": r}
+                                               for c, r in (("aa", "b"), ("c", "d"), ("e", "ff"))])
+    cfg = RewardConfig(eval_pairs=pairs)
+    m = preference_metrics(lambda p, r: [float(len(x)) for x in r], cfg)
+    assert m["pairs_tied"] == 1 and m["pair_accuracy"] == pytest.approx(1.5 / 3)
+    assert m["pair_accuracy_untied"] == 0.5
+
+
+def truncated_row(tok, prompt, text="the cat sat on the mat"):
+    """A pool row as the sampler writes it for a sample cut at max_new_tokens: no stop token."""
+    from afd import models
+
+    ids = models.encode_response(tok, prompt, text)[:-1]  # the text's tokens, no EOS
+    return {"prompt_id": "p", "prompt": prompt, "sample_index": 0, "response": models.decode_response(tok, prompt, ids),
+            "finish_reason": "length", "token_ids": ids}
+
+
+def test_density_ratio_scores_the_sampled_tokens_without_an_eos_they_lack(tiny, tmp_path):
+    from afd.bon import score_pool
+    from afd.scoring import response_logprobs
+
+    model, tok = tiny
+    other = type(model)(model.config)  # a second policy: same architecture, fresh weights
+    torch.manual_seed(1)
+    other.load_state_dict({k: v + 0.05 * torch.randn_like(v) for k, v in model.state_dict().items()})
+    other.save_pretrained(tmp_path / "other")
+    tok.save_pretrained(tmp_path / "other")
+    prompt = [user("hello there")]
+    row = truncated_row(tok, prompt)
+    rows = [dict(row)]
+    score_pool(rows, f"density-ratio:{tmp_path / 'other'},tiny-random", "dr", device="cpu")
+    want = (response_logprobs(other.eval(), tok, [(prompt, row["token_ids"])])[0]
+            - response_logprobs(model, tok, [(prompt, row["token_ids"])])[0])
+    with_eos = (response_logprobs(other.eval(), tok, [(prompt, row["response"])])[0]
+                - response_logprobs(model, tok, [(prompt, row["response"])])[0])
+    assert rows[0]["dr"] == pytest.approx(want, abs=1e-4) and abs(want - with_eos) > 1e-3
+    # without token ids (or with another tokenizer's), the text is scored as before
+    rows = [{k: v for k, v in row.items() if k != "token_ids"}]
+    score_pool(rows, f"density-ratio:{tmp_path / 'other'},tiny-random", "dr", device="cpu")
+    assert rows[0]["dr"] == pytest.approx(with_eos, abs=1e-4)
+
+
+def test_response_tokens_cut_every_input_alike_in_training_and_scoring(tmp_path, pools):
+    from afd import models
+    from afd.scorers import make_scorer
+
+    sft, init, _ = pools
+    m = train(tmp_path, variant="init-sft", sft_pool=sft, init_pool=init, epochs=1, response_tokens=6)
+    # length past 6 tokens is invisible: two responses that share their first 6 tokens score alike
+    score = make_scorer(str(tmp_path / "run" / "reward" / "model"), device="cpu")
+    a, b, c = score([[user("Talk about cat")]] * 3, ["Thank you so much", "Thank you, the cat", "Thank"])
+    assert a == b and a != c
+    assert m["length_only_accuracy"] is not None
+    _, tok = models.load_causal_lm("tiny-random", device="cpu")
+    cfg = RewardConfig(response_tokens=6, max_prompt_length=100, max_length=None)
+    p = models.encode_prompt(tok, [user("q")])
+    assert encode(tok, [user("q")], "a long reply", cfg) == p + models.encode_response(tok, [user("q")], "a long")[:6]
+    assert encode(tok, [user("q")], "ok", cfg) == p + models.encode_response(tok, [user("q")], "ok")  # EOS kept

@@ -8,8 +8,14 @@ T = 3, and `gail`; each with its golden reward and its KL to the SFT policy (Mon
 the sampled tokens; Best-of-N's is log N - (N-1)/N). All iterated methods start from the SFT
 policy and use its demonstrations.
 
-    python bench/recipes/imdb_iterated.py            # about 45 min on 2 CPU cores
-    python bench/recipes/imdb_iterated.py --quick    # a smoke run of every stage
+    python bench/recipes/imdb_iterated.py --seeds 0,1,2   # one run per seed; hours on 2 CPU cores
+    python bench/recipes/imdb_iterated.py --smoke         # tiny-random, every stage, in minutes
+
+Prompt sets, controls and caps as in `imdb-positive` (its make_data): every pool, the loops'
+samples and RL share one cap, ``max_new_tokens``, chosen so that most samples end with EOS;
+each reward model (init-sft and every irl / gail iteration's) reports its held-out accuracy
+beside a length-only classifier's on the same split; results are split by the opening's
+sentiment.
 
 Results: bench/results/imdb-iterated/ (results.md, metrics.json, gold_vs_kl.png).
 """
@@ -25,116 +31,175 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE))
-from common import RESULTS, machine  # noqa: E402
-from imdb_positive import make_data  # noqa: E402
+from common import RESULTS, aggregate, ci, machine, rm_figures, rm_table, seeds_arg  # noqa: E402
+from imdb_positive import NEW_TOKENS, eval_figures, make_data  # noqa: E402
 
 POLICY = "smollm2-135m-instruct"
 
 
-def pipeline(out: str, files: dict, s: dict) -> dict:
-    seq = {"max_length": 192, "max_prompt_length": 96}
-    loop = {**seq, "model": "@sft", "data": files["demos"], "max_examples": s["n_loop"], "max_new_tokens": 48,
+def pipeline(out: str, files: dict, s: dict, seed: int = 0) -> dict:
+    new_tokens = s.get("new_tokens", 64)
+    x = s.get("length_scale", 1)  # tiny-random's byte tokens (--smoke): longer sequences
+    policy = s.get("policy", POLICY)
+    seq = {"max_length": 96 * x + max(new_tokens, 96 * x), "max_prompt_length": 96 * x}
+    # RL and the loops' samples share the evaluation pools' cap, so RL can move along length
+    loop = {**seq, "model": "@sft", "data": files["demos"], "max_examples": s["n_loop"], "max_new_tokens": new_tokens,
             "logging_steps": 2, "save_steps": 50}
     rl = {"kl_coef": 0.05, "num_generations": 4, "batch_size": 8, "lr": 3e-5, "epochs": 1,
-          "max_steps": s["rl_steps"], "reward_model": "minilm-l6", "reward_epochs": 2, "reward_lr": 5e-5,
-          "eval_fraction": 0.1}
+          "max_steps": s["rl_steps"], "reward_model": s.get("rm_backbone", "minilm-l6"), "reward_epochs": 2,
+          "reward_lr": 5e-5, "eval_fraction": 0.1}
     irft = {"epochs": 1, "lr": 3e-5, "batch_size": 8, "beta": 0.1, "eval_fraction": 0.0}
-    pool = {"kind": "sample", "max_new_tokens": 64, "max_prompt_length": 96, "data": files["eval_prompts"],
+    pool = {"kind": "sample", "max_new_tokens": new_tokens, "max_prompt_length": 96 * x,
             "num_samples": s["k_eval"]}
+    rm_pool = {"kind": "sample", "max_new_tokens": new_tokens, "max_prompt_length": 96 * x,
+               "data": files["rm_prompts"], "num_samples": s.get("k_rm", 4)}
     out_path = Path(out)
-    policies = {"init": POLICY, "sft": "@sft",
+    policies = {"init": policy, "sft": "@sft",
                 **{f"irl_{t + 1}": str(out_path / "irl" / f"iter_{t}" / "rl" / "model") for t in range(3)},
                 "irft_T1": "@spin", "irft_T3": "@irft", "gail": "@gail"}
     stages = {
         "sft": {"data": files["demos"], "epochs": 1, "lr": 5e-5, "batch_size": 8, "eval_fraction": 0.05,
                 "logging_steps": 5, **seq},
-        "rm_pool_init": {"kind": "sample", "max_new_tokens": 64, "max_prompt_length": 96,
-                         "data": files["rm_prompts"], "num_samples": 4},
-        "rm_pool_sft": {"kind": "sample", "model": "@sft", "max_new_tokens": 64, "max_prompt_length": 96,
-                        "data": files["rm_prompts"], "num_samples": 4},
-        "rm_init_sft": {"kind": "reward", "model": "minilm-l6", "variant": "init-sft", "init_pool": "@rm_pool_init",
-                        "sft_pool": "@rm_pool_sft", "epochs": 3, "lr": 5e-5, "batch_size": 16,
-                        "eval_fraction": 0.15, "max_length": 256, "max_prompt_length": 128},
+        "rm_pool_init": dict(rm_pool),
+        "rm_pool_sft": {**rm_pool, "model": "@sft"},
+        "rm_init_sft": {"kind": "reward", "model": s.get("rm_backbone", "minilm-l6"), "variant": "init-sft",
+                        "init_pool": "@rm_pool_init", "sft_pool": "@rm_pool_sft", "epochs": 3, "lr": 5e-5,
+                        "batch_size": 16, "eval_fraction": 0.15, "max_length": 128 * x + 2 * new_tokens,
+                        "max_prompt_length": 128 * x,
+                        **({"response_tokens": s["rm_response_tokens"]} if s.get("rm_response_tokens") else {})},
         "irl": {**loop, **rl, "iterations": 3},
         "gail": {**loop, **rl, "iterations": 2},
         "spin": {"kind": "irft", **loop, **irft, "stages": 1},
         "irft": {**loop, **irft, "stages": 3},
     }
-    for name, model in policies.items():
-        stages[f"sample_{name}"] = {**pool, "model": model,
-                                    **({"num_samples": s["k_bon"]} if name == "sft" else {})}
-    stages["eval"] = {"golden": "vader", "pools": {name: f"@sample_{name}" for name in policies},
-                      "proxies": {"init-sft": "@rm_init_sft"}, "bon_policy": "sft", "baseline": "sft",
-                      "kl_reference": "@sft", "demos": files["norm_demos"]}
-    return {"out": out, "seed": 0, "model": POLICY, "stages": stages}
+    sets = [("", files["eval_prompts"])]
+    if s.get("n_eval_negative"):  # openings of negative reviews, evaluated apart
+        sets.append(("_neg", files["eval_prompts_negative"]))
+    for suffix, data in sets:
+        for name, model in policies.items():
+            stages[f"sample_{name}{suffix}"] = {**pool, "model": model, "data": data,
+                                                **({"num_samples": s["k_bon"]} if name == "sft" else {})}
+        stages["eval" + ("_negative" if suffix else "")] = {
+            "kind": "eval", "golden": "vader", "pools": {name: f"@sample_{name}{suffix}" for name in policies},
+            "proxies": {"init-sft": "@rm_init_sft"}, "bon_policy": "sft", "baseline": "sft",
+            "kl_reference": "@sft", **({} if suffix else {"demos": files["norm_demos"]})}
+    return {"out": out, "seed": seed, "model": policy, "stages": stages}
 
 
-def report(ev: dict, results: dict, s: dict, host: dict) -> str:
-    pol, bon = ev["policies"], ev["bon"]["init-sft"]
-    n16 = bon["n"].index(s["k_bon"])
-    lines = [f"# imdb-iterated: iterated IRL on imdb-positive ({s['n_eval']} held-out prompts, VADER)", "",
-             f"Machine: {host['cpu']}, {host['cores']} cores. smollm2-135m-instruct; SFT on {s['n_demos']} "
-             f"positive-review continuations; the iterated methods use the first {s['n_loop']} of them; "
-             f"RL: RLOO, 4 samples a prompt, 2 prompts a step, lr 3e-5, KL coefficient 0.05, {s['rl_steps']} "
-             "steps an iteration (a small budget: one RL step of smollm2 takes ~25 s on this CPU), reward "
-             f"models on MiniLM-L6. KL is to the SFT policy, in nats.", "",
-             "| policy | golden reward (VADER) | 95% CI | KL to SFT | gap closed (pi_0 → demos) |",
-             "|---|---|---|---|---|"]
-    order = ["init", "sft", "irl_1", "irl_2", "irl_3", "irft_T1", "irft_T3", "gail"]
-    for name in order:
-        p = pol[name]
-        kl = p.get("kl_to_reference")
-        lines.append(f"| {name} | {p['gold']:.3f} | ±{p['gold_ci95']:.3f} | "
-                     f"{'–' if kl is None else f'{kl:.2f}'} | {fmt(p.get('gap_closed'))} |")
-        if name == "sft":
-            lines.append(f"| AfD BoN-{s['k_bon']} (init-sft RM) | {bon['gold'][n16]:.3f} | – | "
-                         f"{bon['kl'][n16]:.2f} | {fmt(bon['gap_closed'][n16])} |")
-    lines.append(f"| demonstrations | {pol['demonstrations']['gold']:.3f} | ±{pol['demonstrations']['gold_ci95']:.3f} "
-                 f"| – | 1.000 |")
-    lines += ["", "Per iteration (reward model accuracy on held-out demo/sample pairs; RL's mean reward "
-              "first → last step):", "", "| method | iteration | reward held-out pair accuracy | "
-              "RL reward first → last | RL KL per token (last logged step) |", "|---|---|---|---|---|"]
+ORDER = ["init", "sft", "irl_1", "irl_2", "irl_3", "irft_T1", "irft_T3", "gail"]
+
+
+def seed_figures(results: dict, s: dict) -> dict:
+    """One seed's figures: policies (gold, KL to SFT) and AfD Best-of-N by the opening's
+    sentiment; every reward model with its length-only control on the same split (init-sft,
+    and each irl / gail iteration's); the loops' RL rewards; the share of samples cut at
+    max_new_tokens in every pool."""
+    out = {"positive_openings": eval_figures(results["eval"]),
+           "reward_models": {"init-sft": rm_figures(results["rm_init_sft"])},
+           "cut_at_max_new_tokens": {k: 1 - v["finished_by_eos"] for k, v in results.items()
+                                     if isinstance(v, dict) and "finished_by_eos" in v},
+           "iterations": {}}
+    if "eval_negative" in results:
+        out["negative_openings"] = eval_figures(results["eval_negative"])
     for method in ("irl", "gail"):
         for it in results[method]["iterations"]:
-            lines.append(f"| {method} | {it['iteration'] + 1} | {fmt(it['reward_eval_pair_accuracy'])} | "
-                         f"{fmt(it['rl_reward_first'])} → {fmt(it['rl_reward_last'])} | {fmt(it['rl_kl_last'])} |")
-    lines += ["", "| method | stage | pairs | train loss | implicit-reward accuracy (last quarter) |",
-              "|---|---|---|---|---|"]
+            rm = json.loads((Path(it["reward_model"]).parent / "metrics.json").read_text())
+            out["reward_models"][f"{method} iter {it['iteration'] + 1}"] = rm_figures(rm)
+            out["cut_at_max_new_tokens"][f"{method} iter {it['iteration'] + 1} samples"] = it.get("sample_cut_share")
+            out["iterations"][f"{method} iter {it['iteration'] + 1}"] = {
+                k: it.get(k) for k in ("rl_reward_first", "rl_reward_last", "rl_kl_last", "pairs")}
     for method in ("spin", "irft"):
         for st in results[method]["stages"]:
-            lines.append(f"| {method} | {st['stage'] + 1} | {st['pairs']} | {fmt(st['train_loss'])} | "
-                         f"{fmt(st['implicit_reward_accuracy_last_quarter'])} |")
-    lines += ["", "![golden reward against KL to SFT](gold_vs_kl.png)", ""]
+            out["iterations"][f"{method} stage {st['stage'] + 1}"] = {
+                k: st.get(k) for k in ("pairs", "train_loss", "implicit_reward_accuracy_last_quarter")}
+    return out
+
+
+def policy_table(agg: dict, s: dict, title: str) -> list[str]:
+    pol, bon = agg["policies"], agg["bon"]["init-sft"]
+    ns = [x["mean"] if isinstance(x, dict) else x for x in bon["n"]]
+    i = ns.index(s["k_bon"]) if s["k_bon"] in ns else len(ns) - 1
+    lines = [f"**{title}**", "", "| policy | golden reward (VADER) | KL to SFT (nats) | gap closed (pi_0 → demos) |",
+             "|---|---|---|---|"]
+    for name in ORDER + ["demonstrations"]:
+        if name not in pol:
+            continue
+        p = pol[name]
+        lines.append(f"| {name} | {ci(p['gold'])} | {ci(p.get('kl_to_reference'), 2)} | {ci(p.get('gap_closed'))} |")
+        if name == "sft":
+            lines.append(f"| AfD BoN-{int(ns[i])} (init-sft RM) | {ci(bon['gold'][i])} | {ci(bon['kl'][i], 2)} | "
+                         f"{ci(bon['gap_closed'][i])} |")
+    return lines + [""]
+
+
+def report(agg: dict, s: dict, seeds: list[int], host: dict) -> str:
+    lines = [f"# imdb-iterated: iterated IRL on imdb-positive ({s.get('policy', POLICY)}, VADER, seeds {seeds})", "",
+             f"Machine: {host['cpu']}, {host['cores']} cores. Per seed (data split, sampling, training): SFT on "
+             f"{s['n_demos']} positive-review continuations; the iterated methods use the first {s['n_loop']}; "
+             f"RL: RLOO, 4 samples a prompt, 2 prompts a step, lr 3e-5, KL coefficient 0.05, {s['rl_steps']} steps "
+             f"an iteration; reward models on MiniLM-L6; at most {s['new_tokens']} new tokens everywhere (RL "
+             f"included). Evaluation on {s['n_eval']} held-out positive-review openings (the demonstrations' "
+             f"distribution) and, apart, {s.get('n_eval_negative', 0)} negative-review openings; {s['k_eval']} "
+             f"samples a prompt. KL is to the SFT policy. Figures: mean [95% t interval] over seeds.", "",
+             *rm_table(agg["reward_models"], len(seeds)), "",
+             "Share of samples cut at max_new_tokens: " + ", ".join(
+                 f"{k} {ci(v, 2)}" for k, v in agg["cut_at_max_new_tokens"].items()), "",
+             *policy_table(agg["positive_openings"], s, "Openings of positive reviews (the demonstrations' prompts)")]
+    if "negative_openings" in agg:
+        lines += policy_table(agg["negative_openings"], s, "Openings of negative reviews")
+    lines += ["| method, step | figures (mean [95% interval]) |", "|---|---|"]
+    for name, it in agg["iterations"].items():
+        lines.append(f"| {name} | " + ", ".join(f"{k} {ci(v)}" for k, v in it.items()) + " |")
+    lines += ["", "![golden reward against KL to SFT (first seed)](gold_vs_kl.png)", ""]
     return "\n".join(lines)
-
-
-def fmt(x, digits=3) -> str:
-    return "–" if x is None else f"{x:.{digits}f}"
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default="runs/imdb-iterated")
-    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--quick", action="store_true", help="a small run of every stage (results not saved)")
+    ap.add_argument("--smoke", action="store_true", help="--quick with tiny-random as policy and reward backbone")
+    ap.add_argument("--seeds", type=seeds_arg, default=[0], help="e.g. 0,1,2: one run per seed (data split, "
+                                                                  "sampling, training); mean and 95%% interval across")
+    ap.add_argument("--rm-response-tokens", type=int, default=None,
+                    help="reward models see at most N response tokens (afd reward's response_tokens): length "
+                         "matched by cutting every response alike; choose N on the reward models' held-out split")
+    ap.add_argument("--max-new-tokens", type=int, default=None, help="sample cap of every pool and of RL")
     args = ap.parse_args()
-    s = dict(n_demos=32, n_loop=8, n_rm=8, n_eval=4, k_eval=2, k_bon=4, rl_steps=2) if args.quick else \
-        dict(n_demos=128, n_loop=64, n_rm=48, n_eval=32, k_eval=4, k_bon=16, rl_steps=8)
-    files = make_data(Path(args.out) / "data", s["n_demos"], s["n_rm"], s["n_eval"], 24, 48)
+    s = dict(n_demos=32, n_loop=8, n_rm=8, n_eval=4, n_eval_negative=2, k_eval=2, k_bon=4, k_rm=1, rl_steps=2,
+             new_tokens=32) if args.quick or args.smoke else \
+        dict(n_demos=128, n_loop=64, n_rm=192, n_eval=32, n_eval_negative=16, k_eval=4, k_bon=16, k_rm=1,
+             rl_steps=8, new_tokens=NEW_TOKENS)
+    if args.smoke:
+        args.quick = True
+        s.update(policy="tiny-random", rm_backbone="tiny-random", length_scale=4)
+    if args.max_new_tokens:
+        s["new_tokens"] = args.max_new_tokens
+    if args.rm_response_tokens:
+        s["rm_response_tokens"] = args.rm_response_tokens
     from afd.pipeline import run
 
-    results = run(pipeline(args.out, files, s),
-                  report=lambda name, m: print(f"[{name}] done in {m.get('seconds', 0):.0f} s", flush=True))
-    table = report(results["eval"], results, s, machine())
+    per_seed = []
+    for seed in args.seeds:
+        out = str(Path(args.out) / f"seed-{seed}")
+        files = make_data(Path(out) / "data", s["n_demos"], s["n_rm"], s["n_eval"], 24, 48, seed,
+                          s["n_eval_negative"])
+        results = run(pipeline(out, files, s, seed),
+                      report=lambda name, m: print(f"[seed {seed}: {name}] done in {m.get('seconds', 0):.0f} s",
+                                                   flush=True))
+        per_seed.append(seed_figures(results, s))
+    agg = aggregate(per_seed)
+    host = machine()
+    table = report(agg, s, args.seeds, host)
     print(table)
     if not args.quick:
         dest = RESULTS / "imdb-iterated"
         dest.mkdir(parents=True, exist_ok=True)
         (dest / "results.md").write_text(table)
         (dest / "metrics.json").write_text(json.dumps(
-            {"eval": results["eval"], "setup": s, "machine": machine(),
-             **{m: results[m] for m in ("irl", "gail", "spin", "irft", "rm_init_sft")},
-             "seconds": {k: v.get("seconds") for k, v in results.items()}}, indent=2))
-        shutil.copy(Path(args.out) / "eval" / "gold_vs_kl.png", dest / "gold_vs_kl.png")
+            {"seeds": args.seeds, "setup": s, "reward_models": agg["reward_models"], "across_seeds": agg,
+             "per_seed": dict(zip(map(str, args.seeds), per_seed)), "machine": host}, indent=2))
+        shutil.copy(Path(args.out) / f"seed-{args.seeds[0]}" / "eval" / "gold_vs_kl.png", dest / "gold_vs_kl.png")
         print("saved", dest)
 
 

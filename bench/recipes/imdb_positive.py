@@ -6,8 +6,15 @@ pi_0, SFT, and Best-of-N (N = 1..32, from one pool per policy) under the `init-s
 `init-demo` and `sft-demo` reward models and the density ratio, and reports whether the
 heterogeneous reward models (demonstrations against model samples) reward-hack.
 
-    python bench/recipes/imdb_positive.py            # ~30-40 min on 2 CPU cores
-    python bench/recipes/imdb_positive.py --quick    # a smaller smoke run
+    python bench/recipes/imdb_positive.py --seeds 0,1,2   # one run per seed; hours on 2 CPU cores
+    python bench/recipes/imdb_positive.py --quick         # a small smoke run of every stage
+
+Prompts for SFT, reward models and evaluation are openings of positive reviews from disjoint
+parts of one shuffle per seed (the demonstrations' distribution); openings of negative
+reviews are evaluated apart. Reward models see positives and negatives of the same prompts;
+each reports, beside its held-out accuracy, the accuracy of a length-only (and EOS-only)
+classifier on the same split. Every pool records the share of samples cut at
+``max_new_tokens``.
 
 Data is read from ../shared/data/imdb_subset.csv and written, as prompt and demonstration
 files, into the run folder only. Results: bench/results/imdb-positive/.
@@ -25,103 +32,202 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
-from common import RESULTS, SHARED_DATA, machine  # noqa: E402
+from common import RESULTS, SHARED_DATA, aggregate, ci, machine, rm_figures, rm_table, seeds_arg  # noqa: E402
 
 INSTRUCTION = "Continue this movie review:\n\n"
+# Sample cap of every pool: long enough that most samples end with EOS (chosen on a validation
+# sample of positive-review openings, not on evaluation prompts; see the module docstring).
+NEW_TOKENS = 160
 
 
 def words(text: str) -> list[str]:
     return text.replace("<br />", " ").split()
 
 
-def make_data(folder: Path, n_demos: int, n_rm: int, n_eval: int, open_words: int, cont_words: int, seed: int = 0):
+def make_data(folder: Path, n_demos: int, n_rm: int, n_eval: int, open_words: int, cont_words: int, seed: int = 0,
+              n_eval_negative: int = 0) -> dict:
+    """The prompt files of one seed's split. Every prompt set is drawn from the same
+    distribution as the demonstrations' prompts, the openings of *positive* reviews, in
+    disjoint parts of one shuffle (``seed``): ``demos`` (SFT), ``rm_demos`` / ``rm_prompts``
+    (reward models: the demonstrations of init-demo / sft-demo and the prompts that the pools
+    of every reward model are sampled on, so positives and negatives share prompts),
+    ``eval_prompts`` and ``norm_demos`` (the human continuations of those very prompts, the
+    "demonstrations = 1" of the normalisation). ``eval_prompts_negative``: openings of
+    negative reviews, evaluated apart, so that results can be split by the opening's
+    sentiment. A continuation is at most ``cont_words`` words, cut back to its last sentence
+    end when one lies in the second half, so that demonstrations end where a sentence does."""
     with open(SHARED_DATA / "imdb_subset.csv", newline="") as f:
         reviews = [r for r in csv.DictReader(f) if len(words(r["review"])) >= open_words + cont_words]
     rng = random.Random(seed)
     rng.shuffle(reviews)
     positive = [r for r in reviews if r["sentiment"] == "positive"]
-    demos_src, rest = positive[:n_demos], reviews
-    used = {id(r) for r in demos_src}
-    others = [r for r in rest if id(r) not in used]
-    rm_src, eval_src = others[:n_rm], others[n_rm:n_rm + n_eval]
-    norm_src = [r for r in positive[n_demos:] if id(r) not in {id(x) for x in rm_src + eval_src}][:100]
+    negative = [r for r in reviews if r["sentiment"] == "negative"]
+    cuts = [n_demos, n_demos + n_rm, n_demos + n_rm + n_eval]
+    if cuts[-1] > len(positive) or n_eval_negative > len(negative):
+        raise SystemExit(f"imdb_subset.csv has {len(positive)} positive and {len(negative)} negative reviews long "
+                         f"enough; the split asks for {cuts[-1]} and {n_eval_negative}")
+    demos_src, rm_src, eval_src = positive[:cuts[0]], positive[cuts[0]:cuts[1]], positive[cuts[1]:cuts[2]]
 
     def prompt(r):
         return INSTRUCTION + " ".join(words(r["review"])[:open_words])
 
     def cont(r):
-        return " ".join(words(r["review"])[open_words:open_words + cont_words])
+        ws = words(r["review"])[open_words:open_words + cont_words]
+        ends = [i for i, w in enumerate(ws) if w.endswith((".", "!", "?")) and i + 1 >= cont_words // 2]
+        return " ".join(ws[: ends[-1] + 1] if ends else ws)
+
+    def demos(name, rows):
+        return [{"id": f"{name}-{i}", "prompt": prompt(r), "completion": cont(r)} for i, r in enumerate(rows)]
+
+    def prompts(name, rows):
+        return [{"id": f"{name}-{i}", "prompt": prompt(r)} for i, r in enumerate(rows)]
 
     folder.mkdir(parents=True, exist_ok=True)
     files = {}
-    for name, rows in [("demos", [{"id": f"demo-{i}", "prompt": prompt(r), "completion": cont(r)}
-                                  for i, r in enumerate(demos_src)]),
-                       ("norm_demos", [{"id": f"norm-{i}", "prompt": prompt(r), "completion": cont(r)}
-                                       for i, r in enumerate(norm_src)]),
-                       ("rm_prompts", [{"id": f"rm-{i}", "prompt": prompt(r)} for i, r in enumerate(rm_src)]),
-                       ("eval_prompts", [{"id": f"eval-{i}", "prompt": prompt(r)} for i, r in enumerate(eval_src)])]:
+    for name, rows in [("demos", demos("demo", demos_src)), ("rm_demos", demos("rm", rm_src)),
+                       ("rm_prompts", prompts("rm", rm_src)), ("eval_prompts", prompts("eval", eval_src)),
+                       ("norm_demos", demos("eval", eval_src)),
+                       ("eval_prompts_negative", prompts("evalneg", negative[:n_eval_negative]))]:
         path = folder / f"{name}.jsonl"
         path.write_text("".join(json.dumps(x) + "\n" for x in rows))
         files[name] = str(path)
     return files
 
 
-def pipeline(out: str, files: dict, k_eval: int, k_rm: int, new_tokens: int, sft_epochs: float) -> dict:
-    policy = "smollm2-135m-instruct"
-    pool = {"kind": "sample", "max_new_tokens": new_tokens, "max_prompt_length": 256}
-    rm = {"kind": "reward", "model": "minilm-l6", "epochs": 3, "lr": 5.0e-5, "batch_size": 16,
-          "eval_fraction": 0.15, "max_length": 256, "max_prompt_length": 128, "logging_steps": 5}
-    return {
-        "out": out, "seed": 0, "model": policy,
-        "stages": {
-            "sft": {"data": files["demos"], "epochs": sft_epochs, "lr": 5.0e-5, "batch_size": 8,
-                    "eval_fraction": 0.05, "max_length": 256, "max_prompt_length": 128, "logging_steps": 5},
-            "rm_pool_init": {**pool, "data": files["rm_prompts"], "num_samples": k_rm},
-            "rm_pool_sft": {**pool, "model": "@sft", "data": files["rm_prompts"], "num_samples": k_rm},
-            "rm_init_sft": {**rm, "variant": "init-sft", "init_pool": "@rm_pool_init", "sft_pool": "@rm_pool_sft"},
-            "rm_init_demo": {**rm, "variant": "init-demo", "init_pool": "@rm_pool_init", "data": files["demos"]},
-            "rm_sft_demo": {**rm, "variant": "sft-demo", "sft_pool": "@rm_pool_sft", "data": files["demos"]},
-            "sample_init": {**pool, "data": files["eval_prompts"], "num_samples": k_eval},
-            "sample_sft": {**pool, "model": "@sft", "data": files["eval_prompts"], "num_samples": k_eval},
-            "eval": {"golden": "vader", "pools": {"init": "@sample_init", "sft": "@sample_sft"},
-                     "proxies": {"init-sft": "@rm_init_sft", "init-demo": "@rm_init_demo",
-                                 "sft-demo": "@rm_sft_demo", "density-ratio": f"density-ratio:@sft,{policy}"},
-                     "demos": files["norm_demos"]},
-        },
+def pipeline(out: str, files: dict, s: dict, seed: int = 0) -> dict:
+    policy = s.get("policy", "smollm2-135m-instruct")
+    x = s.get("length_scale", 1)  # tiny-random's byte tokens: longer sequences
+    pool = {"kind": "sample", "max_new_tokens": s["new_tokens"], "max_prompt_length": 256 * x}
+    rm = {"kind": "reward", "model": s.get("rm_backbone", "minilm-l6"), "epochs": 3, "lr": 5.0e-5, "batch_size": 16,
+          "eval_fraction": 0.15, "max_length": 320 * x, "max_prompt_length": 128 * x, "logging_steps": 5,
+          **({"response_tokens": s["rm_response_tokens"]} if s.get("rm_response_tokens") else {})}
+    proxies = {"init-sft": "@rm_init_sft", "init-demo": "@rm_init_demo", "sft-demo": "@rm_sft_demo",
+               "density-ratio": f"density-ratio:@sft,{policy}"}
+    stages = {
+        "sft": {"data": files["demos"], "epochs": s["sft_epochs"], "lr": 5.0e-5, "batch_size": 8,
+                "eval_fraction": 0.05, "max_length": 256 * x, "max_prompt_length": 128 * x, "logging_steps": 5},
+        # every reward model's pools are on the rm prompts, whose human continuations are the
+        # positives of init-demo / sft-demo: positives and negatives share prompts
+        "rm_pool_init": {**pool, "data": files["rm_prompts"], "num_samples": s["k_rm"]},
+        "rm_pool_sft": {**pool, "model": "@sft", "data": files["rm_prompts"], "num_samples": s["k_rm"]},
+        "rm_init_sft": {**rm, "variant": "init-sft", "init_pool": "@rm_pool_init", "sft_pool": "@rm_pool_sft"},
+        "rm_init_demo": {**rm, "variant": "init-demo", "init_pool": "@rm_pool_init", "data": files["rm_demos"]},
+        "rm_sft_demo": {**rm, "variant": "sft-demo", "sft_pool": "@rm_pool_sft", "data": files["rm_demos"]},
+        "sample_init": {**pool, "data": files["eval_prompts"], "num_samples": s["k_eval"]},
+        "sample_sft": {**pool, "model": "@sft", "data": files["eval_prompts"], "num_samples": s["k_eval"]},
+        "eval": {"golden": "vader", "pools": {"init": "@sample_init", "sft": "@sample_sft"}, "proxies": proxies,
+                 "demos": files["norm_demos"]},
     }
+    if s.get("n_eval_negative"):  # openings of negative reviews, evaluated apart
+        stages.update({
+            "sample_init_neg": {**pool, "data": files["eval_prompts_negative"], "num_samples": s["k_eval"]},
+            "sample_sft_neg": {**pool, "model": "@sft", "data": files["eval_prompts_negative"],
+                               "num_samples": s["k_eval"]},
+            "eval_negative": {"kind": "eval", "golden": "vader", "pools": {"init": "@sample_init_neg",
+                                                                          "sft": "@sample_sft_neg"},
+                              "proxies": proxies}})
+    return {"out": out, "seed": seed, "model": policy, "stages": stages}
+
+
+RMS = ("rm_init_sft", "rm_init_demo", "rm_sft_demo")
+
+
+def eval_figures(ev: dict) -> dict:
+    """The figures of one eval stage that a recipe compares across seeds."""
+    return {"policies": {k: {f: v.get(f) for f in ("gold", "gold_ci95", "gap_closed", "kl_to_reference")}
+                         for k, v in ev["policies"].items()},
+            "bon": {k: {f: v.get(f) for f in ("n", "kl", "gold", "gap_closed", "win_rate")}
+                    for k, v in ev["bon"].items()}}
+
+
+def seed_figures(results: dict, s: dict) -> dict:
+    """One seed's figures: policies and Best-of-N by the opening's sentiment, reward models
+    with their controls, and the share of each pool's samples cut at max_new_tokens."""
+    out = {"positive_openings": eval_figures(results["eval"]),
+           "reward_models": {k: rm_figures(results[k]) for k in RMS if k in results},
+           "cut_at_max_new_tokens": {k: 1 - v["finished_by_eos"] for k, v in results.items()
+                                     if isinstance(v, dict) and "finished_by_eos" in v}}
+    if "eval_negative" in results:
+        out["negative_openings"] = eval_figures(results["eval_negative"])
+    return out
+
+
+def policy_table(agg: dict, title: str) -> list[str]:
+    pol, bon = agg["policies"], agg["bon"]
+    lines = [f"**{title}**", "", "| policy | golden reward (VADER) | gap closed (pi_0 → demos) |", "|---|---|---|"]
+    for name, p in pol.items():
+        lines.append(f"| {name} | {ci(p['gold'])} | {ci(p.get('gap_closed'))} |")
+    lines += ["", "| proxy | N | golden reward of BoN_N | win rate vs SFT samples |", "|---|---|---|---|"]
+    for name, b in bon.items():
+        ns = [x["mean"] if isinstance(x, dict) else x for x in b["n"]]
+        for i, n in enumerate(ns):
+            if n in (1, 4, ns[-1]):
+                win = b["win_rate"][i] if isinstance(b.get("win_rate"), list) else None
+                lines.append(f"| {name} | {int(n)} | {ci(b['gold'][i])} | {ci(win)} |")
+    return lines + [""]
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default="runs/imdb-positive")
-    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--quick", action="store_true", help="a small run of every stage (results not saved)")
+    ap.add_argument("--smoke", action="store_true", help="--quick with tiny-random as policy and reward backbone "
+                                                        "(seconds; checks the plumbing, not the method)")
+    ap.add_argument("--seeds", type=seeds_arg, default=[0], help="e.g. 0,1,2: one run per seed (data split, "
+                                                                  "sampling, training); mean and 95%% interval across")
+    ap.add_argument("--rm-response-tokens", type=int, default=None,
+                    help="reward models see at most N response tokens (afd reward's response_tokens): length "
+                         "matched by cutting every response alike; choose N on the reward models' held-out split")
+    ap.add_argument("--max-new-tokens", type=int, default=None, help="sample cap of every pool")
     args = ap.parse_args()
-    sizes = dict(n_demos=64, n_rm=16, n_eval=8, k_eval=8, k_rm=4, sft_epochs=1) if args.quick else \
-        dict(n_demos=300, n_rm=96, n_eval=32, k_eval=32, k_rm=4, sft_epochs=1)
-    files = make_data(Path(args.out) / "data", sizes["n_demos"], sizes["n_rm"], sizes["n_eval"], 24, 48)
+    s = dict(n_demos=32, n_rm=16, n_eval=4, n_eval_negative=4, k_eval=4, k_rm=1, sft_epochs=1, new_tokens=32) \
+        if args.quick or args.smoke else dict(n_demos=300, n_rm=384, n_eval=32, n_eval_negative=16, k_eval=32, k_rm=1,
+                                sft_epochs=1, new_tokens=NEW_TOKENS)
+    if args.smoke:
+        args.quick = True
+        s.update(policy="tiny-random", rm_backbone="tiny-random", length_scale=4)
+    if args.max_new_tokens:
+        s["new_tokens"] = args.max_new_tokens
+    if args.rm_response_tokens:
+        s["rm_response_tokens"] = args.rm_response_tokens
     from afd.pipeline import run
 
-    results = run(pipeline(args.out, files, sizes["k_eval"], sizes["k_rm"], 64, sizes["sft_epochs"]),
-                  report=lambda name, m: print(f"[{name}] done in {m.get('seconds', 0):.0f} s", flush=True))
-    ev = results["eval"]
-    rms = {name: results[name] for name in ("rm_init_sft", "rm_init_demo", "rm_sft_demo")}
-    lines = [f"# imdb-positive (smollm2-135m-instruct, golden judge VADER, "
-             f"{sizes['n_eval']} held-out prompts x {sizes['k_eval']} samples per policy)", "",
-             f"Machine: {machine()['cpu']}, {machine()['cores']} cores. SFT on {sizes['n_demos']} positive-review "
-             f"continuations; reward models on MiniLM-L6 from {sizes['n_rm']} prompts x {sizes['k_rm']} samples.", "",
-             "| reward model | held-out accuracy | AUC |", "|---|---|---|"]
-    for name, m in rms.items():
-        lines.append(f"| {m['variant']} | {m.get('eval_accuracy', float('nan')):.3f} | {m.get('eval_auc') or float('nan'):.3f} |")
-    lines += ["", (Path(args.out) / "eval" / "report.md").read_text()]
+    per_seed = []
+    for seed in args.seeds:
+        out = str(Path(args.out) / f"seed-{seed}")
+        files = make_data(Path(out) / "data", s["n_demos"], s["n_rm"], s["n_eval"], 24, 48, seed,
+                          s["n_eval_negative"])
+        results = run(pipeline(out, files, s, seed),
+                      report=lambda name, m: print(f"[seed {seed}: {name}] done in {m.get('seconds', 0):.0f} s",
+                                                   flush=True))
+        per_seed.append(seed_figures(results, s))
+    agg = aggregate(per_seed)
+    host = machine()
+    policy = s.get("policy", "smollm2-135m-instruct")
+    lines = [f"# imdb-positive ({policy}, golden judge VADER, seeds {args.seeds})", "",
+             f"Machine: {host['cpu']}, {host['cores']} cores. Per seed (data split, sampling, training): SFT on "
+             f"{s['n_demos']} positive-review continuations; reward models on MiniLM-L6 from {s['n_rm']} other "
+             f"positive-review openings x {s['k_rm']} sample(s), init-demo / sft-demo against those openings' "
+             f"human continuations; evaluation on {s['n_eval']} further positive-review openings (the "
+             f"demonstrations' distribution; demonstrations = 1 on their own continuations) and, apart, "
+             f"{s['n_eval_negative']} negative-review openings; {s['k_eval']} samples a prompt and policy, "
+             f"at most {s['new_tokens']} new tokens. Figures: mean [95% t interval] over seeds.", "",
+             *rm_table(agg["reward_models"], len(args.seeds)), "",
+             "Share of samples cut at max_new_tokens: " + ", ".join(
+                 f"{k} {ci(v, 2)}" for k, v in agg["cut_at_max_new_tokens"].items()), "",
+             *policy_table(agg["positive_openings"], "Openings of positive reviews (the demonstrations' prompts)")]
+    if "negative_openings" in agg:
+        lines += policy_table(agg["negative_openings"], "Openings of negative reviews")
     table = "\n".join(lines)
     print(table)
     if not args.quick:
         dest = RESULTS / "imdb-positive"
         dest.mkdir(parents=True, exist_ok=True)
         (dest / "results.md").write_text(table)
-        (dest / "metrics.json").write_text(json.dumps({"eval": ev, "reward_models": rms, "machine": machine()},
-                                                      indent=2))
-        for png in (Path(args.out) / "eval").glob("*.png"):
+        (dest / "metrics.json").write_text(json.dumps(
+            {"seeds": args.seeds, "setup": s, "reward_models": agg["reward_models"], "across_seeds": agg,
+             "per_seed": dict(zip(map(str, args.seeds), per_seed)), "machine": host}, indent=2))
+        for png in (Path(args.out) / f"seed-{args.seeds[0]}" / "eval").glob("*.png"):
             shutil.copy(png, dest / png.name)
         print("saved", dest)
 
