@@ -92,10 +92,13 @@ class AVAOptions:
     ava_weighting: str = opt("attention", "token weights w_t: attention (column means) or uniform (ablation)")
     ava_attention_layer: int = opt(-1, "layer whose attention gives w_t (python index; -1 = last)")
     ava_head_lr: float | None = opt(None, "learning rate of the new heads (default: lr, as the backbone)")
+    ava_score: str = opt("auto", "sequence reward that ranks responses: last (Eq. 18), weighted (sum of w_t mu_t), "
+                                 "total (Eq. 19) or auto (last for ava-p, weighted for ava-d)")
 
     def validate_ava(self) -> None:
         check_choice("ava_q_head", self.ava_q_head, ("pretrained", "new"))
         check_choice("ava_weighting", self.ava_weighting, ("attention", "uniform"))
+        check_choice("ava_score", self.ava_score, ("auto", "last", "weighted", "total"))
         if self.ava_beta <= 0 or self.ava_alpha <= 0:
             raise AfdError("options 'ava_alpha' and 'ava_beta' must be positive")
         if not 0 <= self.ava_gamma <= 1:
@@ -152,27 +155,52 @@ def _unwrap(model):
 
 
 def token_weights(attention: torch.Tensor | None, response: torch.Tensor) -> torch.Tensor:
-    """``w`` over the response block, rows summing to 1. ``attention``: (B, heads, T, T) of one
-    layer or None (uniform); ``response``: (B, T) bool. Zero outside the response."""
+    """Eq. 11, ``w`` aligned with the response tokens (B, T), zero elsewhere, summing to 1 over
+    each response. ``response``: (B, T) bool, the tokens ``y_j`` whose heads are read at position
+    ``j - 1``; ``attention``: (B, heads, T, T) of one layer (rows attend to columns), or None
+    (uniform, the no-weighting ablation). The weight of the heads' output at position p is the
+    mean of the attention rows of the response's head positions, ``(1/|P|) sum_(i in P) A[i, p]``
+    (a causal mask leaves row i only the columns p <= i; the mean still divides by |P|), then
+    normalised over the response (the paper's rows run over the whole sentence and so sum to 1;
+    restricted to the response they would sum to its share of attention)."""
     resp = response.float()
     if attention is None:
         w = resp
     else:
-        a = attention.float().mean(1)  # (B, T, T): rows attend to columns
-        t = a.shape[-1]
-        causal = torch.ones(t, t, device=a.device).tril()  # [i, j] = 1 for i >= j
-        valid = causal * resp[:, :, None] * resp[:, None, :]
-        w = (a * valid).sum(1) / valid.sum(1).clamp(min=1)  # column mean over valid rows
-        w = w * resp
+        heads_at = torch.cat([resp[:, 1:], torch.zeros_like(resp[:, :1])], 1)  # p = j - 1 for response tokens j
+        a = attention.float().mean(1)  # (B, T, T), averaged over attention heads
+        col = (a * heads_at[:, :, None]).sum(1) / heads_at.sum(1, keepdim=True).clamp(min=1)  # mean over rows i in P
+        col = col * heads_at
+        w = torch.cat([torch.zeros_like(col[:, :1]), col[:, :-1]], 1)  # head position p -> its token j = p + 1
     return w / w.sum(-1, keepdim=True).clamp(min=1e-12)
+
+
+def step_terms(q: torch.Tensor, log_b: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, response: torch.Tensor,
+               gamma: float) -> dict[str, torch.Tensor]:
+    """The per-token terms of Eq. 5-7 from the heads' outputs, all (B, T) aligned with the
+    response tokens ``y_j`` (each read at position ``j - 1``, the state ``y_<j``): ``q`` Q(y_<j,
+    y_j), ``log_b`` log B(y_j | y_<j), ``mean``/``std`` of q_phi(R | y_<=j). A token is a TD step
+    (``step``) when the response goes on after it: Eq. 5 runs t = 1 .. |y| - 2, so the last
+    token has no transition out of it, and its likelihood, prior and TD terms are not summed."""
+    resp = response
+    step = resp & torch.cat([resp[:, 1:], torch.zeros_like(resp[:, :1])], 1)
+    mask = step.float()
+    q_next = torch.cat([q[:, 1:], torch.zeros_like(q[:, :1])], 1)
+    td = (q - gamma * q_next) * mask  # Eq. 7: delta_t = Q(y_1:t, y_t+1) - gamma Q(y_1:t+1, y_t+2)
+    std = torch.where(resp, std, torch.ones_like(std))
+    mean = mean * resp.float()
+    kl = (0.5 * (mean ** 2 + std ** 2 - 1) - std.log()) * mask  # KL(N(mu, s^2) || N(0, 1)), Eq. 6
+    log_n = (-0.5 * math.log(2 * math.pi) - std.log() - 0.5 * ((td - mean) / std) ** 2) * mask  # log q_phi(delta_t)
+    return {"logB": log_b * mask, "Q": q * resp.float(), "td": td, "mean": mean, "std": std, "kl": kl,
+            "logN": log_n, "step": step, "response": resp}
 
 
 def token_terms(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, response: torch.Tensor,
                 opts: AVAOptions) -> dict[str, torch.Tensor]:
-    """Per-token quantities, each (B, T), aligned with ``input_ids`` (position j is token y_j;
-    zero outside the response): ``logB`` log B(y_j | y_<j), ``Q`` Q(y_<j, y_j), ``td`` Q(y_<j, y_j)
-    - gamma Q(y_<=j, y_j+1), ``mean``/``std`` of q_phi(R_j), ``kl`` KL(q_phi || N(0,1)), ``logN``
-    log N(td; mean, std^2), and the weights ``w``."""
+    """Per-token quantities (:func:`step_terms` and the weights ``w``), each (B, T), aligned
+    with ``input_ids``: position j is the response token y_j, the heads' outputs for it are read
+    from the hidden state before it, h_(j-1) (Eq. 8-9: Q(y_1:t, .) and [mu_t, sigma_t] from the
+    same h_t); zero outside the response."""
     lm = _unwrap(model)
     heads = lm.ava_heads
     weighted = opts.ava_weighting == "attention"
@@ -183,9 +211,9 @@ def token_terms(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, re
     resp = response.clone()
     resp[:, 0] = False  # the first token has no state before it
     rows, cols = resp.nonzero(as_tuple=True)
-    before = hidden[rows, cols - 1]
+    before = hidden[rows, cols - 1]  # h_t for the action y_t+1
     targets = input_ids[rows, cols].unsqueeze(-1)
-    if heads.q is None:
+    if heads.q is None:  # Eq. 12: Q(y_1:t, .) = log softmax(alpha * pi(. | y_1:t))
         logits = lm.get_output_embeddings()(before).float()
         cap = getattr(lm.config, "final_logit_softcapping", None)
         if cap:
@@ -193,39 +221,51 @@ def token_terms(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, re
         q_all = (opts.ava_alpha * logits.softmax(-1)).log_softmax(-1)
     else:
         q_all = heads.q(before.to(heads.q.weight.dtype)).float()
-    mask = resp.float()
-    log_b = torch.zeros_like(mask).index_put((rows, cols), (opts.ava_beta * q_all).log_softmax(-1).gather(-1, targets)
-                                             .squeeze(-1))
-    q = torch.zeros_like(mask).index_put((rows, cols), q_all.gather(-1, targets).squeeze(-1))
-    pad = torch.zeros_like(q[:, :1])
-    q_next = torch.cat([q[:, 1:], pad], 1) * torch.cat([mask[:, 1:], pad], 1)  # 0 after the last token
-    td = (q - opts.ava_gamma * q_next) * mask
-    mean, std = heads.mean_std(hidden)
-    mean, std = mean * mask, torch.where(resp, std, torch.ones_like(std))
-    kl = (0.5 * (mean ** 2 + std ** 2 - 1) - std.log()) * mask
-    log_n = (-0.5 * math.log(2 * math.pi) - std.log() - 0.5 * ((td - mean) / std) ** 2) * mask
+    zeros = torch.zeros(resp.shape, device=hidden.device)
+    log_b = zeros.index_put((rows, cols), (opts.ava_beta * q_all).log_softmax(-1).gather(-1, targets).squeeze(-1))
+    q = zeros.index_put((rows, cols), q_all.gather(-1, targets).squeeze(-1))
+    mu, s = heads.mean_std(before)  # Eq. 9: [mu_t, sigma_t] = RHead(h_t)
+    mean, std = zeros.index_put((rows, cols), mu), torch.ones_like(zeros).index_put((rows, cols), s)
     attention = out.attentions[opts.ava_attention_layer] if weighted else None
-    return {"logB": log_b, "Q": q, "td": td, "mean": mean, "std": std, "kl": kl, "logN": log_n,
-            "w": token_weights(attention, resp)}
+    return {**step_terms(q, log_b, mean, std, resp, opts.ava_gamma), "w": token_weights(attention, resp)}
+
+
+def last_reward(t: dict[str, torch.Tensor]) -> torch.Tensor:
+    """E_q[R(y_1:|y|)] = mu of each response's last token (B,): the reward of Eq. 18."""
+    resp = t["response"]
+    last = resp.shape[1] - 1 - resp.flip(-1).float().argmax(-1)
+    return t["mean"].gather(1, last[:, None]).squeeze(1)
 
 
 def sequence_terms(t: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Weighted sums over each response, (B,): w is a constant in the per-token terms and
-    carries gradient in the sequence reward (see the module docstring)."""
+    """Per response (B,): the weighted sums of Eq. 5's terms over its TD steps (``likelihood``,
+    ``kl``, ``td``), and three sequence rewards: ``last`` (Eq. 18, the last token's expected
+    reward), ``weighted`` (sum over the TD steps of w_t mu_t, Eq. 10-11) and ``total`` (Eq. 19,
+    the plain sum of every token's expected reward)."""
     w = t["w"].detach()
+    step = t["step"].float()
     return {"likelihood": (w * t["logB"]).sum(-1), "kl": (w * t["kl"]).sum(-1), "td": (w * t["logN"]).sum(-1),
-            "reward": (t["w"] * t["mean"]).sum(-1)}
+            "last": last_reward(t), "weighted": (w * step * t["mean"]).sum(-1), "total": t["mean"].sum(-1)}
 
 
 def ava_loss(s: dict[str, torch.Tensor], objective: str, opts: AVAOptions) -> torch.Tensor:
     """Minus the objective (mean over responses or pairs). For AVA-p, ``s`` holds the chosen
     rows then the rejected rows."""
-    if objective == "ava-d":
+    if objective == "ava-d":  # Eq. 5
         return -(s["likelihood"] - s["kl"] + opts.ava_lambda * s["td"]).mean()
     c, r = ({k: v.chunk(2)[i] for k, v in s.items()} for i in (0, 1))
     objective_ = (c["likelihood"] - r["likelihood"] - (c["kl"] + r["kl"]) + opts.ava_lambda * (c["td"] + r["td"])
-                  + opts.ava_contrastive * nn.functional.logsigmoid(c["reward"] - r["reward"]))
+                  + opts.ava_contrastive * nn.functional.logsigmoid(c["last"] - r["last"]))  # Eq. 17-18
     return -objective_.mean()
+
+
+def score_key(objective: str, opts: AVAOptions) -> str:
+    """Which sequence reward ranks responses (Best-of-N, pair accuracy): ``ava_score``, where
+    ``auto`` is the reward the objective trains to rank: AVA-p's last-step reward (Eq. 18);
+    AVA-d has no ranking term and its last token has no TD step, so ``weighted``."""
+    if opts.ava_score != "auto":
+        return opts.ava_score
+    return "last" if objective == "ava-p" else "weighted"
 
 
 # ---------------------------------------------------------------------------------------
@@ -395,7 +435,8 @@ def train(cfg, stage: StageDir, objective: str) -> tuple[dict, object, object]:
 
 @torch.no_grad()
 def held_out(model, tok, rows: list[dict], objective: str, opts) -> dict:
-    """Mean objective terms on the held-out rows; for AVA-p also the pair accuracy of R."""
+    """Mean objective terms on the held-out rows; for AVA-p also the pair accuracy of its
+    ranking reward (ties half)."""
     if not rows:
         return {}
     collate = AVACollator(tok.pad_token_id)
@@ -406,14 +447,13 @@ def held_out(model, tok, rows: list[dict], objective: str, opts) -> dict:
         terms = sequence_terms(token_terms(model, batch["input_ids"], batch["attention_mask"], batch["response"], opts))
         for k, v in terms.items():
             sums.setdefault(k, []).extend(v.float().cpu().tolist())
+    means = {f"eval_{k}": sum(v) / len(v) for k, v in sums.items()}
     if objective == "ava-d":
-        return {f"eval_{k}": sum(v) / len(v) for k, v in sums.items()}
-    n = len(sums["reward"]) // 2
-    chosen, rejected = sums["reward"][:n], sums["reward"][n:]
-    from afd.reward import pair_accuracy
-
-    return {"eval_pair_accuracy": pair_accuracy(chosen, rejected),
-            **{f"eval_{k}": sum(v) / len(v) for k, v in sums.items()}}
+        return means
+    scores = sums[score_key(objective, opts)]
+    n = len(scores) // 2
+    right = sum(1.0 if c > r else 0.5 if c == r else 0.0 for c, r in zip(scores[:n], scores[n:]))
+    return {"eval_pair_accuracy": right / n, **means}
 
 
 # ---------------------------------------------------------------------------------------
@@ -422,8 +462,9 @@ def held_out(model, tok, rows: list[dict], objective: str, opts) -> dict:
 
 @dataclass
 class TokenRewards:
-    """One response's per-token rewards: ``tokens`` (strings), ``ids``, ``mean`` and ``std`` of
-    q_phi(R_j), ``weight`` w_j (sums to 1), and ``reward`` = sum_j w_j * mean_j."""
+    """One response's per-token view: ``tokens`` (strings), ``ids``, ``mean`` and ``std`` of
+    q_phi(R | y_<=j) for each token (read at the state before it), ``weight`` w_j (Eq. 11, sums to
+    1), and ``reward``, the sequence reward that ranks responses (see :func:`score_key`)."""
 
     tokens: list[str]
     ids: list[int]
@@ -434,25 +475,28 @@ class TokenRewards:
 
 
 class AVARewardModel:
-    """A trained AVA model as a reward::
+    """A trained AVA model as a reward (the reward-model interface of :mod:`afd.scorers`)::
 
         rm = AVARewardModel.from_pretrained("runs/x/reward/model")
-        rm.score(prompts, responses)               # sequence rewards, one float each
+        rm.score(prompts, responses)               # sequence rewards that rank responses
+        rm.dense_rewards(prompts, responses)       # per-token rewards E_q[R] for RL (Eq. 19)
         rm.token_rewards(prompts, responses)       # per-token mean, std, weight (TokenRewards)
 
     Prompts are message lists, responses text (tokenised as in training, EOS included) or
     token ids (scored exactly as given)."""
 
-    def __init__(self, model, tokenizer, opts: AVAOptions, template: str = "auto", max_length: int = 4096):
+    def __init__(self, model, tokenizer, opts: AVAOptions, template: str = "auto", max_length: int = 4096,
+                 objective: str = "ava-d", batch_size: int = 16):
         self.model, self.tokenizer, self.opts = model.eval(), tokenizer, opts
-        self.template, self.max_length = template, max_length
+        self.template, self.max_length, self.objective, self.batch_size = template, max_length, objective, batch_size
 
     @staticmethod
     def is_ava(path: str) -> bool:
         return (Path(path) / CONFIG_FILE).is_file()
 
     @classmethod
-    def from_pretrained(cls, path: str, device: str = "auto", dtype: str = "auto", template: str | None = None):
+    def from_pretrained(cls, path: str, device: str = "auto", dtype: str = "auto", template: str | None = None,
+                        batch_size: int = 16):
         from safetensors.torch import load_file
 
         folder = Path(path)
@@ -464,10 +508,12 @@ class AVARewardModel:
         heads = attach(model, opts)
         heads.load_state_dict(load_file(str(folder / HEADS_FILE)))
         heads.to(dtype=next(model.parameters()).dtype)
-        return cls(model, tok, opts, template or saved.get("template", "auto"))
+        return cls(model, tok, opts, template or saved.get("template", "auto"), objective=saved.get("objective", "ava-d"),
+                   batch_size=batch_size)
 
     @torch.no_grad()
-    def token_rewards(self, prompts: list[list[dict]], responses: list, batch_size: int = 16) -> list[TokenRewards]:
+    def token_rewards(self, prompts: list[list[dict]], responses: list, batch_size: int | None = None
+                      ) -> list[TokenRewards]:
         cfg = _EncodeOptions(self.template, self.max_length)
         rows = [encode(self.tokenizer, p, r, cfg) for p, r in zip(prompts, responses)]
         collate = AVACollator(self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None
@@ -475,11 +521,13 @@ class AVARewardModel:
         device = next(self.model.parameters()).device
         order = sorted(range(len(rows)), key=lambda i: len(rows[i]["input_ids"]))
         out: list[TokenRewards | None] = [None] * len(rows)
-        for s in range(0, len(order), batch_size):
-            idx = order[s:s + batch_size]
+        size = batch_size or self.batch_size
+        key = score_key(self.objective, self.opts)
+        for s in range(0, len(order), size):
+            idx = order[s:s + size]
             batch = {k: v.to(device) for k, v in collate.pad([rows[i] for i in idx]).items()}
             t = token_terms(self.model, batch["input_ids"], batch["attention_mask"], batch["response"], self.opts)
-            reward = sequence_terms(t)["reward"].tolist()
+            reward = sequence_terms(t)[key].tolist()
             for b, i in enumerate(idx):
                 start, n = rows[i]["start"], len(rows[i]["input_ids"])
                 ids = rows[i]["input_ids"][start:n]
@@ -488,8 +536,14 @@ class AVARewardModel:
                                       t["w"][b, start:n].tolist(), reward[b])
         return out  # type: ignore[return-value]
 
-    def score(self, prompts: list[list[dict]], responses: list, batch_size: int = 16) -> list[float]:
-        return [t.reward for t in self.token_rewards(prompts, responses, batch_size)]
+    def score(self, prompts: list[list[dict]], responses: list) -> list[float]:
+        """Sequence rewards that rank responses (Best-of-N, evaluation, pair accuracy)."""
+        return [t.reward for t in self.token_rewards(prompts, responses)]
+
+    def dense_rewards(self, prompts: list[list[dict]], responses: list) -> list[list[float]]:
+        """Per-token rewards for RL, E_q[R(y_1:t+1)] = mu_t for every response token (Eq. 19: RL
+        maximises their plain sum)."""
+        return [t.mean for t in self.token_rewards(prompts, responses)]
 
 
 @dataclass
