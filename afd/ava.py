@@ -2,61 +2,101 @@
 
 Cai et al., 2024, "Approximated Variational Bayesian Inverse Reinforcement Learning for Large
 Language Model Alignment" (arXiv 2411.09341), adapting AVRIL (Chan & van der Schaar, 2021).
+What afd implements, equation by equation, with the paper's t (the sentence y_1..y_|y| is
+prompt then response; afd's sums run over the response, as METHODS §3 asks):
 
-**The TQR model.** A causal-LM backbone with, at every position, a Q-function over the
-vocabulary and a Gaussian reward head. For the response token ``y_j`` (action) taken in the
-state ``y_<j`` (prompt and the response so far):
+**Eq. 8-10, the TQR model.** A causal-LM backbone; both heads read the same hidden state h_t
+(the last layer, after the final norm), which has seen y_1:t:
 
-    Q(y_<j, a)      = log softmax(alpha * softmax(logits_(j-1)))[a]   (ava_q_head: pretrained;
-                      the backbone's own LM head; ``new`` is a fresh linear head, the ablation)
-    B(y_j | y_<j)   = softmax(beta * Q(y_<j, .))[y_j]                 Boltzmann policy of Q
-    q_phi(R_j)      = N(mu_j, s_j^2), (mu_j, log-ish s_j) = linear(h_j) the reward of y_j given
-                      y_<=j, read from the hidden state at y_j itself
+    Q(y_1:t, .)          = QHead(h_t)                                  (Eq. 8)
+    [mu_t, sigma_t]      = RHead(h_t),  q_phi(R(y_1:t+1)) = N(mu_t, sigma_t^2)   (Eq. 9)
 
-**Weights.** ``w_j`` is the column mean of the attention probabilities of layer
-``ava_attention_layer`` (default the last, nearest the heads, as in Preference Transformer whose
-weights come from its final attention layer), averaged over heads, over the response block:
-``w_j = mean_{i in response, i >= j} A[i, j]`` (the mean over the entries a causal mask leaves,
-so late tokens are not penalised for having fewer rows), then normalised to sum to 1 over the
-response. ``ava_weighting: uniform`` (``w_j = 1/|y|``) is the paper's no-weighting ablation.
+RHead is ``linear(h_t) -> (mu, softplus(.) + 1e-4)``, one scalar pair per position: the reward
+of the token y_t+1 is predicted from the state before it (a token's own id cannot change its
+reward; the last token's reward sees the whole response but that token, which is EOS).
+QHead (``ava_q_head``) is ``pretrained`` by default, Eq. 12:
+``Q(y_1:t, a) = log softmax(alpha * pi(. | y_1:t))[a]`` with ``pi`` the LM's own next-token
+distribution; ``new`` is a fresh linear head (the paper's "w/o ptq" ablation).
 
-**AVA-d** (demonstrations), per response, maximised (METHODS §3):
+**Eq. 11, weights.** ``w_t = (1/|P|) sum_(i in P) A[i, t]``: the mean of the attention rows of
+the head positions P (the states h_t before the response tokens), of the layer
+``ava_attention_layer`` (the paper does not say which; afd takes the last, nearest the heads, as
+Preference Transformer takes its final attention layer), averaged over attention heads. Under
+the causal mask an early position is attended by more rows, so it weighs more. The paper's rows
+run over the whole sentence and sum to 1; restricted to the response they sum to the share of
+attention the response gives itself, so afd normalises w to sum to 1 over the response (the
+ratios are the paper's). ``ava_weighting: uniform`` (``w_t = 1/|y|``) is "w/o rwt".
+The paper "multiplies the output of the t-th position of the heads by w_t"; afd reads this as
+weighting each position's terms of the objective by w_t (a constant there: the backbone cannot
+lower the loss by moving attention onto easy tokens) and the weighted reward below.
 
-    sum_j w_j [ log B(y_j | y_<j)                                      likelihood of the demo
-               - KL( N(mu_j, s_j^2) || N(0, 1) )                       reward prior
-               + lambda * log N( Q(y_<j, y_j) - gamma * Q(y_<=j, y_j+1) ; mu_j, s_j^2 ) ]  TD
+**Eq. 5-7, AVA-d** (demonstrations), per response, maximised:
 
-with ``Q(., y_j+1) = 0`` after the last token (a terminal state). **AVA-p** (pairs) adds the
-likelihood of the chosen response and subtracts that of the rejected one, keeps the prior and
-TD terms of both, and adds ``ava_contrastive * log sigma(R(chosen) - R(rejected))`` on the
-sequence rewards ``R(y) = sum_j w_j mu_j``. ``w_j`` is a constant in the per-token terms (the
-backbone cannot lower the loss by moving attention onto easy tokens) and is learnt through the
-contrastive term, as Preference Transformer learns its weights from preferences.
+    sum_(t = 1 .. |y|-2)  w_t [ log B(y_t+1 | y_1:t)                          (Eq. 5, likelihood)
+                               - KL( N(mu_t, sigma_t^2) || N(0, 1) )           (Eq. 6, reward prior)
+                               + lambda * log N(delta_t ; mu_t, sigma_t^2) ]    (TD constraint)
+    delta_t = Q(y_1:t, y_t+1) - gamma * Q(y_1:t+1, y_t+2)                      (Eq. 7)
 
-**Defaults, and why** (the paper gives none): ``alpha = 1`` keeps Q within [-1 - log V, 1 - log V]
-so TD differences lie in [-1, 1], the scale of the N(0, 1) reward prior; ``beta = 10`` makes
-``B`` sharper than uniform over a large vocabulary (``B`` is ``softmax(alpha*beta*p)``); ``gamma
-= 1`` (undiscounted, as in token-level RLHF, so the weighted rewards telescope to Q's values);
-``lambda = 1`` and ``ava_contrastive = 1`` weigh the terms equally. Ablations: ``ava_lambda 0``
-(no IRL/TD term), ``ava_contrastive 0``, ``ava_weighting uniform``, ``ava_q_head new``.
+The sum stops one token before the end: there is no transition out of the last token (no
+terminal Q = 0), so the last token contributes no likelihood, prior or TD term. (afd used to add
+a terminal step with Q = 0; its target was Q_T, about -log V (-10.6 on SmolLM2) against targets
+in [-1, 1] elsewhere, which made the sequence reward a function of 1/length.)
 
-**A property of these defaults worth knowing.** With ``gamma = 1`` and ``Q = 0`` after the last
-token the TD targets telescope: ``sum_j (Q_j - Q_(j+1)) = Q_1``, the first token's Q, which the
-pretrained head puts near ``-log V`` (-10.8 for a 49k vocabulary) for every response. So the
-more closely the means fit their TD targets, the more a uniformly weighted sequence reward
-``sum_j mu_j / |y|`` is ``-log V / |y|``: a preference for longer responses that only the
-attention weights and AVA-p's contrastive term work against. afd's reward metrics report
-``prefers_longer`` so that this shows (``bench/recipes/hh_ava.py``).
+**Eq. 3 / 13, the likelihood term.** ``B(a | y_1:t) = softmax(beta * Q(y_1:t, .))[a]``, the
+Boltzmann policy of Eq. 3, so ``log B`` is the log-likelihood of a distribution. With the
+pretrained Q this is ``log softmax(alpha * beta * pi)[y_t+1]``: alpha and beta act on it only
+through their product. The paper's Eq. 13 writes the term as ``beta * log softmax(alpha * pi)
+[y_t+1] = beta * Q``, which is Eq. 3 without B's normaliser ``log sum_a exp(beta Q(., a))``; afd
+keeps Eq. 3 (the same term in AVA-d, AVA-p and direct optimisation, and the one AVRIL derives).
+Its strength: B can never exceed ``e^(alpha beta) / (e^(alpha beta) + V - 1)`` (0.31 at
+alpha beta = 10 and V = 49k; 0.9 needs alpha beta >= log(9 (V - 1)) = 13.0); its gradient in
+the demonstration's probability is ``alpha beta (1 - B)``, never the ``1 / pi`` of SFT's NLL.
+alpha alone sets the TD targets' scale: ``delta_t ~ alpha (pi(y_t+1) - gamma pi(y_t+2))``.
 
-**Uses.** (a) a reward model: ``afd reward --variant ava-d|ava-p``; its sequence reward serves
-Best-of-N and pair ranking, and :class:`AVARewardModel` gives per-token means, standard
-deviations and weights. (b) dense rewards for RL: ``afd rl --dense-rewards`` and ``afd irl
---reward-variant ava-p --dense-rewards`` give each token ``w_j * mu_j``. (c) direct
-optimisation: ``afd ava`` trains the policy itself with the objective and saves the LM.
+**Eq. 17-18, AVA-p** (pairs): the prior and TD terms of the chosen and the rejected response,
+``+`` the chosen likelihood ``-`` the rejected one, and the contrastive expected return
+``ava_contrastive * log sigma(E_q[R | y+] - E_q[R | y-])`` on the reward of the last time step,
+``E_q[R(y_1:|y|)] = mu_(|y|-1)`` (Eq. 18, "we only consider the reward of the last timestep").
+That reward is the last token's, which has no TD or prior term: in AVA-p only the contrastive
+term trains it.
+
+**Sequence rewards.** :func:`sequence_terms` gives three: ``last`` (Eq. 18), ``weighted``
+(``sum_t w_t mu_t`` over the TD steps, Eq. 10-11) and ``total`` (Eq. 19). What ranks responses
+(Best-of-N, evaluation, pair accuracy) is ``ava_score``; ``auto`` takes the reward the
+objective trains: ``last`` for AVA-p (the paper ranks by the reward its contrastive term
+trains), ``weighted`` for AVA-d, whose last-step reward no term of Eq. 5 trains.
+
+**Eq. 19, RL.** ``J = E_y~pi [ sum_(t=1..|y|-1) E_q[R(y_1:t+1)] ]``: RL takes the per-token
+rewards ``mu_t`` (:meth:`AVARewardModel.dense_rewards`) and, as a sequence reward, their plain
+sum (``afd rl`` with an AVA reward model; ``--dense-rewards`` credits each token by its
+reward-to-go).
+
+**Defaults, and why** (the paper gives none): ``alpha = 1`` keeps TD targets in [-1, 1], the
+scale of the N(0, 1) reward prior (sd 0.44 on HH replies under SmolLM2; alpha = 2: 0.89, 4: 1.8);
+``beta = 20``, so that alpha beta = 20 lets B approach 1 (ceiling 0.9999) and B's mean on HH
+chosen replies is 0.24 against the LM's own mean pi(y) 0.30 and mean log B is highest
+(-6.8; alpha beta = 10: mean B 0.03, ceiling 0.31, mean log B -8.0, near uniform's -10.8; 40:
+0.34, -8.1) (``python bench/ava_alpha_sweep.py --scales``); ``gamma = 1`` (undiscounted, as token-level
+RLHF is; without a terminal step the targets telescope to ``Q_first - Q_last``, in [-1, 1]
+whatever the length); ``lambda = 1`` and ``ava_contrastive = 1`` weigh the terms equally.
+Ablations: ``ava_lambda 0`` ("w/o irl"), ``ava_contrastive 0`` ("w/o cer"), ``ava_weighting
+uniform`` ("w/o rwt"), ``ava_q_head new`` ("w/o ptq").
+
+**Where afd still departs from the paper, and why.** (1) The sums run over the response only
+(METHODS §3), not the prompt. (2) w is normalised over the response (above). (3) The objective
+is a w-weighted mean over tokens where Eq. 5 is a sum; w carries no gradient. (4) Eq. 3's
+likelihood, not Eq. 13's (above). (5) The reward head is one Gaussian per position, not one per
+vocabulary entry as AVRIL's discrete-action encoder would have it.
+
+**Uses.** (a) a reward model: ``afd reward --variant ava-d|ava-p``; :class:`AVARewardModel`
+implements the reward-model interface of :mod:`afd.scorers` (``score``, ``dense_rewards``) and
+gives per-token means, standard deviations and weights. (b) dense rewards for RL: ``afd rl
+--dense-rewards`` and ``afd irl --reward-variant ava-p --dense-rewards``. (c) direct
+optimisation: ``afd ava`` trains the policy itself with the objective and saves the LM (as the
+last token has no likelihood term, the demonstrations' EOS is not trained).
 
 A saved AVA model is a plain causal-LM folder (``save_pretrained``; loadable as a policy by any
-tool) plus ``ava_heads.safetensors`` and ``ava.json``. It is not an
-``AutoModelForSequenceClassification``: its sequence reward is an attention-weighted sum.
+tool) plus ``ava_heads.safetensors`` and ``ava.json``.
 """
 
 from __future__ import annotations
@@ -84,7 +124,7 @@ class AVAOptions:
     """The objective's options, shared by ``afd ava``, ``afd reward --variant ava-*`` and ``afd irl``."""
 
     ava_alpha: float = opt(1.0, "alpha of the pretrained Q head, Q = log softmax(alpha * softmax(logits))")
-    ava_beta: float = opt(10.0, "beta, inverse temperature of the Boltzmann policy softmax(beta * Q)")
+    ava_beta: float = opt(20.0, "beta, inverse temperature of the Boltzmann policy softmax(beta * Q)")
     ava_gamma: float = opt(1.0, "gamma, discount of the TD term Q(s, a) - gamma * Q(s', a')")
     ava_lambda: float = opt(1.0, "lambda, weight of the TD (IRL) term; 0 is the no-IRL ablation")
     ava_contrastive: float = opt(1.0, "weight of AVA-p's contrastive term on sequence rewards; 0 is its ablation")
