@@ -42,7 +42,7 @@ class RewardModel(Protocol):
 
 
 def load_reward(path: str, device: str = "auto", dtype: str = "auto", batch_size: int = 16,
-                      template: str = "auto") -> RewardModel:
+                template: str = "auto") -> RewardModel:
     """A reward-model folder (or hub id) as a :class:`RewardModel`: an AVA model when the folder
     holds AVA heads, else a sequence classifier."""
     from afd.ava import AVARewardModel

@@ -144,7 +144,7 @@ def main() -> None:
     ap.add_argument("--model", default="smollm2-135m-instruct")
     ap.add_argument("--variant", default="ava-p", choices=("ava-p", "ava-d"))
     ap.add_argument("--alphas", default="0.5,1,2,4", type=lambda s: [float(x) for x in s.split(",")])
-    ap.add_argument("--beta", type=float, default=10.0)
+    ap.add_argument("--beta", type=float, default=20.0)
     ap.add_argument("--seeds", default="0,1,2", type=lambda s: [int(x) for x in s.split(",")])
     ap.add_argument("--n-train", type=int, default=96, help="training pairs fitted on")
     ap.add_argument("--n-val", type=int, default=64, help="training pairs held out for validation")

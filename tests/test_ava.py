@@ -430,3 +430,36 @@ def test_heads_learn_at_their_own_rate(tmp_path):
     assert all(torch.allclose(before[k], after[k], atol=1e-8) for k in before)
     heads = load_file(str(tmp_path / "run" / "ava" / "model" / "ava_heads.safetensors"))
     assert (heads["reward.bias"] - torch.tensor([0.0, math.log(math.e - 1)])).abs().max() > 1e-3
+
+
+def test_a_classifier_and_an_ava_model_share_one_interface(tmp_path, tiny):
+    """load_reward gives either kind; both score, only AVA has per-token rewards, and RL takes a
+    classifier's score as is (Eq. 19's sum is for per-token rewards)."""
+    from transformers import AutoModelForSequenceClassification
+
+    from afd import models
+    from afd.ava import AVARewardModel, save
+    from afd.reward import ClassifierReward
+    from afd.scorers import load_reward, make_scorer, rl_scorer
+
+    clf = AutoModelForSequenceClassification.from_pretrained(models.resolve("tiny-random"), num_labels=1)
+    clf.config.pad_token_id = tiny[1].pad_token_id
+    clf.save_pretrained(tmp_path / "clf")
+    tiny[1].save_pretrained(tmp_path / "clf")
+    opts = _opts()
+    save(_model_with_heads(tiny, opts), tiny[1], tmp_path / "ava", opts, "ava-d")
+    prompts, responses = [[{"role": "user", "content": "Say cat"}]] * 2, ["cat!", "a moon"]
+    c, a = load_reward(str(tmp_path / "clf"), "cpu"), load_reward(str(tmp_path / "ava"), "cpu")
+    assert isinstance(c, ClassifierReward) and isinstance(a, AVARewardModel)
+    assert c.dense_rewards is None and len(a.dense_rewards(prompts, responses)[0]) == len(
+        a.token_rewards(prompts, responses)[0].ids)
+    for folder, rm in ((tmp_path / "clf", c), (tmp_path / "ava", a)):
+        assert make_scorer(str(folder), device="cpu")(prompts, responses) == pytest.approx(
+            rm.score(prompts, responses), abs=1e-5)
+    assert rl_scorer(str(tmp_path / "clf"), device="cpu")(prompts, responses) == pytest.approx(
+        c.score(prompts, responses), abs=1e-5)
+    assert rl_scorer(str(tmp_path / "ava"), device="cpu")(prompts, responses) == pytest.approx(
+        [sum(r) for r in a.dense_rewards(prompts, responses)], abs=1e-5)
+    assert a.score(prompts, responses) == pytest.approx(  # AVA-d ranks by sum_t w_t mu_t over its TD steps
+        [sum(w * m for w, m in zip(t.weight[:-1], t.mean[:-1])) for t in a.token_rewards(prompts, responses)],
+        abs=1e-5)
