@@ -13,7 +13,7 @@ prompt then response; afd's sums run over the response, as METHODS §3 asks):
 
 RHead is ``linear(h_t) -> (mu, softplus(.) + 1e-4)``, one scalar pair per position: the reward
 of the token y_t+1 is predicted from the state before it (a token's own id cannot change its
-reward; the last token's reward sees the whole response but that token, which is EOS).
+reward; the last token's reward sees the whole response but that token, usually EOS).
 QHead (``ava_q_head``) is ``pretrained`` by default, Eq. 12:
 ``Q(y_1:t, a) = log softmax(alpha * pi(. | y_1:t))[a]`` with ``pi`` the LM's own next-token
 distribution; ``new`` is a fresh linear head (the paper's "w/o ptq" ablation).
