@@ -2,61 +2,101 @@
 
 Cai et al., 2024, "Approximated Variational Bayesian Inverse Reinforcement Learning for Large
 Language Model Alignment" (arXiv 2411.09341), adapting AVRIL (Chan & van der Schaar, 2021).
+What afd implements, equation by equation, with the paper's t (the sentence y_1..y_|y| is
+prompt then response; afd's sums run over the response, as METHODS §3 asks):
 
-**The TQR model.** A causal-LM backbone with, at every position, a Q-function over the
-vocabulary and a Gaussian reward head. For the response token ``y_j`` (action) taken in the
-state ``y_<j`` (prompt and the response so far):
+**Eq. 8-10, the TQR model.** A causal-LM backbone; both heads read the same hidden state h_t
+(the last layer, after the final norm), which has seen y_1:t:
 
-    Q(y_<j, a)      = log softmax(alpha * softmax(logits_(j-1)))[a]   (ava_q_head: pretrained;
-                      the backbone's own LM head; ``new`` is a fresh linear head, the ablation)
-    B(y_j | y_<j)   = softmax(beta * Q(y_<j, .))[y_j]                 Boltzmann policy of Q
-    q_phi(R_j)      = N(mu_j, s_j^2), (mu_j, log-ish s_j) = linear(h_j) the reward of y_j given
-                      y_<=j, read from the hidden state at y_j itself
+    Q(y_1:t, .)          = QHead(h_t)                                  (Eq. 8)
+    [mu_t, sigma_t]      = RHead(h_t),  q_phi(R(y_1:t+1)) = N(mu_t, sigma_t^2)   (Eq. 9)
 
-**Weights.** ``w_j`` is the column mean of the attention probabilities of layer
-``ava_attention_layer`` (default the last, nearest the heads, as in Preference Transformer whose
-weights come from its final attention layer), averaged over heads, over the response block:
-``w_j = mean_{i in response, i >= j} A[i, j]`` (the mean over the entries a causal mask leaves,
-so late tokens are not penalised for having fewer rows), then normalised to sum to 1 over the
-response. ``ava_weighting: uniform`` (``w_j = 1/|y|``) is the paper's no-weighting ablation.
+RHead is ``linear(h_t) -> (mu, softplus(.) + 1e-4)``, one scalar pair per position: the reward
+of the token y_t+1 is predicted from the state before it (a token's own id cannot change its
+reward; the last token's reward sees the whole response but that token, usually EOS).
+QHead (``ava_q_head``) is ``pretrained`` by default, Eq. 12:
+``Q(y_1:t, a) = log softmax(alpha * pi(. | y_1:t))[a]`` with ``pi`` the LM's own next-token
+distribution; ``new`` is a fresh linear head (the paper's "w/o ptq" ablation).
 
-**AVA-d** (demonstrations), per response, maximised (METHODS §3):
+**Eq. 11, weights.** ``w_t = (1/|P|) sum_(i in P) A[i, t]``: the mean of the attention rows of
+the head positions P (the states h_t before the response tokens), of the layer
+``ava_attention_layer`` (the paper does not say which; afd takes the last, nearest the heads, as
+Preference Transformer takes its final attention layer), averaged over attention heads. Under
+the causal mask an early position is attended by more rows, so it weighs more. The paper's rows
+run over the whole sentence and sum to 1; restricted to the response they sum to the share of
+attention the response gives itself, so afd normalises w to sum to 1 over the response (the
+ratios are the paper's). ``ava_weighting: uniform`` (``w_t = 1/|y|``) is "w/o rwt".
+The paper "multiplies the output of the t-th position of the heads by w_t"; afd reads this as
+weighting each position's terms of the objective by w_t (a constant there: the backbone cannot
+lower the loss by moving attention onto easy tokens) and the weighted reward below.
 
-    sum_j w_j [ log B(y_j | y_<j)                                      likelihood of the demo
-               - KL( N(mu_j, s_j^2) || N(0, 1) )                       reward prior
-               + lambda * log N( Q(y_<j, y_j) - gamma * Q(y_<=j, y_j+1) ; mu_j, s_j^2 ) ]  TD
+**Eq. 5-7, AVA-d** (demonstrations), per response, maximised:
 
-with ``Q(., y_j+1) = 0`` after the last token (a terminal state). **AVA-p** (pairs) adds the
-likelihood of the chosen response and subtracts that of the rejected one, keeps the prior and
-TD terms of both, and adds ``ava_contrastive * log sigma(R(chosen) - R(rejected))`` on the
-sequence rewards ``R(y) = sum_j w_j mu_j``. ``w_j`` is a constant in the per-token terms (the
-backbone cannot lower the loss by moving attention onto easy tokens) and is learnt through the
-contrastive term, as Preference Transformer learns its weights from preferences.
+    sum_(t = 1 .. |y|-2)  w_t [ log B(y_t+1 | y_1:t)                          (Eq. 5, likelihood)
+                               - KL( N(mu_t, sigma_t^2) || N(0, 1) )           (Eq. 6, reward prior)
+                               + lambda * log N(delta_t ; mu_t, sigma_t^2) ]    (TD constraint)
+    delta_t = Q(y_1:t, y_t+1) - gamma * Q(y_1:t+1, y_t+2)                      (Eq. 7)
 
-**Defaults, and why** (the paper gives none): ``alpha = 1`` keeps Q within [-1 - log V, 1 - log V]
-so TD differences lie in [-1, 1], the scale of the N(0, 1) reward prior; ``beta = 10`` makes
-``B`` sharper than uniform over a large vocabulary (``B`` is ``softmax(alpha*beta*p)``); ``gamma
-= 1`` (undiscounted, as in token-level RLHF, so the weighted rewards telescope to Q's values);
-``lambda = 1`` and ``ava_contrastive = 1`` weigh the terms equally. Ablations: ``ava_lambda 0``
-(no IRL/TD term), ``ava_contrastive 0``, ``ava_weighting uniform``, ``ava_q_head new``.
+The sum stops one token before the end: there is no transition out of the last token (no
+terminal Q = 0), so the last token contributes no likelihood, prior or TD term. (afd used to add
+a terminal step with Q = 0; its target was Q_T, about -log V (-10.6 on SmolLM2) against targets
+in [-1, 1] elsewhere, which made the sequence reward a function of 1/length.)
 
-**A property of these defaults worth knowing.** With ``gamma = 1`` and ``Q = 0`` after the last
-token the TD targets telescope: ``sum_j (Q_j - Q_(j+1)) = Q_1``, the first token's Q, which the
-pretrained head puts near ``-log V`` (-10.8 for a 49k vocabulary) for every response. So the
-more closely the means fit their TD targets, the more a uniformly weighted sequence reward
-``sum_j mu_j / |y|`` is ``-log V / |y|``: a preference for longer responses that only the
-attention weights and AVA-p's contrastive term work against. afd's reward metrics report
-``prefers_longer`` so that this shows (``bench/recipes/hh_ava.py``).
+**Eq. 3 / 13, the likelihood term.** ``B(a | y_1:t) = softmax(beta * Q(y_1:t, .))[a]``, the
+Boltzmann policy of Eq. 3, so ``log B`` is the log-likelihood of a distribution. With the
+pretrained Q this is ``log softmax(alpha * beta * pi)[y_t+1]``: alpha and beta act on it only
+through their product. The paper's Eq. 13 writes the term as ``beta * log softmax(alpha * pi)
+[y_t+1] = beta * Q``, which is Eq. 3 without B's normaliser ``log sum_a exp(beta Q(., a))``; afd
+keeps Eq. 3 (the same term in AVA-d, AVA-p and direct optimisation, and the one AVRIL derives).
+Its strength: B can never exceed ``e^(alpha beta) / (e^(alpha beta) + V - 1)`` (0.31 at
+alpha beta = 10 and V = 49k; 0.9 needs alpha beta >= log(9 (V - 1)) = 13.0); its gradient in
+the demonstration's probability is ``alpha beta (1 - B)``, never the ``1 / pi`` of SFT's NLL.
+alpha alone sets the TD targets' scale: ``delta_t ~ alpha (pi(y_t+1) - gamma pi(y_t+2))``.
 
-**Uses.** (a) a reward model: ``afd reward --variant ava-d|ava-p``; its sequence reward serves
-Best-of-N and pair ranking, and :class:`AVARewardModel` gives per-token means, standard
-deviations and weights. (b) dense rewards for RL: ``afd rl --dense-rewards`` and ``afd irl
---reward-variant ava-p --dense-rewards`` give each token ``w_j * mu_j``. (c) direct
-optimisation: ``afd ava`` trains the policy itself with the objective and saves the LM.
+**Eq. 17-18, AVA-p** (pairs): the prior and TD terms of the chosen and the rejected response,
+``+`` the chosen likelihood ``-`` the rejected one, and the contrastive expected return
+``ava_contrastive * log sigma(E_q[R | y+] - E_q[R | y-])`` on the reward of the last time step,
+``E_q[R(y_1:|y|)] = mu_(|y|-1)`` (Eq. 18, "we only consider the reward of the last timestep").
+That reward is the last token's, which has no TD or prior term: in AVA-p only the contrastive
+term trains it.
+
+**Sequence rewards.** :func:`sequence_terms` gives three: ``last`` (Eq. 18), ``weighted``
+(``sum_t w_t mu_t`` over the TD steps, Eq. 10-11) and ``total`` (Eq. 19). What ranks responses
+(Best-of-N, evaluation, pair accuracy) is ``ava_score``; ``auto`` takes the reward the
+objective trains: ``last`` for AVA-p (the paper ranks by the reward its contrastive term
+trains), ``weighted`` for AVA-d, whose last-step reward no term of Eq. 5 trains.
+
+**Eq. 19, RL.** ``J = E_y~pi [ sum_(t=1..|y|-1) E_q[R(y_1:t+1)] ]``: RL takes the per-token
+rewards ``mu_t`` (:meth:`AVARewardModel.dense_rewards`) and, as a sequence reward, their plain
+sum (``afd rl`` with an AVA reward model; ``--dense-rewards`` credits each token by its
+reward-to-go).
+
+**Defaults, and why** (the paper gives none): ``alpha = 1`` keeps TD targets in [-1, 1], the
+scale of the N(0, 1) reward prior (sd 0.44 on HH replies under SmolLM2; alpha = 2: 0.89, 4: 1.8);
+``beta = 20``, so that alpha beta = 20 lets B approach 1 (ceiling 0.9999) and B's mean on HH
+chosen replies is 0.24 against the LM's own mean pi(y) 0.30 and mean log B is highest
+(-6.8; alpha beta = 10: mean B 0.03, ceiling 0.31, mean log B -8.0, near uniform's -10.8; 40:
+0.34, -8.1) (``python bench/ava_alpha_sweep.py --scales``); ``gamma = 1`` (undiscounted, as token-level
+RLHF is; without a terminal step the targets telescope to ``Q_first - Q_last``, in [-1, 1]
+whatever the length); ``lambda = 1`` and ``ava_contrastive = 1`` weigh the terms equally.
+Ablations: ``ava_lambda 0`` ("w/o irl"), ``ava_contrastive 0`` ("w/o cer"), ``ava_weighting
+uniform`` ("w/o rwt"), ``ava_q_head new`` ("w/o ptq").
+
+**Where afd still departs from the paper, and why.** (1) The sums run over the response only
+(METHODS §3), not the prompt. (2) w is normalised over the response (above). (3) The objective
+is a w-weighted mean over tokens where Eq. 5 is a sum; w carries no gradient. (4) Eq. 3's
+likelihood, not Eq. 13's (above). (5) The reward head is one Gaussian per position, not one per
+vocabulary entry as AVRIL's discrete-action encoder would have it.
+
+**Uses.** (a) a reward model: ``afd reward --variant ava-d|ava-p``; :class:`AVARewardModel`
+implements the reward-model interface of :mod:`afd.scorers` (``score``, ``dense_rewards``) and
+gives per-token means, standard deviations and weights. (b) dense rewards for RL: ``afd rl
+--dense-rewards`` and ``afd irl --reward-variant ava-p --dense-rewards``. (c) direct
+optimisation: ``afd ava`` trains the policy itself with the objective and saves the LM (as the
+last token has no likelihood term, the demonstrations' EOS is not trained).
 
 A saved AVA model is a plain causal-LM folder (``save_pretrained``; loadable as a policy by any
-tool) plus ``ava_heads.safetensors`` and ``ava.json``. It is not an
-``AutoModelForSequenceClassification``: its sequence reward is an attention-weighted sum.
+tool) plus ``ava_heads.safetensors`` and ``ava.json``.
 """
 
 from __future__ import annotations
@@ -84,7 +124,7 @@ class AVAOptions:
     """The objective's options, shared by ``afd ava``, ``afd reward --variant ava-*`` and ``afd irl``."""
 
     ava_alpha: float = opt(1.0, "alpha of the pretrained Q head, Q = log softmax(alpha * softmax(logits))")
-    ava_beta: float = opt(10.0, "beta, inverse temperature of the Boltzmann policy softmax(beta * Q)")
+    ava_beta: float = opt(20.0, "beta, inverse temperature of the Boltzmann policy softmax(beta * Q)")
     ava_gamma: float = opt(1.0, "gamma, discount of the TD term Q(s, a) - gamma * Q(s', a')")
     ava_lambda: float = opt(1.0, "lambda, weight of the TD (IRL) term; 0 is the no-IRL ablation")
     ava_contrastive: float = opt(1.0, "weight of AVA-p's contrastive term on sequence rewards; 0 is its ablation")
@@ -92,10 +132,13 @@ class AVAOptions:
     ava_weighting: str = opt("attention", "token weights w_t: attention (column means) or uniform (ablation)")
     ava_attention_layer: int = opt(-1, "layer whose attention gives w_t (python index; -1 = last)")
     ava_head_lr: float | None = opt(None, "learning rate of the new heads (default: lr, as the backbone)")
+    ava_score: str = opt("auto", "sequence reward that ranks responses: last (Eq. 18), weighted (sum of w_t mu_t), "
+                                 "total (Eq. 19) or auto (last for ava-p, weighted for ava-d)")
 
     def validate_ava(self) -> None:
         check_choice("ava_q_head", self.ava_q_head, ("pretrained", "new"))
         check_choice("ava_weighting", self.ava_weighting, ("attention", "uniform"))
+        check_choice("ava_score", self.ava_score, ("auto", "last", "weighted", "total"))
         if self.ava_beta <= 0 or self.ava_alpha <= 0:
             raise AfdError("options 'ava_alpha' and 'ava_beta' must be positive")
         if not 0 <= self.ava_gamma <= 1:
@@ -152,27 +195,52 @@ def _unwrap(model):
 
 
 def token_weights(attention: torch.Tensor | None, response: torch.Tensor) -> torch.Tensor:
-    """``w`` over the response block, rows summing to 1. ``attention``: (B, heads, T, T) of one
-    layer or None (uniform); ``response``: (B, T) bool. Zero outside the response."""
+    """Eq. 11, ``w`` aligned with the response tokens (B, T), zero elsewhere, summing to 1 over
+    each response. ``response``: (B, T) bool, the tokens ``y_j`` whose heads are read at position
+    ``j - 1``; ``attention``: (B, heads, T, T) of one layer (rows attend to columns), or None
+    (uniform, the no-weighting ablation). The weight of the heads' output at position p is the
+    mean of the attention rows of the response's head positions, ``(1/|P|) sum_(i in P) A[i, p]``
+    (a causal mask leaves row i only the columns p <= i; the mean still divides by |P|), then
+    normalised over the response (the paper's rows run over the whole sentence and so sum to 1;
+    restricted to the response they would sum to its share of attention)."""
     resp = response.float()
     if attention is None:
         w = resp
     else:
-        a = attention.float().mean(1)  # (B, T, T): rows attend to columns
-        t = a.shape[-1]
-        causal = torch.ones(t, t, device=a.device).tril()  # [i, j] = 1 for i >= j
-        valid = causal * resp[:, :, None] * resp[:, None, :]
-        w = (a * valid).sum(1) / valid.sum(1).clamp(min=1)  # column mean over valid rows
-        w = w * resp
+        heads_at = torch.cat([resp[:, 1:], torch.zeros_like(resp[:, :1])], 1)  # p = j - 1 for response tokens j
+        a = attention.float().mean(1)  # (B, T, T), averaged over attention heads
+        col = (a * heads_at[:, :, None]).sum(1) / heads_at.sum(1, keepdim=True).clamp(min=1)  # mean over rows i in P
+        col = col * heads_at
+        w = torch.cat([torch.zeros_like(col[:, :1]), col[:, :-1]], 1)  # head position p -> its token j = p + 1
     return w / w.sum(-1, keepdim=True).clamp(min=1e-12)
+
+
+def step_terms(q: torch.Tensor, log_b: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, response: torch.Tensor,
+               gamma: float) -> dict[str, torch.Tensor]:
+    """The per-token terms of Eq. 5-7 from the heads' outputs, all (B, T) aligned with the
+    response tokens ``y_j`` (each read at position ``j - 1``, the state ``y_<j``): ``q`` Q(y_<j,
+    y_j), ``log_b`` log B(y_j | y_<j), ``mean``/``std`` of q_phi(R | y_<=j). A token is a TD step
+    (``step``) when the response goes on after it: Eq. 5 runs t = 1 .. |y| - 2, so the last
+    token has no transition out of it, and its likelihood, prior and TD terms are not summed."""
+    resp = response
+    step = resp & torch.cat([resp[:, 1:], torch.zeros_like(resp[:, :1])], 1)
+    mask = step.float()
+    q_next = torch.cat([q[:, 1:], torch.zeros_like(q[:, :1])], 1)
+    td = (q - gamma * q_next) * mask  # Eq. 7: delta_t = Q(y_1:t, y_t+1) - gamma Q(y_1:t+1, y_t+2)
+    std = torch.where(resp, std, torch.ones_like(std))
+    mean = mean * resp.float()
+    kl = (0.5 * (mean ** 2 + std ** 2 - 1) - std.log()) * mask  # KL(N(mu, s^2) || N(0, 1)), Eq. 6
+    log_n = (-0.5 * math.log(2 * math.pi) - std.log() - 0.5 * ((td - mean) / std) ** 2) * mask  # log q_phi(delta_t)
+    return {"logB": log_b * mask, "Q": q * resp.float(), "td": td, "mean": mean, "std": std, "kl": kl,
+            "logN": log_n, "step": step, "response": resp}
 
 
 def token_terms(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, response: torch.Tensor,
                 opts: AVAOptions) -> dict[str, torch.Tensor]:
-    """Per-token quantities, each (B, T), aligned with ``input_ids`` (position j is token y_j;
-    zero outside the response): ``logB`` log B(y_j | y_<j), ``Q`` Q(y_<j, y_j), ``td`` Q(y_<j, y_j)
-    - gamma Q(y_<=j, y_j+1), ``mean``/``std`` of q_phi(R_j), ``kl`` KL(q_phi || N(0,1)), ``logN``
-    log N(td; mean, std^2), and the weights ``w``."""
+    """Per-token quantities (:func:`step_terms` and the weights ``w``), each (B, T), aligned
+    with ``input_ids``: position j is the response token y_j, the heads' outputs for it are read
+    from the hidden state before it, h_(j-1) (Eq. 8-9: Q(y_1:t, .) and [mu_t, sigma_t] from the
+    same h_t); zero outside the response."""
     lm = _unwrap(model)
     heads = lm.ava_heads
     weighted = opts.ava_weighting == "attention"
@@ -183,9 +251,9 @@ def token_terms(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, re
     resp = response.clone()
     resp[:, 0] = False  # the first token has no state before it
     rows, cols = resp.nonzero(as_tuple=True)
-    before = hidden[rows, cols - 1]
+    before = hidden[rows, cols - 1]  # h_t for the action y_t+1
     targets = input_ids[rows, cols].unsqueeze(-1)
-    if heads.q is None:
+    if heads.q is None:  # Eq. 12: Q(y_1:t, .) = log softmax(alpha * pi(. | y_1:t))
         logits = lm.get_output_embeddings()(before).float()
         cap = getattr(lm.config, "final_logit_softcapping", None)
         if cap:
@@ -193,39 +261,51 @@ def token_terms(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, re
         q_all = (opts.ava_alpha * logits.softmax(-1)).log_softmax(-1)
     else:
         q_all = heads.q(before.to(heads.q.weight.dtype)).float()
-    mask = resp.float()
-    log_b = torch.zeros_like(mask).index_put((rows, cols), (opts.ava_beta * q_all).log_softmax(-1).gather(-1, targets)
-                                             .squeeze(-1))
-    q = torch.zeros_like(mask).index_put((rows, cols), q_all.gather(-1, targets).squeeze(-1))
-    pad = torch.zeros_like(q[:, :1])
-    q_next = torch.cat([q[:, 1:], pad], 1) * torch.cat([mask[:, 1:], pad], 1)  # 0 after the last token
-    td = (q - opts.ava_gamma * q_next) * mask
-    mean, std = heads.mean_std(hidden)
-    mean, std = mean * mask, torch.where(resp, std, torch.ones_like(std))
-    kl = (0.5 * (mean ** 2 + std ** 2 - 1) - std.log()) * mask
-    log_n = (-0.5 * math.log(2 * math.pi) - std.log() - 0.5 * ((td - mean) / std) ** 2) * mask
+    zeros = torch.zeros(resp.shape, device=hidden.device)
+    log_b = zeros.index_put((rows, cols), (opts.ava_beta * q_all).log_softmax(-1).gather(-1, targets).squeeze(-1))
+    q = zeros.index_put((rows, cols), q_all.gather(-1, targets).squeeze(-1))
+    mu, s = heads.mean_std(before)  # Eq. 9: [mu_t, sigma_t] = RHead(h_t)
+    mean, std = zeros.index_put((rows, cols), mu), torch.ones_like(zeros).index_put((rows, cols), s)
     attention = out.attentions[opts.ava_attention_layer] if weighted else None
-    return {"logB": log_b, "Q": q, "td": td, "mean": mean, "std": std, "kl": kl, "logN": log_n,
-            "w": token_weights(attention, resp)}
+    return {**step_terms(q, log_b, mean, std, resp, opts.ava_gamma), "w": token_weights(attention, resp)}
+
+
+def last_reward(t: dict[str, torch.Tensor]) -> torch.Tensor:
+    """E_q[R(y_1:|y|)] = mu of each response's last token (B,): the reward of Eq. 18."""
+    resp = t["response"]
+    last = resp.shape[1] - 1 - resp.flip(-1).float().argmax(-1)
+    return t["mean"].gather(1, last[:, None]).squeeze(1)
 
 
 def sequence_terms(t: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Weighted sums over each response, (B,): w is a constant in the per-token terms and
-    carries gradient in the sequence reward (see the module docstring)."""
+    """Per response (B,): the weighted sums of Eq. 5's terms over its TD steps (``likelihood``,
+    ``kl``, ``td``), and three sequence rewards: ``last`` (Eq. 18, the last token's expected
+    reward), ``weighted`` (sum over the TD steps of w_t mu_t, Eq. 10-11) and ``total`` (Eq. 19,
+    the plain sum of every token's expected reward)."""
     w = t["w"].detach()
+    step = t["step"].float()
     return {"likelihood": (w * t["logB"]).sum(-1), "kl": (w * t["kl"]).sum(-1), "td": (w * t["logN"]).sum(-1),
-            "reward": (t["w"] * t["mean"]).sum(-1)}
+            "last": last_reward(t), "weighted": (w * step * t["mean"]).sum(-1), "total": t["mean"].sum(-1)}
 
 
 def ava_loss(s: dict[str, torch.Tensor], objective: str, opts: AVAOptions) -> torch.Tensor:
     """Minus the objective (mean over responses or pairs). For AVA-p, ``s`` holds the chosen
     rows then the rejected rows."""
-    if objective == "ava-d":
+    if objective == "ava-d":  # Eq. 5
         return -(s["likelihood"] - s["kl"] + opts.ava_lambda * s["td"]).mean()
     c, r = ({k: v.chunk(2)[i] for k, v in s.items()} for i in (0, 1))
     objective_ = (c["likelihood"] - r["likelihood"] - (c["kl"] + r["kl"]) + opts.ava_lambda * (c["td"] + r["td"])
-                  + opts.ava_contrastive * nn.functional.logsigmoid(c["reward"] - r["reward"]))
+                  + opts.ava_contrastive * nn.functional.logsigmoid(c["last"] - r["last"]))  # Eq. 17-18
     return -objective_.mean()
+
+
+def score_key(objective: str, opts: AVAOptions) -> str:
+    """Which sequence reward ranks responses (Best-of-N, pair accuracy): ``ava_score``, where
+    ``auto`` is the reward the objective trains to rank: AVA-p's last-step reward (Eq. 18);
+    AVA-d has no ranking term and its last token has no TD step, so ``weighted``."""
+    if opts.ava_score != "auto":
+        return opts.ava_score
+    return "last" if objective == "ava-p" else "weighted"
 
 
 # ---------------------------------------------------------------------------------------
@@ -402,7 +482,8 @@ def train(cfg, stage: StageDir, objective: str) -> tuple[dict, object, object]:
 
 @torch.no_grad()
 def held_out(model, tok, rows: list[dict], objective: str, opts) -> dict:
-    """Mean objective terms on the held-out rows; for AVA-p also the pair accuracy of R."""
+    """Mean objective terms on the held-out rows; for AVA-p also the pair accuracy of its
+    ranking reward (ties half)."""
     if not rows:
         return {}
     collate = AVACollator(tok.pad_token_id)
@@ -413,14 +494,13 @@ def held_out(model, tok, rows: list[dict], objective: str, opts) -> dict:
         terms = sequence_terms(token_terms(model, batch["input_ids"], batch["attention_mask"], batch["response"], opts))
         for k, v in terms.items():
             sums.setdefault(k, []).extend(v.float().cpu().tolist())
+    means = {f"eval_{k}": sum(v) / len(v) for k, v in sums.items()}
     if objective == "ava-d":
-        return {f"eval_{k}": sum(v) / len(v) for k, v in sums.items()}
-    n = len(sums["reward"]) // 2
-    chosen, rejected = sums["reward"][:n], sums["reward"][n:]
-    from afd.reward import pair_accuracy
-
-    return {"eval_pair_accuracy": pair_accuracy(chosen, rejected),
-            **{f"eval_{k}": sum(v) / len(v) for k, v in sums.items()}}
+        return means
+    scores = sums[score_key(objective, opts)]
+    n = len(scores) // 2
+    right = sum(1.0 if c > r else 0.5 if c == r else 0.0 for c, r in zip(scores[:n], scores[n:]))
+    return {"eval_pair_accuracy": right / n, **means}
 
 
 # ---------------------------------------------------------------------------------------
@@ -429,8 +509,9 @@ def held_out(model, tok, rows: list[dict], objective: str, opts) -> dict:
 
 @dataclass
 class TokenRewards:
-    """One response's per-token rewards: ``tokens`` (strings), ``ids``, ``mean`` and ``std`` of
-    q_phi(R_j), ``weight`` w_j (sums to 1), and ``reward`` = sum_j w_j * mean_j."""
+    """One response's per-token view: ``tokens`` (strings), ``ids``, ``mean`` and ``std`` of
+    q_phi(R | y_<=j) for each token (read at the state before it), ``weight`` w_j (Eq. 11, sums to
+    1), and ``reward``, the sequence reward that ranks responses (see :func:`score_key`)."""
 
     tokens: list[str]
     ids: list[int]
@@ -441,25 +522,28 @@ class TokenRewards:
 
 
 class AVARewardModel:
-    """A trained AVA model as a reward::
+    """A trained AVA model as a reward (the reward-model interface of :mod:`afd.scorers`)::
 
         rm = AVARewardModel.from_pretrained("runs/x/reward/model")
-        rm.score(prompts, responses)               # sequence rewards, one float each
+        rm.score(prompts, responses)               # sequence rewards that rank responses
+        rm.dense_rewards(prompts, responses)       # per-token rewards E_q[R] for RL (Eq. 19)
         rm.token_rewards(prompts, responses)       # per-token mean, std, weight (TokenRewards)
 
     Prompts are message lists, responses text (tokenised as in training, EOS included) or
     token ids (scored exactly as given)."""
 
-    def __init__(self, model, tokenizer, opts: AVAOptions, template: str = "auto", max_length: int = 4096):
+    def __init__(self, model, tokenizer, opts: AVAOptions, template: str = "auto", max_length: int = 4096,
+                 objective: str = "ava-d", batch_size: int = 16):
         self.model, self.tokenizer, self.opts = model.eval(), tokenizer, opts
-        self.template, self.max_length = template, max_length
+        self.template, self.max_length, self.objective, self.batch_size = template, max_length, objective, batch_size
 
     @staticmethod
     def is_ava(path: str) -> bool:
         return (Path(path) / CONFIG_FILE).is_file()
 
     @classmethod
-    def from_pretrained(cls, path: str, device: str = "auto", dtype: str = "auto", template: str | None = None):
+    def from_pretrained(cls, path: str, device: str = "auto", dtype: str = "auto", template: str | None = None,
+                        batch_size: int = 16):
         from safetensors.torch import load_file
 
         folder = Path(path)
@@ -471,10 +555,12 @@ class AVARewardModel:
         heads = attach(model, opts)
         heads.load_state_dict(load_file(str(folder / HEADS_FILE)))
         heads.to(dtype=next(model.parameters()).dtype)
-        return cls(model, tok, opts, template or saved.get("template", "auto"))
+        return cls(model, tok, opts, template or saved.get("template", "auto"), objective=saved.get("objective", "ava-d"),
+                   batch_size=batch_size)
 
     @torch.no_grad()
-    def token_rewards(self, prompts: list[list[dict]], responses: list, batch_size: int = 16) -> list[TokenRewards]:
+    def token_rewards(self, prompts: list[list[dict]], responses: list, batch_size: int | None = None
+                      ) -> list[TokenRewards]:
         cfg = _EncodeOptions(self.template, self.max_length)
         rows = [encode(self.tokenizer, p, r, cfg) for p, r in zip(prompts, responses)]
         collate = AVACollator(self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None
@@ -482,11 +568,13 @@ class AVARewardModel:
         device = next(self.model.parameters()).device
         order = sorted(range(len(rows)), key=lambda i: len(rows[i]["input_ids"]))
         out: list[TokenRewards | None] = [None] * len(rows)
-        for s in range(0, len(order), batch_size):
-            idx = order[s:s + batch_size]
+        size = batch_size or self.batch_size
+        key = score_key(self.objective, self.opts)
+        for s in range(0, len(order), size):
+            idx = order[s:s + size]
             batch = {k: v.to(device) for k, v in collate.pad([rows[i] for i in idx]).items()}
             t = token_terms(self.model, batch["input_ids"], batch["attention_mask"], batch["response"], self.opts)
-            reward = sequence_terms(t)["reward"].tolist()
+            reward = sequence_terms(t)[key].tolist()
             for b, i in enumerate(idx):
                 start, n = rows[i]["start"], len(rows[i]["input_ids"])
                 ids = rows[i]["input_ids"][start:n]
@@ -495,8 +583,14 @@ class AVARewardModel:
                                       t["w"][b, start:n].tolist(), reward[b])
         return out  # type: ignore[return-value]
 
-    def score(self, prompts: list[list[dict]], responses: list, batch_size: int = 16) -> list[float]:
-        return [t.reward for t in self.token_rewards(prompts, responses, batch_size)]
+    def score(self, prompts: list[list[dict]], responses: list) -> list[float]:
+        """Sequence rewards that rank responses (Best-of-N, evaluation, pair accuracy)."""
+        return [t.reward for t in self.token_rewards(prompts, responses)]
+
+    def dense_rewards(self, prompts: list[list[dict]], responses: list) -> list[list[float]]:
+        """Per-token rewards for RL, E_q[R(y_1:t+1)] = mu_t for every response token (Eq. 19: RL
+        maximises their plain sum)."""
+        return [t.mean for t in self.token_rewards(prompts, responses)]
 
 
 @dataclass

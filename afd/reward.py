@@ -253,6 +253,26 @@ def score_texts(model, tokenizer, prompts: list[list[dict]], responses: list[str
     return out
 
 
+class ClassifierReward:
+    """A sequence classifier as a reward (the reward-model interface of :mod:`afd.scorers`):
+    ``score`` gives its logit; it has no per-token rewards (``dense_rewards`` is None)."""
+
+    dense_rewards = None
+
+    def __init__(self, model, tokenizer, template: str = "auto", batch_size: int = 16, max_length: int | None = None):
+        self.model, self.tokenizer = model, tokenizer
+        self.template, self.batch_size, self.max_length = template, batch_size, max_length
+
+    @classmethod
+    def from_pretrained(cls, path: str, device: str = "auto", dtype: str = "auto", template: str = "auto",
+                        batch_size: int = 16):
+        return cls(*load_reward_model(path, device, dtype), template, batch_size)
+
+    def score(self, prompts: list[list[dict]], responses: list[str]) -> list[float]:
+        return score_texts(self.model, self.tokenizer, prompts, responses, self.template, self.batch_size,
+                           self.max_length)
+
+
 def auc(scores: list[float], labels: list[float]) -> float | None:
     """Area under the ROC curve = P(score of a positive > score of a negative), ties half."""
     pos = [s for s, l in zip(scores, labels) if l > 0.5]
@@ -333,8 +353,8 @@ def reward(cfg: RewardConfig) -> dict:
         metrics, model, tok = ava.train(cfg, stage, cfg.variant)
         metrics["variant"] = cfg.variant
         if cfg.eval_pairs:
-            rm = ava.AVARewardModel(model, tok, cfg, cfg.template, cfg.max_length)
-            metrics.update(preference_metrics(lambda p, r: rm.score(p, r, cfg.batch_size), cfg))
+            rm = ava.AVARewardModel(model, tok, cfg, cfg.template, cfg.max_length, cfg.variant, cfg.batch_size)
+            metrics.update(preference_metrics(rm.score, cfg))
         return stage.finish(metrics)
     items = examples(cfg)
     train, held = split_groups(items, cfg.eval_fraction, cfg.seed)
@@ -397,7 +417,7 @@ def reward(cfg: RewardConfig) -> dict:
                                                                      cfg.response_tokens)), cfg.seed))
     if cfg.eval_pairs:
         metrics.update(preference_metrics(
-            lambda p, r: score_texts(trained, tok, p, r, cfg.template, cfg.batch_size, cfg.max_length), cfg))
+            ClassifierReward(trained, tok, cfg.template, cfg.batch_size, cfg.max_length).score, cfg))
     # rank 0 writes the scored model (LoRA already merged)
     dist.save_trained(trainer, tok, stage.path / "model", lambda _, t, folder: save_model(trained, t, folder))
     if dist.is_main():

@@ -26,8 +26,11 @@ reward model sees the prompt rendered exactly as it was trained on. The referenc
 starting policy unless ``ref_model`` names another one (the iterated loops keep the SFT policy
 as the reference while the policy moves).
 
-**Dense rewards** (``dense_rewards``, METHODS §3's use (b)): an AVA reward model gives every
-response token ``y_t`` a reward ``r_t = w_t * mu_t`` (summing to its sequence reward). The KL
+A reward model with per-token rewards (AVA, METHODS §3's use (b)) gives RL their plain sum
+``sum_t E_q[R(y_1:t+1)]`` (Eq. 19), not the sequence reward that ranks responses.
+
+**Dense rewards** (``dense_rewards``): a reward model with per-token rewards (AVA) gives every
+response token ``y_t`` its reward ``r_t = E_q[R(y_1:t+1)] = mu_t`` (Eq. 19's terms). The KL
 penalty is then per token too, ``r_t - kl_coef * (log pi(y_t) - log pi_ref(y_t))``, each token's
 return is its reward-to-go ``G_t = sum_(t' >= t)`` of those, and its advantage is ``G_t`` minus the
 leave-one-out mean of the other samples' whole returns ``G_0`` (a baseline independent of the
@@ -65,7 +68,8 @@ class RLOptions:
                                       "before the KL term, so kl_coef is in units of the reward's spread")
     reward_batch_size: int = opt(16, "responses scored together by the reward")
     use_vllm: bool = opt(False, "generate with vLLM during RL (TRL's colocate mode; needs vLLM and a GPU)")
-    dense_rewards: bool = opt(False, "per-token rewards w_t * mu_t from an AVA reward model, credited by reward-to-go")
+    dense_rewards: bool = opt(False, "per-token rewards mu_t from an AVA reward model (Eq. 19), credited by "
+                                     "reward-to-go")
 
     def validate_rl(self) -> None:
         if self.num_generations < 2:
@@ -171,18 +175,18 @@ def dense_advantages(rewards: torch.Tensor, kl: torch.Tensor, mask: torch.Tensor
 
 
 def dense_reward_function(rm, batch_size: int, store: dict):
-    """TRL reward function around an AVA model: scores the sampled token ids exactly, keeps the
-    per-token rewards ``w_t * mu_t`` in ``store`` for the advantages and returns their sums (the
-    sequence reward, which TRL logs)."""
+    """TRL reward function around a reward model with per-token rewards (``rm.dense_rewards``):
+    scores the sampled token ids exactly, keeps the per-token rewards in ``store`` for the
+    advantages and returns their sums (Eq. 19's sequence reward, which TRL logs)."""
 
     def afd_dense_reward(prompts, completions, completion_ids, afd_prompt, **_):
         messages = [json.loads(p) for p in afd_prompt]
-        tokens = []
+        rewards = []
         for s in range(0, len(messages), batch_size):
-            tokens += rm.token_rewards(messages[s:s + batch_size], [list(map(int, ids)) for ids in
-                                                                    completion_ids[s:s + batch_size]], batch_size)
-        store["rewards"] = [[w * m for w, m in zip(t.weight, t.mean)] for t in tokens]
-        return [float(t.reward) for t in tokens]
+            rewards += rm.dense_rewards(messages[s:s + batch_size],
+                                        [list(map(int, ids)) for ids in completion_ids[s:s + batch_size]])
+        store["rewards"] = rewards
+        return [float(sum(r)) for r in rewards]
 
     return afd_dense_reward
 
@@ -267,7 +271,7 @@ def rl(cfg: RLConfig) -> dict:
     from trl import RLOOTrainer
 
     from afd.data import load_prompts
-    from afd.scorers import make_scorer
+    from afd.scorers import rl_scorer
 
     stage = StageDir(cfg, "rl")
     if not stage.begin():
@@ -297,7 +301,7 @@ def rl(cfg: RLConfig) -> dict:
     if cfg.dense_rewards:
         trainer = _dense_trainer(cfg, policy, tok, dataset, peft_config, checkpoints)
     else:
-        scorer = make_scorer(cfg.reward, device=cfg.device, template=cfg.template)
+        scorer = rl_scorer(cfg.reward, device=cfg.device, template=cfg.template)
         raw: dict = {}
         trainer = RLOOTrainer(model=policy, reward_funcs=reward_function(scorer, cfg.reward_batch_size,
                                                                          cfg.reward_scaling, raw),
@@ -335,13 +339,13 @@ def rl(cfg: RLConfig) -> dict:
 
 
 def _dense_trainer(cfg: RLConfig, policy, tok, dataset, peft_config, checkpoints):
-    from afd.ava import AVARewardModel
+    from afd.scorers import load_reward, reward_model_path
 
-    path = models.resolve(cfg.reward)
-    if not AVARewardModel.is_ava(path):
-        raise AfdError(f"dense_rewards needs an AVA reward model (afd reward --variant ava-d|ava-p); "
-                       f"'{cfg.reward}' is not one")
-    rm = AVARewardModel.from_pretrained(path, cfg.device)
+    path = reward_model_path(cfg.reward)
+    rm = load_reward(path, cfg.device, batch_size=cfg.reward_batch_size) if path else None
+    if rm is None or rm.dense_rewards is None:
+        raise AfdError(f"dense_rewards needs an AVA reward model (afd reward --variant ava-d|ava-p), a reward model "
+                       f"with per-token rewards; '{cfg.reward}' is not one")
     if rm.tokenizer.get_vocab() != tok.get_vocab():
         raise AfdError(f"dense_rewards needs the AVA reward model '{cfg.reward}' to share the policy's tokenizer "
                        f"(its per-token rewards are read on the sampled tokens)")

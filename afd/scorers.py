@@ -5,7 +5,8 @@ density ratio and a golden judge are used the same way:
 
 - ``FOLDER`` or ``rm:FOLDER_OR_HUB_ID``: a reward model saved by ``afd reward`` (or any
   ``AutoModelForSequenceClassification`` with one label); the reward is its logit. An AVA
-  model (``afd reward --variant ava-d|ava-p``) gives its sequence reward ``sum_t w_t mu_t``.
+  model (``afd reward --variant ava-d|ava-p``) gives the sequence reward that ranks responses
+  (:func:`afd.ava.score_key`).
 - ``density-ratio:POLICY,REFERENCE``: ``log pi(y|x) - log pi_ref(y|x)``, the closed-form
   optimum of the ``init-sft`` classifier (METHODS §1); ``density-ratio-norm:`` divides by
   the number of response tokens. Given ``token_ids`` (a pool's sampled tokens, its stop token
@@ -20,7 +21,7 @@ from __future__ import annotations
 
 import importlib
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Protocol
 
 from afd import models
 from afd.errors import AfdError
@@ -28,21 +29,56 @@ from afd.errors import AfdError
 Scorer = Callable[[list[list[dict]], list[str]], list[float]]
 
 
-def reward_model_scorer(path: str, device: str = "auto", dtype: str = "auto", batch_size: int = 16,
-                        template: str = "auto") -> Scorer:
+class RewardModel(Protocol):
+    """What Best-of-N, evaluation, pair accuracy and RL ask of a trained reward model, whatever
+    it is (:class:`afd.reward.ClassifierReward`, :class:`afd.ava.AVARewardModel`)."""
+
+    tokenizer: object
+
+    def score(self, prompts: list[list[dict]], responses: list) -> list[float]:
+        """One sequence reward per response, the one that ranks responses."""
+
+    #: per-token rewards for RL, ``(prompts, responses) -> list[list[float]]`` (one per response
+    #: token; responses may be token ids), or None for a model without them
+    dense_rewards: Callable[[list[list[dict]], list], list[list[float]]] | None
+
+
+def load_reward(path: str, device: str = "auto", dtype: str = "auto", batch_size: int = 16,
+                template: str = "auto") -> RewardModel:
+    """A reward-model folder (or hub id) as a :class:`RewardModel`: an AVA model when the folder
+    holds AVA heads, else a sequence classifier."""
     from afd.ava import AVARewardModel
-    from afd.reward import load_reward_model, score_texts
+    from afd.reward import ClassifierReward
 
     if AVARewardModel.is_ava(models.resolve(path)):
-        rm = AVARewardModel.from_pretrained(models.resolve(path), device, dtype)
-        return lambda prompts, responses: rm.score(prompts, responses, batch_size)
+        return AVARewardModel.from_pretrained(models.resolve(path), device, dtype, batch_size=batch_size)
+    return ClassifierReward.from_pretrained(path, device, dtype, template, batch_size)
 
-    model, tok = load_reward_model(path, device, dtype)
 
-    def score(prompts, responses):
-        return score_texts(model, tok, prompts, responses, template, batch_size)
+def reward_model_scorer(path: str, device: str = "auto", dtype: str = "auto", batch_size: int = 16,
+                        template: str = "auto") -> Scorer:
+    return load_reward(path, device, dtype, batch_size, template).score
 
-    return score
+
+def reward_model_path(spec: str) -> str | None:
+    """The reward-model folder or hub id a scorer name refers to, or None for other scorers."""
+    if spec.startswith("rm:"):
+        return spec[len("rm:"):]
+    if spec != "vader" and not spec.startswith(("python:", "density-ratio")) and Path(spec).is_dir():
+        return spec
+    return None
+
+
+def rl_scorer(spec: str, **kw) -> Scorer:
+    """The sequence reward RL maximises: for a reward model with per-token rewards, their plain
+    sum (AVA's Eq. 19); for any other scorer, its score."""
+    path = reward_model_path(spec)
+    if path is None:
+        return make_scorer(spec, **kw)
+    rm = load_reward(path, **kw)
+    if rm.dense_rewards is None:
+        return rm.score
+    return lambda prompts, responses: [sum(r) for r in rm.dense_rewards(prompts, responses)]
 
 
 def density_ratio_scorer(policy: str, reference: str, normalise: bool = False, device: str = "auto",
@@ -110,10 +146,9 @@ def make_scorer(spec: str, **kw) -> Scorer:
             if len(parts) != 2 or not all(parts):
                 raise AfdError(f"scorer '{spec}' should be {prefix}POLICY,REFERENCE")
             return density_ratio_scorer(parts[0], parts[1], normalise, **kw)
-    if spec.startswith("rm:"):
-        return reward_model_scorer(spec[len("rm:"):], **kw)
-    if Path(spec).is_dir():
-        return reward_model_scorer(spec, **kw)
+    path = reward_model_path(spec)
+    if path is not None:
+        return reward_model_scorer(path, **kw)
     raise AfdError(f"unknown scorer '{spec}': use a reward-model folder, rm:PATH_OR_HUB_ID, "
                    f"density-ratio:POLICY,REFERENCE, vader, or python:MODULE:FUNCTION")
 

@@ -43,17 +43,18 @@ def _batch(tok):
 
 @torch.no_grad()
 def _by_hand(model, row, opts):
-    """Every per-token term of one unpadded row, by explicit loops in float64."""
+    """Every per-token term of one unpadded row, by explicit loops in float64. Token y_j's heads
+    are read at h_(j-1) (Eq. 8-9); Eq. 5's terms stop one token before the end."""
     ids = torch.tensor([row["input_ids"]])
     weighted = opts.ava_weighting == "attention"
-    with torch.no_grad():
-        out = model(input_ids=ids, output_hidden_states=True, output_attentions=weighted)
+    out = model(input_ids=ids, output_hidden_states=True, output_attentions=weighted)
     logits, hidden = out.logits[0].double(), out.hidden_states[-1][0]
     heads = model.ava_heads
     n, start = len(row["input_ids"]), row["start"]
     positions = [j for j in range(start, n) if j > 0]
+    steps = positions[:-1]
 
-    def q_vec(j):  # Q(y_<j, .)
+    def q_vec(j):  # Q(y_<j, .), from h_(j-1)
         if heads.q is not None:
             return heads.q(hidden[j - 1]).double()
         p = torch.softmax(logits[j - 1], -1)
@@ -63,19 +64,20 @@ def _by_hand(model, row, opts):
     for j in positions:
         qv, a = q_vec(j), row["input_ids"][j]
         terms["Q"][j] = float(qv[a])
-        terms["logB"][j] = float(torch.log_softmax(opts.ava_beta * qv, -1)[a])
-    for j in positions:
-        q_next = terms["Q"][j + 1] if j + 1 in terms["Q"] else 0.0
-        td = terms["Q"][j] - opts.ava_gamma * q_next
-        raw = heads.reward(hidden[j]).double()
-        mu, s = float(raw[0]), math.log1p(math.exp(float(raw[1]))) + 1e-4
-        terms["td"][j], terms["mean"][j], terms["std"][j] = td, mu, s
+        raw = heads.reward(hidden[j - 1]).double()
+        terms["mean"][j], terms["std"][j] = float(raw[0]), math.log1p(math.exp(float(raw[1]))) + 1e-4
+        if j in steps:
+            terms["logB"][j] = float(torch.log_softmax(opts.ava_beta * qv, -1)[a])
+    for j in steps:
+        td = terms["Q"][j] - opts.ava_gamma * terms["Q"][j + 1]
+        mu, s = terms["mean"][j], terms["std"][j]
+        terms["td"][j] = td
         terms["kl"][j] = 0.5 * (mu ** 2 + s ** 2 - 1) - math.log(s)
         terms["logN"][j] = -0.5 * math.log(2 * math.pi) - math.log(s) - 0.5 * ((td - mu) / s) ** 2
+    rows_ = [j - 1 for j in positions]  # the head positions P
     if weighted:
         a = out.attentions[opts.ava_attention_layer][0].double().mean(0)
-        col = {j: sum(float(a[i, j]) for i in positions if i >= j) / sum(1 for i in positions if i >= j)
-               for j in positions}
+        col = {j: sum(float(a[i, j - 1]) for i in rows_) / len(rows_) for j in positions}
     else:
         col = {j: 1.0 for j in positions}
     total = sum(col.values())
@@ -105,40 +107,99 @@ def test_each_token_term_matches_hand_computation(tiny, kw):
         assert got["w"][0, rows[0]["start"]:len(rows[0]["input_ids"])].tolist() == pytest.approx([1 / n] * n)
 
 
-def test_sequence_terms_and_both_objectives_by_hand():
+def test_the_reward_of_a_token_is_read_before_it(tiny):
+    """Eq. 8-9: mu and sigma of R(y_1:t+1) come from h_t, the state that Q(y_1:t, .) reads: a
+    token's own id cannot change its reward, only the rewards after it."""
+    from afd.ava import token_terms
+
+    opts = _opts()
+    model = _model_with_heads(tiny, opts)
+    rows, batch = _batch(tiny[1])
+    other = batch["input_ids"].clone()
+    last = len(rows[0]["input_ids"]) - 1
+    other[0, last - 1] = (other[0, last - 1] + 7) % 200  # change the second-to-last response token
+    with torch.no_grad():
+        a = token_terms(model, batch["input_ids"], batch["attention_mask"], batch["response"], opts)
+        b = token_terms(model, other, batch["attention_mask"], batch["response"], opts)
+    assert a["mean"][0, : last].tolist() == pytest.approx(b["mean"][0, : last].tolist(), abs=1e-6)
+    assert a["mean"][0, last].item() != pytest.approx(b["mean"][0, last].item(), abs=1e-6)
+
+
+# A 3-token response after a 1-token prompt: position 0 is the prompt, y_1..y_3 at 1..3.
+RESP = torch.tensor([[False, True, True, True]])
+
+
+def test_td_sum_stops_before_the_last_token():
+    """Eq. 5-7 by hand: two TD steps for three tokens, none out of the last (no terminal Q = 0)."""
+    from afd.ava import step_terms
+
+    q = torch.tensor([[0.0, 0.5, -1.0, 2.0]])
+    log_b = torch.tensor([[0.0, -1.0, -2.0, -3.0]])
+    mean = torch.tensor([[0.0, 1.0, -2.0, 0.5]])
+    std = torch.tensor([[1.0, 0.5, 2.0, 1.0]])
+    t = step_terms(q, log_b, mean, std, RESP, gamma=0.9)
+    assert t["step"].tolist() == [[False, True, True, False]]
+    assert t["td"][0].tolist() == pytest.approx([0.0, 0.5 - 0.9 * -1.0, -1.0 - 0.9 * 2.0, 0.0])
+    assert t["logB"][0].tolist() == pytest.approx([0.0, -1.0, -2.0, 0.0])
+    kl = [0.5 * (1.0 + 0.25 - 1) - math.log(0.5), 0.5 * (4.0 + 4.0 - 1) - math.log(2.0)]
+    assert t["kl"][0].tolist() == pytest.approx([0.0, *kl, 0.0])
+    log_n = [-0.5 * math.log(2 * math.pi) - math.log(0.5) - 0.5 * ((1.4 - 1.0) / 0.5) ** 2,
+             -0.5 * math.log(2 * math.pi) - math.log(2.0) - 0.5 * ((-2.8 + 2.0) / 2.0) ** 2]
+    assert t["logN"][0].tolist() == pytest.approx([0.0, *log_n, 0.0])
+    assert t["mean"][0].tolist() == pytest.approx([0.0, 1.0, -2.0, 0.5])  # every token keeps its reward
+
+
+def test_weights_are_the_mean_of_the_attention_rows():
+    """Eq. 11 by hand: w_t = (1/|P|) sum_(i in P) A[i, t] over the head positions P (the states
+    before the response tokens), so early tokens, seen by more rows, weigh more; then normalised."""
+    from afd.ava import token_weights
+
+    a = torch.tensor([[1.0, 0.0, 0.0, 0.0], [0.6, 0.4, 0.0, 0.0], [0.5, 0.2, 0.3, 0.0], [0.1, 0.2, 0.3, 0.4]])
+    w = token_weights(a[None, None], RESP)  # P = {0, 1, 2}, for y_1, y_2, y_3
+    assert w[0].tolist() == pytest.approx([0.0, (1 + 0.6 + 0.5) / 3, (0.4 + 0.2) / 3, 0.3 / 3])
+    # a 2-token response after a 2-token prompt: P = {1, 2}; (0.4 + 0.2) / 2 and 0.3 / 2, normalised
+    w = token_weights(a[None, None], torch.tensor([[False, False, True, True]]))
+    assert w[0].tolist() == pytest.approx([0.0, 0.0, 2 / 3, 1 / 3])
+    # heads are averaged first
+    two = torch.stack([a, torch.eye(4)])[None]
+    w = token_weights(two, RESP)
+    assert w[0].tolist() == pytest.approx([0.0, (1 + 0.3 + 0.25) / 3, (0.7 + 0.1) / 3, 0.65 / 3])
+
+
+def test_sequence_rewards_and_both_objectives_by_hand():
+    """Eq. 5 (AVA-d), Eq. 17-18 (AVA-p: the contrastive term on the last step's reward) and
+    Eq. 19 (the plain sum), on two 3-token responses (row 0 chosen, row 1 rejected in AVA-p)."""
     from afd.ava import ava_loss, sequence_terms
 
     opts = _opts(ava_contrastive=0.5)
-    # two responses (or chosen, rejected) of two tokens
-    t = {"w": torch.tensor([[0.25, 0.75], [0.5, 0.5]]), "logB": torch.tensor([[-1.0, -2.0], [-3.0, -1.0]]),
-         "kl": torch.tensor([[0.1, 0.3], [0.2, 0.0]]), "logN": torch.tensor([[-1.5, -0.5], [-1.0, -2.0]]),
-         "mean": torch.tensor([[2.0, -1.0], [0.5, 1.5]])}
+    step = torch.tensor([[False, True, True, False]] * 2)
+    t = {"w": torch.tensor([[0.0, 0.5, 0.25, 0.25], [0.0, 0.2, 0.2, 0.6]]),
+         "logB": torch.tensor([[0.0, -1.0, -2.0, 0.0], [0.0, -3.0, -1.0, 0.0]]),
+         "kl": torch.tensor([[0.0, 0.1, 0.3, 0.0], [0.0, 0.2, 0.0, 0.0]]),
+         "logN": torch.tensor([[0.0, -1.5, -0.5, 0.0], [0.0, -1.0, -2.0, 0.0]]),
+         "mean": torch.tensor([[0.0, 2.0, -1.0, 0.5], [0.0, 0.5, 1.5, -1.0]]),
+         "step": step, "response": RESP.repeat(2, 1)}
     s = sequence_terms(t)
-    assert s["likelihood"].tolist() == pytest.approx([-0.25 - 1.5, -2.0])
-    assert s["kl"].tolist() == pytest.approx([0.025 + 0.225, 0.1])
-    assert s["td"].tolist() == pytest.approx([-0.375 - 0.375, -1.5])
-    assert s["reward"].tolist() == pytest.approx([0.5 - 0.75, 1.0])
-    # AVA-d: -(mean of likelihood - kl + lambda td)
-    d = [(-1.75 - 0.25 + 0.7 * -0.75), (-2.0 - 0.1 + 0.7 * -1.5)]
+    assert s["likelihood"].tolist() == pytest.approx([-0.5 - 0.5, -0.6 - 0.2])
+    assert s["kl"].tolist() == pytest.approx([0.05 + 0.075, 0.04])
+    assert s["td"].tolist() == pytest.approx([-0.75 - 0.125, -0.2 - 0.4])
+    assert s["last"].tolist() == pytest.approx([0.5, -1.0])        # Eq. 18: mu of the last token
+    assert s["weighted"].tolist() == pytest.approx([1.0 - 0.25, 0.1 + 0.3])  # sum of w mu over the TD steps
+    assert s["total"].tolist() == pytest.approx([1.5, 1.0])        # Eq. 19: the plain sum
+    d = [(-1.0 - 0.125 + 0.7 * -0.875), (-0.8 - 0.04 + 0.7 * -0.6)]
     assert ava_loss(s, "ava-d", opts).item() == pytest.approx(-sum(d) / 2)
-    # AVA-p with row 0 chosen, row 1 rejected
-    p = (-1.75 - -2.0) - (0.25 + 0.1) + 0.7 * (-0.75 + -1.5) + 0.5 * math.log(1 / (1 + math.exp(-(-0.25 - 1.0))))
+    p = (-1.0 - -0.8) - (0.125 + 0.04) + 0.7 * (-0.875 + -0.6) + 0.5 * math.log(1 / (1 + math.exp(-(0.5 - -1.0))))
     assert ava_loss(s, "ava-p", opts).item() == pytest.approx(-p)
     # the ablations drop their term
     assert ava_loss(s, "ava-p", _opts(ava_contrastive=0.0, ava_lambda=0.0)).item() == pytest.approx(
-        -((-1.75 - -2.0) - (0.25 + 0.1)))
+        -((-1.0 - -0.8) - (0.125 + 0.04)))
 
 
-def test_weights_are_constant_in_token_terms_and_learnt_through_the_reward():
-    from afd.ava import sequence_terms
+def test_the_ranking_reward_follows_the_objective():
+    from afd.ava import score_key
 
-    w = torch.tensor([[0.4, 0.6]], requires_grad=True)
-    t = {"w": w, "logB": torch.tensor([[-1.0, -2.0]]), "kl": torch.zeros(1, 2), "logN": torch.zeros(1, 2),
-         "mean": torch.tensor([[3.0, 5.0]])}
-    s = sequence_terms(t)
-    assert not s["likelihood"].requires_grad
-    s["reward"].sum().backward()
-    assert w.grad.tolist() == [[3.0, 5.0]]
+    assert score_key("ava-p", _opts()) == "last" and score_key("ava-d", _opts()) == "weighted"
+    assert score_key("ava-d", _opts(ava_score="total")) == "total"
 
 
 def _pairs(n=32):
@@ -151,7 +212,7 @@ def test_ava_p_reward_model_ranks_pairs_and_loads_everywhere(tmp_path):
 
     from afd.ava import AVARewardModel
     from afd.reward import RewardConfig, reward
-    from afd.scorers import make_scorer
+    from afd.scorers import load_reward, make_scorer, rl_scorer
 
     pairs = write_jsonl(tmp_path / "pairs.jsonl", _pairs())
     m = reward(RewardConfig(out=str(tmp_path), variant="ava-p", data=pairs, eval_pairs=pairs, epochs=6, lr=2e-3,
@@ -167,13 +228,56 @@ def test_ava_p_reward_model_ranks_pairs_and_loads_everywhere(tmp_path):
         assert len(t.mean) == len(t.std) == len(t.weight) == len(t.ids)
         assert sum(t.weight) == pytest.approx(1.0)
         assert all(s > 0 for s in t.std)
-        assert t.reward == pytest.approx(sum(w * u for w, u in zip(t.weight, t.mean)), abs=1e-5)
+        assert t.reward == pytest.approx(t.mean[-1], abs=1e-6)  # AVA-p ranks by the last step's reward (Eq. 18)
     assert tokens[0].reward > tokens[1].reward
     assert make_scorer(str(folder))(prompts, ["cat!", "no bird at all"]) == pytest.approx(
         [t.reward for t in tokens], abs=1e-5)
+    # RL takes the per-token rewards, and as a sequence reward their plain sum (Eq. 19)
+    assert load_reward(str(folder)).dense_rewards(prompts, ["cat!", "no bird at all"])[1] == pytest.approx(
+        tokens[1].mean, abs=1e-5)
+    assert rl_scorer(str(folder))(prompts, ["cat!", "no bird at all"]) == pytest.approx(
+        [sum(t.mean) for t in tokens], abs=1e-4)
     # token ids are scored exactly as given
     ids = tokens[0].ids
     assert rm.token_rewards(prompts[:1], [ids])[0].mean == pytest.approx(tokens[0].mean, abs=1e-5)
+
+
+def test_ava_d_reward_does_not_prefer_longer_replies(tmp_path):
+    """AVA-d on replies whose length is independent of everything else ("Say cat" -> "cat cat!",
+    1 to 4 words), scored on pairs whose lengths are drawn independently of which reply is
+    chosen: the share of unequal-length pairs in which the longer reply gets the higher reward
+    stays within 0.5 +- 0.25. There are about 53 such pairs, so a reward blind to length lands
+    within 0.25 of 0.5 with probability > 0.999 (binomial sd 0.069; 0.25 is 3.6 sd), and the
+    tolerance leaves room for a small length effect of training noise (0.43 here; 0.33, 0.51,
+    0.43 with data seeds 1-3). The terminal TD step (Q = 0 after the last token) that this
+    replaced scores 1.0 here (the hh-ava benchmark: 0.91)."""
+    import random
+
+    from afd.reward import RewardConfig, length_bias, reward
+    from afd.scorers import make_scorer
+
+    rng = random.Random(0)
+
+    def reply(w):
+        return " ".join([w] * rng.randint(1, 4)) + "!"
+
+    demos = [{"id": f"d{i}", "prompt": f"Say {w}", "completion": reply(w)} for i, w in enumerate(WORDS)]
+    m = reward(RewardConfig(out=str(tmp_path), variant="ava-d", data=write_jsonl(tmp_path / "d.jsonl", demos),
+                            epochs=4, lr=3e-3, batch_size=8, eval_fraction=0.0, save_steps=1000, device="cpu"))
+    assert m["steps"] > 0
+    prompts, chosen, rejected = [], [], []
+    for _ in range(2):
+        for i, w in enumerate(WORDS):
+            prompts.append([{"role": "user", "content": f"Say {w}"}])
+            chosen.append(reply(w))
+            rejected.append(reply(WORDS[(i + 7) % len(WORDS)]))
+    score = make_scorer(str(tmp_path / "reward" / "model"), device="cpu")
+    c, r = score(prompts, chosen), score(prompts, rejected)
+    assert max(c + r) - min(c + r) > 1e-4  # not a constant reward (which would pass trivially)
+    lengths = [(len(a), len(b)) for a, b in zip(chosen, rejected)]
+    longer = length_bias(c, r, lengths)["prefers_longer"]
+    print({"prefers_longer": longer, "unequal_pairs": sum(a != b for a, b in lengths)})
+    assert abs(longer - 0.5) <= 0.25, longer
 
 
 def test_direct_optimisation_raises_the_demonstrations_likelihood(tmp_path):
@@ -326,3 +430,36 @@ def test_heads_learn_at_their_own_rate(tmp_path):
     assert all(torch.allclose(before[k], after[k], atol=1e-8) for k in before)
     heads = load_file(str(tmp_path / "run" / "ava" / "model" / "ava_heads.safetensors"))
     assert (heads["reward.bias"] - torch.tensor([0.0, math.log(math.e - 1)])).abs().max() > 1e-3
+
+
+def test_a_classifier_and_an_ava_model_share_one_interface(tmp_path, tiny):
+    """load_reward gives either kind; both score, only AVA has per-token rewards, and RL takes a
+    classifier's score as is (Eq. 19's sum is for per-token rewards)."""
+    from transformers import AutoModelForSequenceClassification
+
+    from afd import models
+    from afd.ava import AVARewardModel, save
+    from afd.reward import ClassifierReward
+    from afd.scorers import load_reward, make_scorer, rl_scorer
+
+    clf = AutoModelForSequenceClassification.from_pretrained(models.resolve("tiny-random"), num_labels=1)
+    clf.config.pad_token_id = tiny[1].pad_token_id
+    clf.save_pretrained(tmp_path / "clf")
+    tiny[1].save_pretrained(tmp_path / "clf")
+    opts = _opts()
+    save(_model_with_heads(tiny, opts), tiny[1], tmp_path / "ava", opts, "ava-d")
+    prompts, responses = [[{"role": "user", "content": "Say cat"}]] * 2, ["cat!", "a moon"]
+    c, a = load_reward(str(tmp_path / "clf"), "cpu"), load_reward(str(tmp_path / "ava"), "cpu")
+    assert isinstance(c, ClassifierReward) and isinstance(a, AVARewardModel)
+    assert c.dense_rewards is None and len(a.dense_rewards(prompts, responses)[0]) == len(
+        a.token_rewards(prompts, responses)[0].ids)
+    for folder, rm in ((tmp_path / "clf", c), (tmp_path / "ava", a)):
+        assert make_scorer(str(folder), device="cpu")(prompts, responses) == pytest.approx(
+            rm.score(prompts, responses), abs=1e-5)
+    assert rl_scorer(str(tmp_path / "clf"), device="cpu")(prompts, responses) == pytest.approx(
+        c.score(prompts, responses), abs=1e-5)
+    assert rl_scorer(str(tmp_path / "ava"), device="cpu")(prompts, responses) == pytest.approx(
+        [sum(r) for r in a.dense_rewards(prompts, responses)], abs=1e-5)
+    assert a.score(prompts, responses) == pytest.approx(  # AVA-d ranks by sum_t w_t mu_t over its TD steps
+        [sum(w * m for w, m in zip(t.weight[:-1], t.mean[:-1])) for t in a.token_rewards(prompts, responses)],
+        abs=1e-5)

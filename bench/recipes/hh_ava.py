@@ -9,10 +9,15 @@ LM), the same training pairs, epochs, learning rate and batch size:
 - `ava-d`: AVA from the chosen replies only, as demonstrations: no preference label.
 
 Each is scored on the same held-out pairs (accuracy of ranking chosen over rejected), next to
-the paper's GPT-2 figures on the full data set (Harmless: BT 70.0, AVA-p 70.3, AVA-d 70.5).
+the paper's GPT-2 figures on the full data set (Harmless: BT 70.02, AVA-p 70.27, AVA-d 70.54),
+once per training seed (``--seeds``; the data split is the same for all): per-seed figures,
+their mean with a 95% t-interval over seeds, ``prefers_longer`` (the share of unequal-length
+pairs in which the longer reply gets the higher reward), and ``length_only_accuracy``, the
+accuracy on the same held-out pairs of a length-only classifier: "the longer reply wins" or
+"the shorter reply wins", whichever is right more often on the training pairs.
 
-    python bench/recipes/hh_ava.py            # ~35 min on 2 CPU cores
-    python bench/recipes/hh_ava.py --quick
+    python bench/recipes/hh_ava.py --seeds 0,1,2    # ~35 min a seed on 2 CPU cores
+    python bench/recipes/hh_ava.py --smoke          # tiny-random, 16 pairs: checks the recipe runs
     python bench/recipes/hh_ava.py --report-only
 
 Results: bench/results/hh-ava/.
@@ -31,7 +36,7 @@ sys.path.insert(0, str(HERE))
 from common import RESULTS, machine  # noqa: E402
 from hh_harmless import make_data  # noqa: E402
 
-PAPER = {"bt": 70.0, "ava-p": 70.3, "ava-d": 70.5}
+PAPER = {"bt": 70.02, "ava-p": 70.27, "ava-d": 70.54}
 BACKBONE = "smollm2-135m-instruct"
 
 
@@ -39,101 +44,154 @@ ABLATIONS = {"rm_ava_p_no_td": {"ava_lambda": 0.0}, "rm_ava_p_no_contrastive": {
              "rm_ava_p_uniform": {"ava_weighting": "uniform"}, "rm_ava_p_new_q": {"ava_q_head": "new"}}
 
 
-def pipeline(out: str, files: dict, epochs: float, ablations: list[str]) -> dict:
-    rm = {"kind": "reward", "model": BACKBONE, "epochs": epochs, "lr": 5.0e-5, "batch_size": 4,
-          "grad_accum": 2, "eval_fraction": 0.0, "max_length": 320, "max_prompt_length": 256, "logging_steps": 2,
-          "eval_pairs": files["eval_pairs"], "save_steps": 20}
-    stages = {
+def pipeline(out: str, files: dict, epochs: float, ablations: list[str], seeds: list[int],
+             backbone: str = BACKBONE) -> dict:
+    limits = {"max_length": 320, "max_prompt_length": 256} if backbone == BACKBONE else \
+        {"max_length": 1200, "max_prompt_length": 1000}  # tiny-random's byte-level tokens
+    rm = {"kind": "reward", "model": backbone, "epochs": epochs, "lr": 5.0e-5, "batch_size": 4,
+          "grad_accum": 2, "eval_fraction": 0.0, "logging_steps": 2, "eval_pairs": files["eval_pairs"],
+          "save_steps": 20, **limits}
+    base = {
         "rm_bt": {**rm, "variant": "bt", "data": files["train_pairs"]},
         "rm_ava_p": {**rm, "variant": "ava-p", "data": files["train_pairs"]},
         "rm_ava_d": {**rm, "variant": "ava-d", "data": files["demos"]},
     }
     for name in ablations:  # the paper's ablation switches, one at a time, on AVA-p
-        stages[name] = {**stages["rm_ava_p"], **ABLATIONS[name]}
-    return {"out": out, "seed": 0, "stages": stages}
+        base[name] = {**base["rm_ava_p"], **ABLATIONS[name]}
+    stages = {f"{name}_s{seed}": {**options, "seed": seed} for seed in seeds for name, options in base.items()}
+    return {"out": out, "seed": seeds[0], "stages": stages}
+
+
+def length_only(train_pairs: str, eval_pairs: str) -> dict:
+    """Accuracy on the held-out pairs of "the longer reply wins" and of the length-only rule
+    (longer or shorter wins) that is right more often on the training pairs (lengths in
+    characters, as ``prefers_longer``; ties half)."""
+    from afd.data import DataConfig, load_pairs
+
+    def longer_wins(path: str) -> float:
+        pairs, _ = load_pairs(DataConfig(path=path))
+        return sum(1.0 if len(p.chosen) > len(p.rejected) else 0.5 if len(p.chosen) == len(p.rejected) else 0.0
+                   for p in pairs) / len(pairs)
+
+    train, held = longer_wins(train_pairs), longer_wins(eval_pairs)
+    return {"longer_wins_accuracy": held, "length_only_rule": "longer wins" if train >= 0.5 else "shorter wins",
+            "length_only_accuracy": held if train >= 0.5 else 1 - held}
+
+
+def t_interval(values: list[float]) -> tuple[float, float]:
+    """95% t-interval of the mean over seeds ((mean, mean) for one seed)."""
+    import math
+    import statistics
+
+    m = statistics.fmean(values)
+    if len(values) < 2:
+        return m, m
+    t = {2: 12.71, 3: 4.30, 4: 3.18, 5: 2.78, 6: 2.57, 7: 2.45, 8: 2.36, 9: 2.31, 10: 2.26}.get(len(values), 2.0)
+    h = t * statistics.stdev(values) / math.sqrt(len(values))
+    return m - h, m + h
+
+
+def summarise(results: dict, names: list[str], seeds: list[int]) -> dict:
+    """name -> per-seed metrics, and the mean over seeds of pair accuracy and prefers_longer."""
+    import statistics
+
+    out = {}
+    for name in names:
+        per_seed = {str(s): results[f"{name}_s{s}"] for s in seeds}
+        acc = [m["pair_accuracy"] for m in per_seed.values()]
+        longer = [m["prefers_longer"] for m in per_seed.values() if m.get("prefers_longer") is not None]
+        out[name] = {"variant": next(iter(per_seed.values()))["variant"], "per_seed": per_seed,
+                     "pair_accuracy": statistics.fmean(acc), "pair_accuracy_ci95": t_interval(acc),
+                     "prefers_longer": statistics.fmean(longer) if longer else None,
+                     "pairs": next(iter(per_seed.values()))["pairs"],
+                     "train_examples": next(iter(per_seed.values()))["train_examples"],
+                     "minutes_per_seed": statistics.fmean(m.get("seconds", 0) for m in per_seed.values()) / 60}
+    return out
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default="runs/hh-ava")
-    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--seeds", default="0", help="training seeds, comma-separated (results need at least 3)")
+    ap.add_argument("--quick", action="store_true", help="smollm2 on 16 training and 32 held-out pairs")
+    ap.add_argument("--smoke", action="store_true", help="tiny-random on 16 and 16 pairs, 2 steps: the recipe runs")
     ap.add_argument("--report-only", action="store_true", help="redraw the table and plot from the saved metrics")
     ap.add_argument("--ablations", nargs="?", const=",".join(ABLATIONS), default="",
-                    help="also AVA-p with ablation switches: all (~12 min each), or a comma list of "
+                    help="also AVA-p with ablation switches: all (~12 min each a seed), or a comma list of "
                          + ", ".join(ABLATIONS))
     args = ap.parse_args()
+    seeds = [int(x) for x in args.seeds.split(",") if x != ""]
     ablations = [a for a in args.ablations.split(",") if a]
     unknown = [a for a in ablations if a not in ABLATIONS]
     if unknown:
         ap.error(f"unknown ablation {unknown[0]}; known: {', '.join(ABLATIONS)}")
-    n_train, n_eval, epochs = (16, 32, 1) if args.quick else (160, 400, 1)
     if args.report_only:
         saved = json.loads((RESULTS / "hh-ava" / "metrics.json").read_text())
-        report(saved["models"], saved["setup"], saved["machine"], save=True)
+        report(saved, save=True)
         return
+    small = args.quick or args.smoke
+    n_train, n_eval, epochs = (16, 32 if args.quick else 16, 1) if small else (160, 400, 1)
+    backbone = "tiny-random" if args.smoke else BACKBONE
     from afd.pipeline import run
 
     files = make_data(Path(args.out) / "data", n_train, n_eval)
-    results = run(pipeline(args.out, files, epochs, ablations),
-                  report=lambda name, m: print(f"[{name}] done in {m.get('seconds', 0):.0f} s", flush=True))
-    chosen = {name: results[name] for name in ("rm_bt", "rm_ava_p", "rm_ava_d", *ablations)}
-    for name, m in chosen.items():
-        if "prefers_longer" not in m:  # stages finished before afd reported it: score them again
-            m.update(length_metrics(str(Path(args.out) / name / "model"), files["eval_pairs"]))
-    report(chosen,
-           {"n_train": n_train, "epochs": epochs, "backbone": BACKBONE}, machine(), save=not args.quick)
+    config = pipeline(args.out, files, epochs, ablations, seeds, backbone)
+    if args.smoke:
+        for options in config["stages"].values():
+            options["max_steps"] = 2
+    results = run(config, report=lambda name, m: print(f"[{name}] done in {m.get('seconds', 0):.0f} s", flush=True))
+    saved = {"seeds": seeds, "models": summarise(results, ["rm_bt", "rm_ava_p", "rm_ava_d", *ablations], seeds),
+             **length_only(files["train_pairs"], files["eval_pairs"]), "paper": PAPER,
+             "setup": {"n_train": n_train, "epochs": epochs, "backbone": backbone}, "machine": machine()}
+    for m in saved["models"].values():  # the figures the issue asks for at the top level of each model
+        m["seeds"] = seeds
+    report(saved, save=not small)
 
 
-def length_metrics(model: str, pairs_path: str) -> dict:
-    from afd.data import DataConfig, load_pairs
-    from afd.reward import length_bias
-    from afd.scorers import make_scorer
-
-    pairs, _ = load_pairs(DataConfig(path=pairs_path))
-    score = make_scorer(model, batch_size=8)
-    prompts = [p.prompt for p in pairs]
-    return length_bias(score(prompts, [p.chosen for p in pairs]), score(prompts, [p.rejected for p in pairs]),
-                       [(len(p.chosen), len(p.rejected)) for p in pairs])
-
-
-def report(results: dict, setup: dict, host: dict, save: bool) -> None:
-    from afd.eval import wilson_interval
+def report(saved: dict, save: bool) -> None:
     from afd.plots import bar_plot
 
+    results, setup, host, seeds = saved["models"], saved["setup"], saved["machine"], saved["seeds"]
     rows, bars = [], {}
     for name, m in results.items():
-        lo, hi = wilson_interval(m["pair_accuracy"], m["pairs"])
+        lo, hi = m["pair_accuracy_ci95"]
         data = "chosen replies only (no label)" if m["variant"] == "ava-d" else "pairs"
         label = m["variant"] + "".join(f", {k}={v}" for k, v in ABLATIONS.get(name, {}).items())
-        paper = f"{PAPER[m['variant']]:.1f}" if name not in ABLATIONS else "–"
+        paper = f"{PAPER[m['variant']]:.2f}" if name not in ABLATIONS else "–"
+        per_seed = ", ".join(f"{s['pair_accuracy']:.3f}" for s in m["per_seed"].values())
         longer = m.get("prefers_longer")
-        rows.append(f"| {label} | {data} | {m['train_examples']} | {m['pair_accuracy']:.3f} | "
+        rows.append(f"| {label} | {data} | {m['train_examples']} | {per_seed} | {m['pair_accuracy']:.3f} | "
                     f"[{lo:.3f}, {hi:.3f}] | {'–' if longer is None else f'{longer:.3f}'} | {paper} | "
-                    f"{m['seconds'] / 60:.1f} |")
+                    f"{m['minutes_per_seed']:.1f} |")
         bars[label.replace("ava_", "")] = (m["pair_accuracy"], lo, hi)
     pairs = next(iter(results.values()))["pairs"]
     table = "\n".join([
         f"# hh-ava: reward accuracy on {pairs} held-out HH-RLHF harmless pairs", "",
         f"Machine: {host['cpu']}, {host['cores']} cores. Backbone {setup['backbone']} for all three; "
         f"{setup['n_train']} training pairs, of which those whose prompt fits 256 tokens are used, {setup['epochs']} "
-        "epoch, "
-        "lr 5e-5, 8 sequences or pairs a step. AVA defaults: alpha 1, beta 10, gamma 1, lambda 1, contrastive 1, "
-        "attention weights from the last layer. The paper trained GPT-2 on the whole data set.", "",
-        "| reward model | trained on | training examples | pair accuracy | 95% interval | prefers the longer reply | "
-        "paper (GPT-2, %) | minutes |", "|---|---|---|---|---|---|---|---|", *rows, "",
+        "epoch, lr 5e-5, 8 sequences or pairs a step; training seeds " + ", ".join(map(str, seeds)) + " (one data "
+        "split). AVA defaults (afd/ava.py): alpha 1, beta 20, gamma 1, lambda 1, contrastive 1, attention weights "
+        "from the last layer; AVA-p ranks by the last step's reward (Eq. 18), AVA-d by sum_t w_t mu_t. The paper "
+        "trained GPT-2 on the whole data set.", "",
+        "| reward model | trained on | training examples | pair accuracy per seed | mean | 95% interval (t, over "
+        "seeds) | prefers the longer reply | paper (GPT-2, %) | minutes a seed |",
+        "|---|---|---|---|---|---|---|---|---|", *rows, "",
         "\"Prefers the longer reply\": the share of the pairs of unequal length in which the model ranks the longer "
-        "reply higher. The rule \"the longer reply wins\" alone scores "
-        f"{next(iter(results.values())).get('longer_chosen_accuracy', float('nan')):.3f} on these pairs.", "",
+        f"reply higher (mean over seeds). A length-only classifier ({saved['length_only_rule']}, the rule that is "
+        f"right more often on the training pairs) scores {saved['length_only_accuracy']:.3f} on these pairs; \"the "
+        f"longer reply wins\", {saved['longer_wins_accuracy']:.3f}.", "",
         "![pair accuracy](pair_accuracy.png)", ""])
     print(table)
     if save:
+        if len(seeds) < 3:
+            print(f"not saved to bench/results: {len(seeds)} seed(s); a result needs at least 3 (--seeds 0,1,2)")
+            return
         dest = RESULTS / "hh-ava"
         dest.mkdir(parents=True, exist_ok=True)
         (dest / "results.md").write_text(table)
-        (dest / "metrics.json").write_text(json.dumps({"models": results, "setup": setup, "machine": host},
-                                                      indent=2))
+        (dest / "metrics.json").write_text(json.dumps(saved, indent=2))
         bar_plot(dest / "pair_accuracy.png", bars, "accuracy on held-out human pairs",
-                 f"{pairs} held-out HH harmless pairs (95% Wilson interval)", hline=0.5)
+                 f"{pairs} held-out HH harmless pairs (mean over seeds, 95% t-interval)", hline=0.5)
         print("saved", dest)
 
 

@@ -12,8 +12,12 @@ exists). Two questions:
    responses from other sources (model samples, negative reviews, HH-RLHF dialogue replies,
    demonstrations with their words shuffled). Does the std flag what the model has not seen?
 
-    python bench/recipes/imdb_ava.py            # ~20 min on 2 CPU cores (more without imdb-iterated's stages)
+    python bench/recipes/imdb_ava.py --seeds 0,1,2  # ~20 min a seed on 2 CPU cores (more without imdb-iterated's)
     python bench/recipes/imdb_ava.py --quick
+
+``--seeds`` trains the two smollm2 reward models once per seed (the SFT policy and its pools are
+imdb-iterated's, shared by all seeds) and reports per-seed Best-of-N curves and their mean with
+a 95% t-interval over seeds; results are saved only with at least 3 seeds.
 
 Results: bench/results/imdb-ava/.
 """
@@ -39,21 +43,40 @@ from imdb_positive import INSTRUCTION, make_data, words  # noqa: E402
 SEQ = {"max_length": 192, "max_prompt_length": 96}
 
 
-def pipeline(out: str, files: dict, s: dict) -> dict:
+def pipeline(out: str, files: dict, s: dict, seeds: list[int]) -> dict:
     base = iterated_pipeline(out, files, s)["stages"]
     keep = ("sft", "rm_pool_init", "rm_pool_sft", "rm_init_sft", "sample_init", "sample_sft")
     stages = {name: base[name] for name in keep}
     rm = {"kind": "reward", "model": POLICY, "epochs": 1, "lr": 5e-5, "batch_size": 8, "eval_fraction": 0.0,
           "logging_steps": 2, **SEQ}
-    stages["rm_init_sft_smollm2"] = {**rm, "variant": "init-sft", "init_pool": "@rm_pool_init",
-                                     "sft_pool": "@rm_pool_sft"}
-    # the new heads at their own rate: at 5e-5 for 16 steps they barely leave their initial N(0, 1)
-    stages["rm_ava_d"] = {**rm, "variant": "ava-d", "data": files["demos"], "ava_head_lr": 1e-3}
-    stages["eval_ava"] = {"kind": "eval", "golden": "vader", "pools": {"init": "@sample_init", "sft": "@sample_sft"},
-                          "proxies": {"ava-d": "@rm_ava_d", "init-sft (smollm2)": "@rm_init_sft_smollm2",
-                                      "init-sft (MiniLM)": "@rm_init_sft"},
-                          "bon_policy": "sft", "baseline": "sft", "demos": files["norm_demos"]}
+    for seed in seeds:
+        stages[f"rm_init_sft_smollm2_s{seed}"] = {**rm, "variant": "init-sft", "init_pool": "@rm_pool_init",
+                                                   "sft_pool": "@rm_pool_sft", "seed": seed}
+        # the new heads at their own rate: at 5e-5 for 16 steps they barely leave their initial N(0, 1)
+        stages[f"rm_ava_d_s{seed}"] = {**rm, "variant": "ava-d", "data": files["demos"], "ava_head_lr": 1e-3,
+                                       "seed": seed}
+        stages[f"eval_ava_s{seed}"] = {
+            "kind": "eval", "golden": "vader", "pools": {"init": "@sample_init", "sft": "@sample_sft"},
+            "proxies": {"ava-d": f"@rm_ava_d_s{seed}", "init-sft (smollm2)": f"@rm_init_sft_smollm2_s{seed}",
+                        "init-sft (MiniLM)": "@rm_init_sft"},
+            "bon_policy": "sft", "baseline": "sft", "demos": files["norm_demos"]}
     return {"out": out, "seed": 0, "model": POLICY, "stages": stages}
+
+
+def over_seeds(evals: list[dict]) -> dict:
+    """proxy -> n, and per N the golden reward's per-seed values, mean and 95% t-interval."""
+    import math
+
+    out = {}
+    t = {2: 12.71, 3: 4.30, 4: 3.18, 5: 2.78}.get(len(evals), 2.0)
+    for proxy in evals[0]["bon"]:
+        golds = list(zip(*[ev["bon"][proxy]["gold"] for ev in evals]))  # per N, one value a seed
+        means = [statistics.fmean(g) for g in golds]
+        half = [t * statistics.stdev(g) / math.sqrt(len(g)) if len(g) > 1 else 0.0 for g in golds]
+        out[proxy] = {"n": evals[0]["bon"][proxy]["n"], "gold_per_seed": [list(g) for g in golds], "gold": means,
+                      "gold_ci95": [[m - h, m + h] for m, h in zip(means, half)],
+                      "win_rate": [statistics.fmean(w) for w in zip(*[ev["bon"][proxy]["win_rate"] for ev in evals])]}
+    return out
 
 
 def read_jsonl(path) -> list[dict]:
@@ -114,26 +137,27 @@ def uncertainty(model_path: str, srcs: dict) -> dict:
     return result
 
 
-def report(ev: dict, unc: dict, rm_metrics: dict, s: dict, host: dict) -> str:
-    bon = ev["bon"]
+def report(ev: dict, unc: dict, rm_metrics: dict, s: dict, host: dict, seeds: list[int], bon: dict) -> str:
     ns = bon["ava-d"]["n"]
     lines = [f"# imdb-ava: AVA-d reward on imdb-positive ({s['n_eval']} held-out prompts x {s['k_bon']} SFT samples,"
              " VADER)", "",
              f"Machine: {host['cpu']}, {host['cores']} cores. Policy and SFT as in imdb-iterated "
              f"(smollm2-135m-instruct, SFT on {s['n_demos']} positive-review continuations). AVA-d: smollm2 "
              f"backbone, the {s['n_demos']} demonstrations only, 1 epoch, lr 5e-5 (heads 1e-3), default options "
-             f"otherwise. init-sft (smollm2): same backbone and epochs, on {s['n_rm']} prompts x 4 samples of SFT vs "
-             "pi_0.", "",
+             f"otherwise (afd/ava.py; it ranks by sum_t w_t mu_t). init-sft (smollm2): same backbone and epochs, on "
+             f"{s['n_rm']} prompts x 4 samples of SFT vs pi_0. Training seeds {', '.join(map(str, seeds))} (the "
+             "SFT policy, pools and MiniLM init-sft are shared).", "",
              "## Best-of-N golden reward (VADER) from the SFT pool", "",
-             "| reward | " + " | ".join(f"N={n}" for n in ns) + " | win rate vs SFT at N=" + str(ns[-1])
-             + " | Spearman proxy/gold |", "|---|" + "---|" * (len(ns) + 2)]
+             "Mean over seeds [95% t-interval]; win rate against an SFT sample at the largest N, mean over seeds.", "",
+             "| reward | " + " | ".join(f"N={n}" for n in ns) + " | win rate vs SFT at N=" + str(ns[-1]) + " |",
+             "|---|" + "---|" * (len(ns) + 1)]
     for name, b in bon.items():
-        lines.append(f"| {name} | " + " | ".join(f"{g:.3f}" for g in b["gold"]) +
-                     f" | {b['win_rate'][-1]:.3f} | {fmt(b.get('spearman_proxy_gold'))} |")
+        lines.append(f"| {name} | " + " | ".join(f"{g:.3f} [{lo:.3f}, {hi:.3f}]" for g, (lo, hi)
+                                                 in zip(b["gold"], b["gold_ci95"])) + f" | {b['win_rate'][-1]:.3f} |")
     pol = ev["policies"]
     lines += ["", f"pi_0 {pol['init']['gold']:.3f}, SFT {pol['sft']['gold']:.3f} (±{pol['sft']['gold_ci95']:.3f}), "
               f"demonstrations {pol['demonstrations']['gold']:.3f}.", "",
-              "## Per-token reward standard deviation (AVA-d)", "",
+              f"## Per-token reward standard deviation (AVA-d, seed {seeds[0]})", "",
               "Mean over responses of the mean per-token std (± standard error), the mean sequence reward, and "
               "the AUC with which the std separates each source from unseen responses of the training source "
               "(0.5: not at all; 1: the other source always has the higher std).", "",
@@ -154,26 +178,35 @@ def fmt(x, digits=3) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default="runs/imdb-iterated", help="run folder (imdb-iterated's, to reuse its stages)")
+    ap.add_argument("--seeds", default="0", help="training seeds of the reward models, comma-separated")
     ap.add_argument("--quick", action="store_true")
     args = ap.parse_args()
+    seeds = [int(x) for x in args.seeds.split(",") if x != ""]
     s = dict(n_demos=32, n_loop=8, n_rm=8, n_eval=4, k_eval=2, k_bon=4, rl_steps=2, n_unc=8) if args.quick else \
         dict(n_demos=128, n_loop=64, n_rm=48, n_eval=32, k_eval=4, k_bon=16, rl_steps=8, n_unc=64)
     files = make_data(Path(args.out) / "data", s["n_demos"], s["n_rm"], s["n_eval"], 24, 48)
     from afd.pipeline import run
 
-    results = run(pipeline(args.out, files, s),
+    results = run(pipeline(args.out, files, s, seeds),
                   report=lambda name, m: print(f"[{name}] done in {m.get('seconds', 0):.0f} s", flush=True))
-    unc = uncertainty(str(Path(args.out) / "rm_ava_d" / "model"), sources(Path(args.out), files, s["n_unc"]))
-    table = report(results["eval_ava"], unc, results["rm_ava_d"], s, machine())
+    evals = [results[f"eval_ava_s{seed}"] for seed in seeds]
+    bon = over_seeds(evals)
+    unc = uncertainty(str(Path(args.out) / f"rm_ava_d_s{seeds[0]}" / "model"),
+                      sources(Path(args.out), files, s["n_unc"]))
+    table = report(evals[0], unc, results[f"rm_ava_d_s{seeds[0]}"], s, machine(), seeds, bon)
     print(table)
-    if not args.quick:
+    if not args.quick and len(seeds) < 3:
+        print(f"not saved to bench/results: {len(seeds)} seed(s); a result needs at least 3 (--seeds 0,1,2)")
+    elif not args.quick:
         dest = RESULTS / "imdb-ava"
         dest.mkdir(parents=True, exist_ok=True)
         (dest / "results.md").write_text(table)
         (dest / "metrics.json").write_text(json.dumps(
-            {"eval": results["eval_ava"], "uncertainty": unc, "setup": s, "machine": machine(),
-             **{m: results[m] for m in ("rm_ava_d", "rm_init_sft_smollm2", "rm_init_sft")}}, indent=2))
-        shutil.copy(Path(args.out) / "eval_ava" / "bon_gold_vs_n.png", dest / "bon_gold_vs_n.png")
+            {"seeds": seeds, "bon": bon, "eval_per_seed": {str(k): ev for k, ev in zip(seeds, evals)},
+             "uncertainty": unc, "setup": s, "machine": machine(), "rm_init_sft": results["rm_init_sft"],
+             **{f"{m}_s{k}": results[f"{m}_s{k}"] for m in ("rm_ava_d", "rm_init_sft_smollm2") for k in seeds}},
+            indent=2))
+        shutil.copy(Path(args.out) / f"eval_ava_s{seeds[0]}" / "bon_gold_vs_n.png", dest / "bon_gold_vs_n.png")
         print("saved", dest)
 
 
