@@ -111,7 +111,8 @@ def trl_prompts(tokenizer, prompts, template: str) -> list:
 def reward_function(scorer, batch_size: int, scaling: str = "none", store: dict | None = None):
     """TRL reward function around an afd scorer: the original prompt messages travel in the
     dataset's ``afd_prompt`` column (JSON), completions come back as text or messages. The raw
-    rewards' mean and standard deviation of each call go to ``store`` (see :class:`RawRewardLog`);
+    rewards' mean and standard deviation of each call (over every process's share of the batch)
+    go to ``store`` (see :class:`RawRewardLog`);
     with ``scaling`` "standardize" the call's rewards are returned standardised (TRL then
     subtracts the KL term from these)."""
 
@@ -125,8 +126,10 @@ def reward_function(scorer, batch_size: int, scaling: str = "none", store: dict 
             kw = {"token_ids": ids[s:s + batch_size]} if ids is not None else {}
             out += scorer(messages[s:s + batch_size], texts[s:s + batch_size], **kw)
         out = [float(x) for x in out]
-        mean = sum(out) / len(out)
-        std = (sum((x - mean) ** 2 for x in out) / max(len(out) - 1, 1)) ** 0.5
+        # over the whole batch: under several processes each rank scores only its share
+        n, total = dist.reduce_sum(len(out)), dist.reduce_sum(sum(out))
+        mean = total / n
+        std = (dist.reduce_sum(sum((x - mean) ** 2 for x in out)) / max(n - 1, 1)) ** 0.5
         if store is not None:
             store.setdefault("mean", []).append(mean)
             store.setdefault("std", []).append(std)

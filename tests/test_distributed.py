@@ -51,6 +51,13 @@ from afd.errors import AfdError
 def boom():
     raise AfdError("stopped on the main process")
 
+from afd.rl import reward_function
+
+# each rank scores its own share of the batch: rank 0 the rewards 1, 2 and rank 1 the rewards 3, 4
+scorer = lambda prompts, responses: [float(r) for r in responses]
+store = {}
+scaled = reward_function(scorer, 8, "standardize", store)([], [str(2 * dist.rank() + 1), str(2 * dist.rank() + 2)],
+                                                         ["[]", "[]"])
 try:
     dist.on_main(boom)
     error = None
@@ -60,7 +67,8 @@ open(f"rank{dist.rank()}.json", "w").write(json.dumps({"rank": dist.rank(), "wor
                   "mean": dist.reduce_mean(float(dist.rank())), "gathered": dist.gather(10 * dist.rank()),
                   "broadcast": dist.broadcast("main" if dist.is_main() else "other"), "error": error,
                   "alone": dist.on_main(lambda: dist.reduce_sum(5)),
-                  "mapped": dist.map_sharded(lambda part: [10 * x + dist.rank() for x in part], list(range(5)))}))
+                  "mapped": dist.map_sharded(lambda part: [10 * x + dist.rank() for x in part], list(range(5))),
+                  "scaled": scaled, "raw_mean": store["mean"], "raw_std": store["std"]}))
 """
 
 
@@ -75,6 +83,11 @@ def test_helpers_reduce_and_share_the_main_process_decisions(tmp_path):
     assert all(r["error"] == "stopped on the main process" for r in out)  # no rank left waiting
     assert all(r["alone"] == 5 for r in out)  # inside on_main the main process works alone
     assert all(r["mapped"] == [0, 11, 20, 31, 40] for r in out)  # items dealt round-robin, results in order
+    # RL's reward scale and reward_scaling=standardize are of the whole batch, not a rank's share
+    std = (5 / 3) ** 0.5  # rewards 1, 2, 3, 4: mean 2.5, sample variance 5/3
+    assert all(r["raw_mean"] == [2.5] and r["raw_std"] == [pytest.approx(std)] for r in out)
+    assert out[0]["scaled"] == pytest.approx([-1.5 / std, -0.5 / std])
+    assert out[1]["scaled"] == pytest.approx([0.5 / std, 1.5 / std])
 
 
 def test_sft_on_two_processes_writes_once_and_sums_tokens(tmp_path):
