@@ -33,7 +33,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE))
-from common import RESULTS, machine  # noqa: E402
+from common import RESULTS, across_seeds, ci, machine, seeds_arg  # noqa: E402
 from hh_harmless import make_data  # noqa: E402
 
 PAPER = {"bt": 70.02, "ava-p": 70.27, "ava-d": 70.54}
@@ -44,22 +44,22 @@ ABLATIONS = {"rm_ava_p_no_td": {"ava_lambda": 0.0}, "rm_ava_p_no_contrastive": {
              "rm_ava_p_uniform": {"ava_weighting": "uniform"}, "rm_ava_p_new_q": {"ava_q_head": "new"}}
 
 
-def pipeline(out: str, files: dict, epochs: float, ablations: list[str], seeds: list[int],
+def pipeline(out: str, files: dict, epochs: float, ablations: list[str], seed: int,
              backbone: str = BACKBONE) -> dict:
+    """One seed's reward models (seed = data split and training), on that seed's files."""
     limits = {"max_length": 320, "max_prompt_length": 256} if backbone == BACKBONE else \
         {"max_length": 1200, "max_prompt_length": 1000}  # tiny-random's byte-level tokens
     rm = {"kind": "reward", "model": backbone, "epochs": epochs, "lr": 5.0e-5, "batch_size": 4,
           "grad_accum": 2, "eval_fraction": 0.0, "logging_steps": 2, "eval_pairs": files["eval_pairs"],
-          "save_steps": 20, **limits}
-    base = {
+          "save_steps": 20, "seed": seed, **limits}
+    stages = {
         "rm_bt": {**rm, "variant": "bt", "data": files["train_pairs"]},
         "rm_ava_p": {**rm, "variant": "ava-p", "data": files["train_pairs"]},
         "rm_ava_d": {**rm, "variant": "ava-d", "data": files["demos"]},
     }
     for name in ablations:  # the paper's ablation switches, one at a time, on AVA-p
-        base[name] = {**base["rm_ava_p"], **ABLATIONS[name]}
-    stages = {f"{name}_s{seed}": {**options, "seed": seed} for seed in seeds for name, options in base.items()}
-    return {"out": out, "seed": seeds[0], "stages": stages}
+        stages[name] = {**stages["rm_ava_p"], **ABLATIONS[name]}
+    return {"out": out, "seed": seed, "stages": stages}
 
 
 def length_only(train_pairs: str, eval_pairs: str) -> dict:
@@ -78,34 +78,20 @@ def length_only(train_pairs: str, eval_pairs: str) -> dict:
             "length_only_accuracy": held if train >= 0.5 else 1 - held}
 
 
-def t_interval(values: list[float]) -> tuple[float, float]:
-    """95% t-interval of the mean over seeds ((mean, mean) for one seed)."""
-    import math
-    import statistics
-
-    m = statistics.fmean(values)
-    if len(values) < 2:
-        return m, m
-    t = {2: 12.71, 3: 4.30, 4: 3.18, 5: 2.78, 6: 2.57, 7: 2.45, 8: 2.36, 9: 2.31, 10: 2.26}.get(len(values), 2.0)
-    h = t * statistics.stdev(values) / math.sqrt(len(values))
-    return m - h, m + h
-
-
-def summarise(results: dict, names: list[str], seeds: list[int]) -> dict:
-    """name -> per-seed metrics, and the mean over seeds of pair accuracy and prefers_longer."""
-    import statistics
-
+def summarise(per_seed_results: dict, names: list[str]) -> dict:
+    """name -> per-seed metrics, and across seeds the mean and 95% t interval of pair accuracy,
+    prefers_longer and the length-only control (each seed has its own split, so its own control)."""
     out = {}
     for name in names:
-        per_seed = {str(s): results[f"{name}_s{s}"] for s in seeds}
-        acc = [m["pair_accuracy"] for m in per_seed.values()]
-        longer = [m["prefers_longer"] for m in per_seed.values() if m.get("prefers_longer") is not None]
-        out[name] = {"variant": next(iter(per_seed.values()))["variant"], "per_seed": per_seed,
-                     "pair_accuracy": statistics.fmean(acc), "pair_accuracy_ci95": t_interval(acc),
-                     "prefers_longer": statistics.fmean(longer) if longer else None,
-                     "pairs": next(iter(per_seed.values()))["pairs"],
-                     "train_examples": next(iter(per_seed.values()))["train_examples"],
-                     "minutes_per_seed": statistics.fmean(m.get("seconds", 0) for m in per_seed.values()) / 60}
+        per_seed = {s: r[name] for s, r in per_seed_results.items()}
+        first = next(iter(per_seed.values()))
+        out[name] = {"variant": first["variant"], "per_seed": per_seed,
+                     "pair_accuracy": across_seeds([m["pair_accuracy"] for m in per_seed.values()]),
+                     "prefers_longer": across_seeds([m.get("prefers_longer") for m in per_seed.values()]),
+                     "length_only_accuracy": across_seeds([r["length_only"]["length_only_accuracy"]
+                                                           for r in per_seed_results.values()]),
+                     "pairs": first["pairs"], "train_examples": first["train_examples"],
+                     "minutes_per_seed": sum(m.get("seconds", 0) for m in per_seed.values()) / len(per_seed) / 60}
     return out
 
 
@@ -120,7 +106,7 @@ def main() -> None:
                     help="also AVA-p with ablation switches: all (~12 min each a seed), or a comma list of "
                          + ", ".join(ABLATIONS))
     args = ap.parse_args()
-    seeds = [int(x) for x in args.seeds.split(",") if x != ""]
+    seeds = seeds_arg(args.seeds)
     ablations = [a for a in args.ablations.split(",") if a]
     unknown = [a for a in ablations if a not in ABLATIONS]
     if unknown:
@@ -134,15 +120,24 @@ def main() -> None:
     backbone = "tiny-random" if args.smoke else BACKBONE
     from afd.pipeline import run
 
-    files = make_data(Path(args.out) / "data", n_train, n_eval)
-    config = pipeline(args.out, files, epochs, ablations, seeds, backbone)
-    if args.smoke:
-        for options in config["stages"].values():
-            options["max_steps"] = 2
-    results = run(config, report=lambda name, m: print(f"[{name}] done in {m.get('seconds', 0):.0f} s", flush=True))
-    saved = {"seeds": seeds, "models": summarise(results, ["rm_bt", "rm_ava_p", "rm_ava_d", *ablations], seeds),
-             **length_only(files["train_pairs"], files["eval_pairs"]), "paper": PAPER,
-             "setup": {"n_train": n_train, "epochs": epochs, "backbone": backbone}, "machine": machine()}
+    per_seed = {}
+    for seed in seeds:  # seed = data split (training and held-out pairs) and training
+        out = Path(args.out) / f"seed-{seed}"
+        files = make_data(out / "data", n_train, n_eval, seed)
+        config = pipeline(str(out), files, epochs, ablations, seed, backbone)
+        if args.smoke:
+            for options in config["stages"].values():
+                options["max_steps"] = 2
+        results = run(config, report=lambda name, m: print(f"[seed {seed}: {name}] done in {m.get('seconds', 0):.0f} s",
+                                                           flush=True))
+        per_seed[str(seed)] = {**results, "length_only": length_only(files["train_pairs"], files["eval_pairs"])}
+    names = ["rm_bt", "rm_ava_p", "rm_ava_d", *ablations]
+    saved = {"seeds": seeds, "models": summarise(per_seed, names), "paper": PAPER,
+             "length_only": {s: r["length_only"] for s, r in per_seed.items()},
+             "length_only_accuracy": across_seeds([r["length_only"]["length_only_accuracy"] for r in per_seed.values()]),
+             "longer_wins_accuracy": across_seeds([r["length_only"]["longer_wins_accuracy"] for r in per_seed.values()]),
+             "setup": {"n_train": n_train, "n_eval": n_eval, "epochs": epochs, "backbone": backbone},
+             "machine": machine()}
     for m in saved["models"].values():  # the figures the issue asks for at the top level of each model
         m["seeds"] = seeds
     report(saved, save=not small)
@@ -154,32 +149,33 @@ def report(saved: dict, save: bool) -> None:
     results, setup, host, seeds = saved["models"], saved["setup"], saved["machine"], saved["seeds"]
     rows, bars = [], {}
     for name, m in results.items():
-        lo, hi = m["pair_accuracy_ci95"]
+        acc = m["pair_accuracy"]
+        mean, (lo, hi) = acc["mean"], acc["ci95"] or (acc["mean"], acc["mean"])
         data = "chosen replies only (no label)" if m["variant"] == "ava-d" else "pairs"
         label = m["variant"] + "".join(f", {k}={v}" for k, v in ABLATIONS.get(name, {}).items())
         paper = f"{PAPER[m['variant']]:.2f}" if name not in ABLATIONS else "–"
         per_seed = ", ".join(f"{s['pair_accuracy']:.3f}" for s in m["per_seed"].values())
-        longer = m.get("prefers_longer")
-        rows.append(f"| {label} | {data} | {m['train_examples']} | {per_seed} | {m['pair_accuracy']:.3f} | "
+        longer = (m.get("prefers_longer") or {}).get("mean")
+        rows.append(f"| {label} | {data} | {m['train_examples']} | {per_seed} | {mean:.3f} | "
                     f"[{lo:.3f}, {hi:.3f}] | {'–' if longer is None else f'{longer:.3f}'} | {paper} | "
                     f"{m['minutes_per_seed']:.1f} |")
-        bars[label.replace("ava_", "")] = (m["pair_accuracy"], lo, hi)
+        bars[label.replace("ava_", "")] = (mean, lo, hi)
     pairs = next(iter(results.values()))["pairs"]
     table = "\n".join([
         f"# hh-ava: reward accuracy on {pairs} held-out HH-RLHF harmless pairs", "",
         f"Machine: {host['cpu']}, {host['cores']} cores. Backbone {setup['backbone']} for all three; "
         f"{setup['n_train']} training pairs, of which those whose prompt fits 256 tokens are used, {setup['epochs']} "
-        "epoch, lr 5e-5, 8 sequences or pairs a step; training seeds " + ", ".join(map(str, seeds)) + " (one data "
-        "split). AVA defaults (afd/ava.py): alpha 1, beta 20, gamma 1, lambda 1, contrastive 1, attention weights "
+        "epoch, lr 5e-5, 8 sequences or pairs a step; seeds " + ", ".join(map(str, seeds)) + " (each seed its own "
+        "split, held out by prompt, and its own training). AVA defaults (afd/ava.py): alpha 1, beta 20, gamma 1, lambda 1, contrastive 1, attention weights "
         "from the last layer; AVA-p ranks by the last step's reward (Eq. 18), AVA-d by sum_t w_t mu_t. The paper "
         "trained GPT-2 on the whole data set.", "",
         "| reward model | trained on | training examples | pair accuracy per seed | mean | 95% interval (t, over "
         "seeds) | prefers the longer reply | paper (GPT-2, %) | minutes a seed |",
         "|---|---|---|---|---|---|---|---|---|", *rows, "",
         "\"Prefers the longer reply\": the share of the pairs of unequal length in which the model ranks the longer "
-        f"reply higher (mean over seeds). A length-only classifier ({saved['length_only_rule']}, the rule that is "
-        f"right more often on the training pairs) scores {saved['length_only_accuracy']:.3f} on these pairs; \"the "
-        f"longer reply wins\", {saved['longer_wins_accuracy']:.3f}.", "",
+        "reply higher (mean over seeds). A length-only classifier (longer or shorter wins, whichever is right more "
+        f"often on the seed's training pairs) scores {ci(saved['length_only_accuracy'])} on the held-out pairs; "
+        f"\"the longer reply wins\", {ci(saved['longer_wins_accuracy'])}.", "",
         "![pair accuracy](pair_accuracy.png)", ""])
     print(table)
     if save:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import random
 import sys
 from pathlib import Path
 
@@ -35,6 +36,8 @@ def make_data(folder: Path, n_train: int, n_eval: int, seed: int = 0) -> dict:
     pairs, _ = load_pairs(DataConfig(path=str(HH), on_invalid="skip"))
     # held out by prompt: no conversation is both trained on and evaluated on
     train, held = split(pairs, n_eval / len(pairs), seed, key=lambda p: json.dumps(p.prompt, sort_keys=True))
+    # the training pairs are a seeded draw too (not the file's first n_train), so seed = data split
+    random.Random(seed).shuffle(train)
     train, held = train[:n_train], held[:n_eval]
     folder.mkdir(parents=True, exist_ok=True)
 
