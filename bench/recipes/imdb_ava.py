@@ -36,47 +36,54 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE))
-from common import RESULTS, SHARED_DATA, machine  # noqa: E402
-from imdb_iterated import POLICY, pipeline as iterated_pipeline  # noqa: E402
-from imdb_positive import INSTRUCTION, make_data, words  # noqa: E402
+from common import RESULTS, SHARED_DATA, across_seeds, ci, machine, seeds_arg  # noqa: E402
+from imdb_iterated import POLICY, pipeline as iterated_pipeline, seed_data, settings  # noqa: E402
+from imdb_positive import INSTRUCTION, words  # noqa: E402
 
 SEQ = {"max_length": 192, "max_prompt_length": 96}
 
 
-def pipeline(out: str, files: dict, s: dict, seeds: list[int]) -> dict:
-    base = iterated_pipeline(out, files, s)["stages"]
+def pipeline(out: str, files: dict, s: dict, seed: int) -> dict:
+    """One seed's stages: imdb-iterated's SFT, pools and MiniLM init-sft (reused from its run
+    folder when it has run), and the smollm2-backbone AVA-d and init-sft reward models."""
+    base = iterated_pipeline(out, files, s, seed)["stages"]
     keep = ("sft", "rm_pool_init", "rm_pool_sft", "rm_init_sft", "sample_init", "sample_sft")
     stages = {name: base[name] for name in keep}
-    rm = {"kind": "reward", "model": POLICY, "epochs": 1, "lr": 5e-5, "batch_size": 8, "eval_fraction": 0.0,
-          "logging_steps": 2, **SEQ}
-    for seed in seeds:
-        stages[f"rm_init_sft_smollm2_s{seed}"] = {**rm, "variant": "init-sft", "init_pool": "@rm_pool_init",
-                                                   "sft_pool": "@rm_pool_sft", "seed": seed}
-        # the new heads at their own rate: at 5e-5 for 16 steps they barely leave their initial N(0, 1)
-        stages[f"rm_ava_d_s{seed}"] = {**rm, "variant": "ava-d", "data": files["demos"], "ava_head_lr": 1e-3,
-                                       "seed": seed}
-        stages[f"eval_ava_s{seed}"] = {
-            "kind": "eval", "golden": "vader", "pools": {"init": "@sample_init", "sft": "@sample_sft"},
-            "proxies": {"ava-d": f"@rm_ava_d_s{seed}", "init-sft (smollm2)": f"@rm_init_sft_smollm2_s{seed}",
-                        "init-sft (MiniLM)": "@rm_init_sft"},
-            "bon_policy": "sft", "baseline": "sft", "demos": files["norm_demos"]}
-    return {"out": out, "seed": 0, "model": POLICY, "stages": stages}
+    rm = {"kind": "reward", "model": s.get("policy", POLICY), "epochs": 1, "lr": 5e-5, "batch_size": 8,
+          "eval_fraction": 0.0, "logging_steps": 2, "seed": seed,
+          **{k: v * s.get("length_scale", 1) for k, v in SEQ.items()}}  # tiny-random's byte tokens are longer
+    stages["rm_init_sft_smollm2"] = {**rm, "variant": "init-sft", "init_pool": "@rm_pool_init",
+                                     "sft_pool": "@rm_pool_sft"}
+    # the new heads at their own rate: at 5e-5 for 16 steps they barely leave their initial N(0, 1)
+    stages["rm_ava_d"] = {**rm, "variant": "ava-d", "data": files["demos"], "ava_head_lr": 1e-3}
+    stages["eval_ava"] = {
+        "kind": "eval", "golden": "vader", "pools": {"init": "@sample_init", "sft": "@sample_sft"},
+        "proxies": {"ava-d": "@rm_ava_d", "init-sft (smollm2)": "@rm_init_sft_smollm2",
+                    "init-sft (MiniLM)": "@rm_init_sft"},
+        "bon_policy": "sft", "baseline": "sft", "demos": files["norm_demos"]}
+    return {"out": out, "seed": seed, "model": s.get("policy", POLICY), "stages": stages}
 
 
 def over_seeds(evals: list[dict]) -> dict:
     """proxy -> n, and per N the golden reward's per-seed values, mean and 95% t-interval."""
-    import math
-
     out = {}
-    t = {2: 12.71, 3: 4.30, 4: 3.18, 5: 2.78}.get(len(evals), 2.0)
     for proxy in evals[0]["bon"]:
-        golds = list(zip(*[ev["bon"][proxy]["gold"] for ev in evals]))  # per N, one value a seed
-        means = [statistics.fmean(g) for g in golds]
-        half = [t * statistics.stdev(g) / math.sqrt(len(g)) if len(g) > 1 else 0.0 for g in golds]
-        out[proxy] = {"n": evals[0]["bon"][proxy]["n"], "gold_per_seed": [list(g) for g in golds], "gold": means,
-                      "gold_ci95": [[m - h, m + h] for m, h in zip(means, half)],
-                      "win_rate": [statistics.fmean(w) for w in zip(*[ev["bon"][proxy]["win_rate"] for ev in evals])]}
+        golds = [across_seeds(list(g)) for g in zip(*[ev["bon"][proxy]["gold"] for ev in evals])]  # per N
+        wins = [across_seeds(list(w)) for w in zip(*[ev["bon"][proxy]["win_rate"] for ev in evals])]
+        out[proxy] = {"n": evals[0]["bon"][proxy]["n"], "gold_per_seed": [g["per_seed"] for g in golds],
+                      "gold": [g["mean"] for g in golds],
+                      "gold_ci95": [g["ci95"] or [g["mean"], g["mean"]] for g in golds],
+                      "win_rate": [w["mean"] for w in wins], "win_rate_ci95": [w["ci95"] for w in wins]}
     return out
+
+
+def uncertainty_over_seeds(per_seed: list[dict]) -> dict:
+    """source -> its per-token std, sequence reward and AUC against unseen same-source responses,
+    each as a mean over seeds with its 95% t interval."""
+    return {name: {"n": per_seed[0][name]["n"],
+                   **{k: across_seeds([u[name][k] for u in per_seed])
+                      for k in ("std_mean", "reward_mean", "auc_vs_unseen_same_source")}}
+            for name in per_seed[0]}
 
 
 def read_jsonl(path) -> list[dict]:
@@ -145,8 +152,8 @@ def report(ev: dict, unc: dict, rm_metrics: dict, s: dict, host: dict, seeds: li
              f"(smollm2-135m-instruct, SFT on {s['n_demos']} positive-review continuations). AVA-d: smollm2 "
              f"backbone, the {s['n_demos']} demonstrations only, 1 epoch, lr 5e-5 (heads 1e-3), default options "
              f"otherwise (afd/ava.py; it ranks by sum_t w_t mu_t). init-sft (smollm2): same backbone and epochs, on "
-             f"{s['n_rm']} prompts x 4 samples of SFT vs pi_0. Training seeds {', '.join(map(str, seeds))} (the "
-             "SFT policy, pools and MiniLM init-sft are shared).", "",
+             f"{s['n_rm']} prompts x {s.get('k_rm', 1)} sample(s) of SFT vs pi_0. Seeds {', '.join(map(str, seeds))}: "
+             "each seed its own data split, SFT policy, pools and reward models (imdb-iterated's seed folders).", "",
              "## Best-of-N golden reward (VADER) from the SFT pool", "",
              "Mean over seeds [95% t-interval]; win rate against an SFT sample at the largest N, mean over seeds.", "",
              "| reward | " + " | ".join(f"N={n}" for n in ns) + " | win rate vs SFT at N=" + str(ns[-1]) + " |",
@@ -155,58 +162,60 @@ def report(ev: dict, unc: dict, rm_metrics: dict, s: dict, host: dict, seeds: li
         lines.append(f"| {name} | " + " | ".join(f"{g:.3f} [{lo:.3f}, {hi:.3f}]" for g, (lo, hi)
                                                  in zip(b["gold"], b["gold_ci95"])) + f" | {b['win_rate'][-1]:.3f} |")
     pol = ev["policies"]
-    lines += ["", f"pi_0 {pol['init']['gold']:.3f}, SFT {pol['sft']['gold']:.3f} (±{pol['sft']['gold_ci95']:.3f}), "
+    lines += ["", f"First seed: pi_0 {pol['init']['gold']:.3f}, SFT {pol['sft']['gold']:.3f} (±{pol['sft']['gold_ci95']:.3f}), "
               f"demonstrations {pol['demonstrations']['gold']:.3f}.", "",
-              f"## Per-token reward standard deviation (AVA-d, seed {seeds[0]})", "",
-              "Mean over responses of the mean per-token std (± standard error), the mean sequence reward, and "
-              "the AUC with which the std separates each source from unseen responses of the training source "
-              "(0.5: not at all; 1: the other source always has the higher std).", "",
-              "| responses | n | per-token std | ± | sequence reward | AUC vs unseen same-source |",
-              "|---|---|---|---|---|---|"]
+              "## Per-token reward standard deviation (AVA-d)", "",
+              "Mean over seeds [95% t-interval] of: the mean over responses of the mean per-token std, the mean "
+              "sequence reward, and the AUC with which the std separates each source from unseen responses of the "
+              "training source (0.5: not at all; 1: the other source always has the higher std).", "",
+              "| responses | n a seed | per-token std | sequence reward | AUC vs unseen same-source |",
+              "|---|---|---|---|---|"]
     for name, r in unc.items():
-        lines.append(f"| {name} | {r['n']} | {r['std_mean']:.4f} | {r['std_se']:.4f} | {r['reward_mean']:.3f} | "
-                     f"{fmt(r['auc_vs_unseen_same_source'])} |")
+        lines.append(f"| {name} | {r['n']} | {ci(r['std_mean'], 4)} | {ci(r['reward_mean'])} | "
+                     f"{ci(r['auc_vs_unseen_same_source'])} |")
     lines += ["", f"AVA-d training: {rm_metrics['steps']} steps, {rm_metrics['seconds'] / 60:.1f} min.", "",
               "![BoN golden reward](bon_gold_vs_n.png)", ""]
     return "\n".join(lines)
 
 
-def fmt(x, digits=3) -> str:
-    return "–" if x is None else f"{x:.{digits}f}"
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default="runs/imdb-iterated", help="run folder (imdb-iterated's, to reuse its stages)")
-    ap.add_argument("--seeds", default="0", help="training seeds of the reward models, comma-separated")
+    ap.add_argument("--seeds", type=seeds_arg, default=[0],
+                    help="seeds (each: data split, sampling and training), e.g. 0,1,2; results need at least 3")
     ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--smoke", action="store_true", help="tiny-random everywhere: the recipe runs (not results)")
     args = ap.parse_args()
-    seeds = [int(x) for x in args.seeds.split(",") if x != ""]
-    s = dict(n_demos=32, n_loop=8, n_rm=8, n_eval=4, k_eval=2, k_bon=4, rl_steps=2, n_unc=8) if args.quick else \
-        dict(n_demos=128, n_loop=64, n_rm=48, n_eval=32, k_eval=4, k_bon=16, rl_steps=8, n_unc=64)
-    files = make_data(Path(args.out) / "data", s["n_demos"], s["n_rm"], s["n_eval"], 24, 48)
+    seeds = args.seeds
+    s = {**settings(args.quick, args.smoke), "n_unc": 8 if args.quick or args.smoke else 64}
     from afd.pipeline import run
 
-    results = run(pipeline(args.out, files, s, seeds),
-                  report=lambda name, m: print(f"[{name}] done in {m.get('seconds', 0):.0f} s", flush=True))
-    evals = [results[f"eval_ava_s{seed}"] for seed in seeds]
-    bon = over_seeds(evals)
-    unc = uncertainty(str(Path(args.out) / f"rm_ava_d_s{seeds[0]}" / "model"),
-                      sources(Path(args.out), files, s["n_unc"]))
-    table = report(evals[0], unc, results[f"rm_ava_d_s{seeds[0]}"], s, machine(), seeds, bon)
+    evals, uncs, rms = [], [], []
+    for seed in seeds:  # the folders and splits of imdb-iterated's seeds, so its stages are reused
+        out = Path(args.out) / f"seed-{seed}"
+        files = seed_data(str(out), s, seed)
+        results = run(pipeline(str(out), files, s, seed),
+                      report=lambda name, m: print(f"[seed {seed}: {name}] done in {m.get('seconds', 0):.0f} s",
+                                                   flush=True))
+        evals.append(results["eval_ava"])
+        rms.append({k: results[k] for k in ("rm_ava_d", "rm_init_sft_smollm2", "rm_init_sft")})
+        uncs.append(uncertainty(str(out / "rm_ava_d" / "model"), sources(out, files, s["n_unc"])))
+    bon, unc = over_seeds(evals), uncertainty_over_seeds(uncs)
+    table = report(evals[0], unc, rms[0]["rm_ava_d"], s, machine(), seeds, bon)
     print(table)
-    if not args.quick and len(seeds) < 3:
+    small = args.quick or args.smoke
+    if not small and len(seeds) < 3:
         print(f"not saved to bench/results: {len(seeds)} seed(s); a result needs at least 3 (--seeds 0,1,2)")
-    elif not args.quick:
+    elif not small:
         dest = RESULTS / "imdb-ava"
         dest.mkdir(parents=True, exist_ok=True)
         (dest / "results.md").write_text(table)
         (dest / "metrics.json").write_text(json.dumps(
             {"seeds": seeds, "bon": bon, "eval_per_seed": {str(k): ev for k, ev in zip(seeds, evals)},
-             "uncertainty": unc, "setup": s, "machine": machine(), "rm_init_sft": results["rm_init_sft"],
-             **{f"{m}_s{k}": results[f"{m}_s{k}"] for m in ("rm_ava_d", "rm_init_sft_smollm2") for k in seeds}},
+             "uncertainty": unc, "uncertainty_per_seed": {str(k): u for k, u in zip(seeds, uncs)},
+             "reward_models_per_seed": {str(k): r for k, r in zip(seeds, rms)}, "setup": s, "machine": machine()},
             indent=2))
-        shutil.copy(Path(args.out) / f"eval_ava_s{seeds[0]}" / "bon_gold_vs_n.png", dest / "bon_gold_vs_n.png")
+        shutil.copy(Path(args.out) / f"seed-{seeds[0]}" / "eval_ava" / "bon_gold_vs_n.png", dest / "bon_gold_vs_n.png")
         print("saved", dest)
 
 

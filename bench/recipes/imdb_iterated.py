@@ -154,6 +154,27 @@ def report(agg: dict, s: dict, seeds: list[int], host: dict) -> str:
     return "\n".join(lines)
 
 
+def settings(quick: bool = False, smoke: bool = False, max_new_tokens: int | None = None,
+             rm_response_tokens: int | None = None) -> dict:
+    """The recipe's sizes (imdb-ava reuses them, and so this recipe's stages)."""
+    s = dict(n_demos=32, n_loop=8, n_rm=8, n_eval=4, n_eval_negative=2, k_eval=2, k_bon=4, k_rm=1, rl_steps=2,
+             new_tokens=32) if quick or smoke else \
+        dict(n_demos=128, n_loop=64, n_rm=192, n_eval=32, n_eval_negative=16, k_eval=4, k_bon=16, k_rm=1,
+             rl_steps=8, new_tokens=NEW_TOKENS)
+    if smoke:
+        s.update(policy="tiny-random", rm_backbone="tiny-random", length_scale=4)
+    if max_new_tokens:
+        s["new_tokens"] = max_new_tokens
+    if rm_response_tokens:
+        s["rm_response_tokens"] = rm_response_tokens
+    return s
+
+
+def seed_data(out: str, s: dict, seed: int) -> dict:
+    """One seed's data split (seed = data split, sampling and training), in OUT/data."""
+    return make_data(Path(out) / "data", s["n_demos"], s["n_rm"], s["n_eval"], 24, 48, seed, s["n_eval_negative"])
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default="runs/imdb-iterated")
@@ -166,24 +187,14 @@ def main() -> None:
                          "matched by cutting every response alike; choose N on the reward models' held-out split")
     ap.add_argument("--max-new-tokens", type=int, default=None, help="sample cap of every pool and of RL")
     args = ap.parse_args()
-    s = dict(n_demos=32, n_loop=8, n_rm=8, n_eval=4, n_eval_negative=2, k_eval=2, k_bon=4, k_rm=1, rl_steps=2,
-             new_tokens=32) if args.quick or args.smoke else \
-        dict(n_demos=128, n_loop=64, n_rm=192, n_eval=32, n_eval_negative=16, k_eval=4, k_bon=16, k_rm=1,
-             rl_steps=8, new_tokens=NEW_TOKENS)
-    if args.smoke:
-        args.quick = True
-        s.update(policy="tiny-random", rm_backbone="tiny-random", length_scale=4)
-    if args.max_new_tokens:
-        s["new_tokens"] = args.max_new_tokens
-    if args.rm_response_tokens:
-        s["rm_response_tokens"] = args.rm_response_tokens
+    s = settings(args.quick, args.smoke, args.max_new_tokens, args.rm_response_tokens)
+    args.quick = args.quick or args.smoke
     from afd.pipeline import run
 
     per_seed = []
     for seed in args.seeds:
         out = str(Path(args.out) / f"seed-{seed}")
-        files = make_data(Path(out) / "data", s["n_demos"], s["n_rm"], s["n_eval"], 24, 48, seed,
-                          s["n_eval_negative"])
+        files = seed_data(out, s, seed)
         results = run(pipeline(out, files, s, seed),
                       report=lambda name, m: print(f"[seed {seed}: {name}] done in {m.get('seconds', 0):.0f} s",
                                                    flush=True))
