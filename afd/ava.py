@@ -452,11 +452,12 @@ def train(cfg, stage: StageDir, objective: str) -> tuple[dict, object, object]:
     if cfg.lora_r > 0:
         from peft import get_peft_model
 
-        from afd.training import lora_config
+        from afd.training import lora_config, quiet_upstream
 
         lc = lora_config(cfg)
         lc.modules_to_save = ["ava_heads"]
-        model = get_peft_model(model, lc)
+        with quiet_upstream():
+            model = get_peft_model(model, lc)
     checkpoints = stage.path / "checkpoints"
     rate = TokenRate()
     trainer = _trainer_class(objective, cfg)(

@@ -18,6 +18,7 @@ alike, so a response is always scored in exactly the context it was trained and 
 from __future__ import annotations
 
 import importlib.util
+import inspect
 import os
 import shutil
 import tempfile
@@ -289,3 +290,22 @@ def decode_response(tokenizer, messages: list[dict], ids: list[int], template: s
     text = tokenizer.decode(ids, skip_special_tokens=True)
     sep = "" if uses_chat_template(tokenizer, template) else raw_separator(messages)
     return text[len(sep):] if sep and text.startswith(sep) else text
+
+
+@lru_cache(maxsize=None)
+def _cache_argument(forward_owner: type) -> str:
+    params = inspect.signature(forward_owner.forward).parameters
+    return "cache" if "cache" in params else "past_key_values"
+
+
+def kv_cache(model, cache) -> dict:
+    """The keyword argument that hands a KV cache to ``model``'s forward: ``cache`` where the
+    model takes it (transformers 5, where ``past_key_values`` is deprecated), else
+    ``past_key_values`` (transformers 4)."""
+    return {_cache_argument(type(model)): cache}
+
+
+def returned_cache(out):
+    """The KV cache a forward returned (``out.cache`` in transformers 5, ``past_key_values`` before)."""
+    cache = getattr(out, "cache", None)
+    return cache if cache is not None else out.past_key_values

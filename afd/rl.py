@@ -51,7 +51,8 @@ from afd import dist, models
 from afd.config import check_choice, opt, options_of
 from afd.errors import AfdError
 from afd.runs import DataOptions, StageDir, StageOptions
-from afd.training import TrainOptions, lora_config, save_model, train_resuming, training_arguments
+from afd.training import (TrainOptions, lora_config, quiet_upstream, save_model, train_resuming,
+                          training_arguments)
 
 
 @dataclass
@@ -301,15 +302,16 @@ def rl(cfg: RLConfig) -> dict:
         raise models._load_error(cfg.model, e) from None
     peft_config = lora_config(cfg) if cfg.lora_r > 0 else None
     checkpoints = stage.path / "checkpoints"
-    if cfg.dense_rewards:
-        trainer = _dense_trainer(cfg, policy, tok, dataset, peft_config, checkpoints)
-    else:
-        scorer = rl_scorer(cfg.reward, device=cfg.device, template=cfg.template)
-        raw: dict = {}
-        trainer = RLOOTrainer(model=policy, reward_funcs=reward_function(scorer, cfg.reward_batch_size,
-                                                                         cfg.reward_scaling, raw),
-                              args=_rloo_config(cfg, checkpoints, False), train_dataset=dataset,
-                              processing_class=tok, peft_config=peft_config, callbacks=[_raw_reward_log(raw)])
+    with quiet_upstream():  # TRL wraps the policy with PEFT when peft_config is given
+        if cfg.dense_rewards:
+            trainer = _dense_trainer(cfg, policy, tok, dataset, peft_config, checkpoints)
+        else:
+            scorer = rl_scorer(cfg.reward, device=cfg.device, template=cfg.template)
+            raw: dict = {}
+            trainer = RLOOTrainer(model=policy, reward_funcs=reward_function(scorer, cfg.reward_batch_size,
+                                                                             cfg.reward_scaling, raw),
+                                  args=_rloo_config(cfg, checkpoints, False), train_dataset=dataset,
+                                  processing_class=tok, peft_config=peft_config, callbacks=[_raw_reward_log(raw)])
     if cfg.ref_model and cfg.kl_coef > 0:
         if peft_config is not None:
             raise AfdError("option 'ref_model' cannot be combined with LoRA (the reference is the adapter-free model)")
@@ -319,7 +321,8 @@ def rl(cfg: RLConfig) -> dict:
         except RuntimeError as e:
             raise AfdError(f"ref_model '{cfg.ref_model}' does not have the policy's architecture ({e})") from None
         del ref
-    result, resume = train_resuming(trainer, checkpoints)
+    with quiet_upstream():  # TRL's generation reads a deprecated transformers property each step
+        result, resume = train_resuming(trainer, checkpoints)
     dist.save_trained(trainer, tok, stage.path / "model", save_model)  # rank 0 writes
     history = trainer.state.log_history
     logged = [h for h in history if "reward" in h]

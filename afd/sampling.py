@@ -215,8 +215,8 @@ class HFEngine:
         ids, mask = ids.to(dev), mask.to(dev)
         pos = (mask.cumsum(-1) - 1).clamp(min=0)
         out = self.model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True,
-                         past_key_values=preallocated_cache(max_new_tokens), logits_to_keep=1)
-        cache = out.past_key_values
+                         **models.kv_cache(self.model, preallocated_cache(max_new_tokens)), logits_to_keep=1)
+        cache = models.returned_cache(out)
         if k > 1:
             cache.batch_repeat_interleave(k)
         logits = out.logits[:, -1].repeat_interleave(k, 0)
@@ -251,7 +251,7 @@ class HFEngine:
                 break
             mask = torch.cat([mask, mask.new_ones(len(live), 1)], dim=1)
             out = self.model(input_ids=tok[:, None], attention_mask=mask, position_ids=next_pos[:, None],
-                             past_key_values=cache, use_cache=True)
+                             **models.kv_cache(self.model, cache), use_cache=True)
             logits = out.logits[:, -1]
             next_pos = next_pos + 1
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import inspect
 import time
+import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -110,10 +112,22 @@ def lora_config(cfg: TrainOptions, task_type: str = "CAUSAL_LM"):
                       target_modules=targets, task_type=task_type)
 
 
+@contextmanager
+def quiet_upstream():
+    """PEFT 0.21 (when it wraps a model) and TRL 1.16 (at every RL generation step) read
+    transformers' deprecated ``is_gradient_checkpointing``: deprecated calls inside those
+    libraries, not afd's, so that one warning is silenced around afd's calls into them (and
+    nothing else is)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+        yield
+
+
 def apply_lora(model, cfg: TrainOptions, task_type: str = "CAUSAL_LM"):
     from peft import get_peft_model
 
-    return get_peft_model(model, lora_config(cfg, task_type))
+    with quiet_upstream():
+        return get_peft_model(model, lora_config(cfg, task_type))
 
 
 def _supports(cls, name: str) -> bool:

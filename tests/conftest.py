@@ -7,6 +7,10 @@ tests start inherit it, including ``AFD_CACHE``, so they reuse the same built mo
 
 import json
 import os
+import sys
+import sysconfig
+import warnings
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -50,6 +54,51 @@ def say_demos(n=32):
 def prompt_rows(n=6):
     """Prompts of different lengths (so batches need padding), with unique ids."""
     return [{"id": f"p-{i}", "prompt": f"Tell me about the {WORDS[i]}" + " please" * (i % 3)} for i in range(n)]
+
+
+AFD_SOURCE = str(REPO / "afd") + os.sep
+
+
+# frames passed over to find who called a deprecated API: the libraries that define and
+# dispatch such APIs (transformers' deprecation wrappers run under torch's Module.__call__) and
+# the standard library (warnings, contextlib, functools)
+PASSED_OVER = tuple(os.sep + name + os.sep for name in ("transformers", "torch")) + (sysconfig.get_paths()["stdlib"],)
+
+
+@contextmanager
+def afd_deprecations():
+    """Collects (as strings) the deprecation warnings of afd's own calls: those whose caller, the
+    first frame outside transformers, torch and the standard library, is in afd/ (a deprecated
+    call inside PEFT or TRL is theirs). Every warning still goes on to pytest's report."""
+    found, previous = [], warnings.showwarning
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        if issubclass(category, (DeprecationWarning, FutureWarning)):
+            frame = sys._getframe(1)
+            while frame is not None and (frame.f_code.co_filename == __file__ or
+                                         any(p in frame.f_code.co_filename for p in PASSED_OVER)):
+                frame = frame.f_back
+            if frame is not None and frame.f_code.co_filename.startswith(AFD_SOURCE):
+                found.append(f"{category.__name__}: {message} (reached from "
+                             f"{os.path.relpath(frame.f_code.co_filename, REPO)}:{frame.f_lineno})")
+        previous(message, category, filename, lineno, file, line)
+
+    warnings.showwarning = show
+    try:
+        yield found
+    finally:
+        warnings.showwarning = previous
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item):
+    """A test fails when afd's own calls raise a deprecation warning (issue 13): under the pinned
+    transformers / TRL / PEFT none does, so a new one is a call to update, not noise."""
+    with afd_deprecations() as found:
+        result = yield
+    if found:
+        pytest.fail("afd's own calls raised deprecation warnings:\n" + "\n".join(dict.fromkeys(found)), pytrace=False)
+    return result
 
 
 @pytest.fixture(scope="session", autouse=True)
