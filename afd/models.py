@@ -161,11 +161,35 @@ def pick_device(device: str = "auto") -> torch.device:
         raise AfdError(f"option 'device' must be auto, cpu, cuda, cuda:N or mps; got {device!r}") from None
 
 
-def pick_dtype(dtype: str, device: torch.device) -> torch.dtype:
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU computes bf16 matmuls natively (AVX512-BF16 or AMX-BF16): only then is
+    bf16 faster than fp32 on CPU (measured: bench/results/bf16-cpu.md)."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        flags = ""
+    if "avx512_bf16" in flags or "amx_bf16" in flags:
+        return True
+    return torch.backends.cpu.get_cpu_capability() == "AMX"  # no /proc/cpuinfo: torch's own probe
+
+
+def pick_dtype(dtype: str, device: torch.device, purpose: str = "score") -> torch.dtype:
+    """The dtype for ``dtype`` ('auto' or a name) on ``device``; the one place the rule lives.
+
+    ``auto``: bf16 on CUDA with bf16. On CPU, bf16 only to *sample* (``purpose="sample"``) and
+    only where the CPU has native bf16 (AVX512-BF16/AMX); everything else in fp32 on CPU: log-
+    probabilities that are differenced or trained on (scoring, the density-ratio reward, the KL
+    estimate, RL's importance ratios, reward-model training). Why (bench/results/bf16-cpu.md,
+    smollm2-135m on a 2-core Xeon with AMX): bf16 samples ~2.4x faster with the same quality,
+    but its log-probs are off by ~0.05 nats per token and ~1 nat per 48-token sequence, which is
+    the size of the density-ratio reward's own signal, and RL's importance ratios of the same
+    model on the same tokens stop being 1 (up to tens of percent per token)."""
     if dtype == "auto":
         if device.type == "cuda" and torch.cuda.is_bf16_supported():
             return torch.bfloat16
-        return torch.float32  # CPU and MPS: fp32 is the fast, safe choice
+        if device.type == "cpu" and purpose == "sample" and cpu_has_native_bf16():
+            return torch.bfloat16
+        return torch.float32  # CPU without native bf16, differenced log-probs, MPS: fp32
     table = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
              "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
     if dtype not in table:
@@ -200,14 +224,15 @@ def load_tokenizer(name: str):
     return tok
 
 
-def load_causal_lm(name: str, device: str = "auto", dtype: str = "auto"):
-    """(model in eval mode on its device, tokenizer)."""
+def load_causal_lm(name: str, device: str = "auto", dtype: str = "auto", purpose: str = "score"):
+    """(model in eval mode on its device, tokenizer); ``purpose`` ("sample" or "score") picks
+    the dtype under ``dtype="auto"`` (see pick_dtype)."""
     from transformers import AutoModelForCausalLM
 
     dev = pick_device(device)
     path = resolve(name)
     try:
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=pick_dtype(dtype, dev))
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=pick_dtype(dtype, dev, purpose))
     except (OSError, ValueError) as e:
         raise _load_error(name, e) from None
     model.to(dev).eval()
