@@ -71,7 +71,17 @@ def stats(x: torch.Tensor) -> dict:
 
 
 def main() -> None:
-    n_prompts, k, new_tokens = 16, 4, 48
+    import argparse
+
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--prompts", type=int, default=16)
+    ap.add_argument("--k", type=int, default=4)
+    ap.add_argument("--new-tokens", type=int, default=48)
+    ap.add_argument("--rounds", type=int, default=2, help="timed sampling rounds per dtype (alternated)")
+    args = ap.parse_args()
+    n_prompts, k, new_tokens = args.prompts, args.k, args.new_tokens
+    t0 = time.perf_counter()
+    say = lambda what: print(f"[{time.perf_counter() - t0:.0f}s load {os.getloadavg()[0]:.2f}] {what}", flush=True)  # noqa: E731
     torch.manual_seed(0)
     load0 = os.getloadavg()
     fp32, tok = models.load_causal_lm("smollm2-135m-instruct", device="cpu", dtype="float32")
@@ -84,17 +94,19 @@ def main() -> None:
     seeds = [[row_seed(0, str(i), j) for j in range(k)] for i in range(n_prompts)]
 
     # sampling: warm both, then alternate; the pools of the last round are kept
-    for e in engines.values():
+    for name, e in engines.items():
         e.generate(system, seeds, new_tokens, ignore_eos=True)
+        say(f"warmed {name}")
     speed = {"fp32": [0, 0.0], "bf16": [0, 0.0]}
     pools = {}
-    for _ in range(2):
+    for _ in range(args.rounds):
         for name, e in engines.items():
             t = time.perf_counter()
             outs = e.generate(system, seeds, new_tokens)
             speed[name][1] += time.perf_counter() - t
             speed[name][0] += sum(len(c.token_ids) for row in outs for c in row)
             pools[name] = outs
+            say(f"sampled {name}")
     tok_s = {n: v[0] / v[1] for n, v in speed.items()}
 
     vader = make_scorer("vader")
@@ -115,6 +127,7 @@ def main() -> None:
     for name, model in (("fp32", fp32), ("bf16", bf16)):
         lp[name] = {"sys16": token_logprobs(model, sys_p, resp, 16), "sys4": token_logprobs(model, sys_p, resp, 4),
                     "plain16": token_logprobs(model, plain_p, resp, 16)}
+        say(f"scored {name}")
     cat = {n: {kk: torch.cat(v) for kk, v in d.items()} for n, d in lp.items()}
     seq = {n: {kk: torch.stack([x.sum() for x in v]) for kk, v in d.items()} for n, d in lp.items()}
 
@@ -138,13 +151,13 @@ def main() -> None:
               "mean_tokens_per_sequence": cat["fp32"]["sys16"].numel() / len(resp),
               "density_ratio_error": density, "kl_estimate": kl, "importance_ratio": importance,
               "cpu_capability": torch.backends.cpu.get_cpu_capability(), "native_bf16": models.cpu_has_native_bf16(),
-              "loadavg_start": load0, "loadavg_end": load1, "machine": machine(), "command": "python bench/bf16.py"}
+              "loadavg_start": load0, "loadavg_end": load1, "machine": machine(), "command": "python " + " ".join(sys.argv)}
     f = lambda d: f"mean {d['mean_abs']:.4f}, p99 {d['p99_abs']:.4f}, max {d['max_abs']:.4f}"  # noqa: E731
     table = (
         f"# bf16 vs fp32 on CPU: smollm2-135m-instruct, {n_prompts} IMDB prompts x {k} samples x {new_tokens} tokens\n\n"
         f"Machine: {result['machine']['cpu']}, {result['machine']['cores']} cores, torch {result['machine']['torch']}, "
         f"capability {result['cpu_capability']}, native bf16 {result['native_bf16']}; "
-        f"load average {load0[0]:.2f} at start, {load1[0]:.2f} at end. Command: `python bench/bf16.py`.\n\n"
+        f"load average {load0[0]:.2f} at start, {load1[0]:.2f} at end. Command: `{result['command']}`.\n\n"
         f"| quantity | fp32 | bf16 |\n|---|---|---|\n"
         f"| sampling tokens/s (steady state, alternated) | {tok_s['fp32']:.0f} | {tok_s['bf16']:.0f} |\n"
         f"| VADER of the pool (same seeds), mean +- s.e. | {quality['fp32']['vader_mean']:.3f} +- "
