@@ -124,7 +124,7 @@ def first_batch(mode: str, dtype: str, k: int, new_tokens: int, batch_size: int)
 def first_batch_figures(args) -> list[dict]:
     """Fresh child processes, cold and warm alternated (twice each), so both see the same noise."""
     out = []
-    for _ in range(2):
+    for _ in range(args.first_batch_rounds):
         for mode in ("cold", "warm"):
             cmd = [sys.executable, __file__, "--first-batch", mode, "--dtype", args.dtype, "--k", str(args.k),
                    "--new-tokens", str(args.new_tokens), "--batch-size", str(args.batch_size)]
@@ -145,6 +145,7 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="16 prompts, 2 naive prompts, 2 SFT steps; results not saved")
     ap.add_argument("--dtype", default="auto", help="auto: afd's sampling rule (bf16 on a CPU with native bf16)")
     ap.add_argument("--first-batch", choices=["cold", "warm"], help=argparse.SUPPRESS)
+    ap.add_argument("--first-batch-rounds", type=int, default=2, help="fresh cold and warm processes, alternated")
     ap.add_argument("--first-batch-only", action="store_true", help="only the first-batch figures; saved apart")
     args = ap.parse_args()
     if args.first_batch:
