@@ -237,8 +237,20 @@ def kl_to_reference(rows: list[dict], pool_path: str, reference: tuple, cfg: Eva
     ref = response_logprobs(model, tok, [(r["prompt"], r["token_ids"]) for r in rows],
                             sampled.get("template", cfg.template), cfg.batch_size,
                             progress=f"log-probs under {Path(cfg.kl_reference).name}")
-    for r, lp in zip(rows, ref):
-        r["log_ratio"] = r["logprob"] - lp
+    # log pi and log pi_ref in the same dtype: a pool sampled in bf16 (dtype=auto on a CPU with
+    # native bf16) has bf16 log-probs, off by ~1 nat a sequence (bench/results/bf16-cpu.md), the
+    # size of the KL itself; then log pi is teacher-forced again in the reference's dtype
+    sampled_dtype = models.pick_dtype(str(sampled.get("dtype", "auto")),
+                                      models.pick_device(str(sampled.get("device", "auto"))), "sample")
+    if sampled_dtype != next(model.parameters()).dtype:
+        policy, ptok = models.load_causal_lm(sampled["model"], cfg.device)
+        own = response_logprobs(policy, ptok, [(r["prompt"], r["token_ids"]) for r in rows],
+                                sampled.get("template", cfg.template), cfg.batch_size)
+        del policy
+    else:
+        own = [r["logprob"] for r in rows]
+    for r, lp, mine in zip(rows, ref, own):
+        r["log_ratio"] = mine - lp
     mean, ci = mean_ci(per_prompt_means(rows, "log_ratio"))
     return {"kl_to_reference": mean, "kl_to_reference_ci95": ci}
 

@@ -62,7 +62,7 @@ class SampleConfig(StageOptions, DataOptions):
     backend: str = opt("auto", "auto (vllm if installed and on CUDA), hf, or vllm")
     output_format: str = opt("jsonl", "pool file: jsonl (always written) and, with parquet, also pool.parquet")
     device: str = opt("auto", "auto, cpu, cuda, cuda:N or mps")
-    dtype: str = opt("auto", "auto (bf16 on CUDA, else fp32), float32, bfloat16, float16")
+    dtype: str = opt("auto", "auto (bf16 on CUDA and on CPUs with native bf16, else fp32), float32, bfloat16, float16")
 
     def validate(self) -> None:
         check_choice("template", self.template, models.TEMPLATES)
@@ -192,17 +192,32 @@ def preallocated_cache(extra_tokens: int):
 class HFEngine:
     """Batched sampling from a transformers causal LM, one prefill per prompt."""
 
-    def __init__(self, model, tokenizer, stop_ids: list[int]):
+    WARM_UP_TOKENS = 8
+
+    def __init__(self, model, tokenizer, stop_ids: list[int], warm_up: bool = True):
         self.model = model
         self.device = next(model.parameters()).device
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stop_ids[0]
         self.stop_ids = torch.tensor(stop_ids, device=self.device)
+        self.warm_up = warm_up  # before the first batch, a short decode on its shapes
 
-    @torch.inference_mode()
     def generate(self, prompts: list[list[int]], seeds: list[list[int]], max_new_tokens: int,
                  temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
                  ignore_eos: bool = False) -> list[list[Completion]]:
-        """``seeds[i]`` holds one seed per sample of prompt i; returns completions likewise."""
+        """``seeds[i]`` holds one seed per sample of prompt i; returns completions likewise.
+
+        The first call of an engine with ``warm_up`` first decodes WARM_UP_TOKENS tokens on the
+        same batch shapes (its result thrown away; no random state is touched, so samples are
+        the same as without it): a fresh process's first batch otherwise runs at about half
+        speed while oneDNN creates its kernels for each new shape (bench/results/sampling-cpu.md)."""
+        if self.warm_up:
+            self.warm_up = False
+            self._generate(prompts, seeds, min(max_new_tokens, self.WARM_UP_TOKENS), temperature, top_k, top_p,
+                           ignore_eos=True)
+        return self._generate(prompts, seeds, max_new_tokens, temperature, top_k, top_p, ignore_eos)
+
+    @torch.inference_mode()
+    def _generate(self, prompts, seeds, max_new_tokens, temperature, top_k, top_p, ignore_eos):
         k = len(seeds[0])
         assert all(len(s) == k for s in seeds), "every prompt needs the same number of samples"
         dev = self.device
@@ -355,7 +370,7 @@ def make_engine(cfg: SampleConfig):
 
         tok = models.load_tokenizer(cfg.model)
         return VLLMEngine(models.resolve(cfg.model), tok, cfg.dtype), tok
-    model, tok = models.load_causal_lm(cfg.model, cfg.device, cfg.dtype)
+    model, tok = models.load_causal_lm(cfg.model, cfg.device, cfg.dtype, purpose="sample")
     return HFEngine(model, tok, models.stop_token_ids(model, tok)), tok
 
 

@@ -123,6 +123,33 @@ def test_pick_device():
         models.pick_device("gpu0")
 
 
+def test_auto_dtype_rule(monkeypatch):
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(models, "cpu_has_native_bf16", lambda: True)
+    assert models.pick_dtype("auto", cpu, "sample") == torch.bfloat16  # sampling: bf16 where native
+    assert models.pick_dtype("auto", cpu, "score") == torch.float32  # differenced log-probs: fp32
+    assert models.pick_dtype("auto", cpu) == torch.float32
+    assert models.pick_dtype("float32", cpu, "sample") == torch.float32  # an explicit dtype wins
+    monkeypatch.setattr(models, "cpu_has_native_bf16", lambda: False)
+    assert models.pick_dtype("auto", cpu, "sample") == torch.float32
+    assert models.pick_dtype("bf16", cpu, "score") == torch.bfloat16
+
+
+def test_cpu_has_native_bf16_reads_the_flags(monkeypatch, tmp_path):
+    info = tmp_path / "cpuinfo"
+    real = models.Path
+
+    def fake(p, *a):
+        return real(info) if str(p) == "/proc/cpuinfo" else real(p, *a)
+
+    monkeypatch.setattr(models, "Path", fake)
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX512")
+    info.write_text("flags\t: fpu avx512f avx512_bf16 amx_tile\n")
+    assert models.cpu_has_native_bf16()
+    info.write_text("flags\t: fpu avx2 avx512f\n")
+    assert not models.cpu_has_native_bf16()
+
+
 def test_pick_dtype():
     cpu = torch.device("cpu")
     assert models.pick_dtype("auto", cpu) == torch.float32

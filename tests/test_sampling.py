@@ -210,6 +210,23 @@ def test_engine_rows_do_not_depend_on_batching(eos_model):
     assert [[c.token_ids for c in r] for r in reordered] == [[c.token_ids for c in r] for r in together]
 
 
+def test_engine_warm_up_leaves_the_samples_identical(eos_model):
+    model, tok = eos_model
+    prompts = encoded_prompts(tok, TEXTS)
+    seeds = seeds_for(["a", "b", "c"], 3)
+    cold = HFEngine(model, tok, models.stop_token_ids(model, tok), warm_up=False)
+    warm = HFEngine(model, tok, models.stop_token_ids(model, tok), warm_up=True)
+    calls = []
+    real = warm._generate
+    warm._generate = lambda *a, **kw: calls.append(a[2]) or real(*a, **kw)
+    for _ in range(2):
+        a = cold.generate(prompts, seeds, max_new_tokens=12)
+        b = warm.generate(prompts, seeds, max_new_tokens=12)
+        assert [[(c.token_ids, c.logprob, c.finish_reason) for c in r] for r in a] == \
+            [[(c.token_ids, c.logprob, c.finish_reason) for c in r] for r in b]
+    assert calls == [HFEngine.WARM_UP_TOKENS, 12, 12]  # one warm-up, on the first call only
+
+
 def test_engine_seeds_control_randomness(tiny):
     model, tok = tiny
     engine = engine_for(model, tok)
