@@ -137,6 +137,15 @@ def draw(logits: torch.Tensor, uniforms: torch.Tensor, greedy: bool) -> tuple[to
     return token, (probs.gather(1, token[:, None]).squeeze(-1) / total).log()
 
 
+def _cache_kwarg(model) -> str:
+    """The forward argument (and output field) holding the KV cache: ``cache`` in
+    transformers >= 5.24 (``past_key_values`` is deprecated there), else ``past_key_values``."""
+    import inspect
+
+    params = inspect.signature(model.forward).parameters
+    return "cache" if "cache" in params else "past_key_values"
+
+
 def preallocated_cache(extra_tokens: int):
     """A ``DynamicCache`` whose layers write into buffers sized for the prompt plus
     ``extra_tokens``, instead of concatenating on every step (a full copy of the cache per
@@ -214,9 +223,10 @@ class HFEngine:
             mask[i, width - len(p):] = 1
         ids, mask = ids.to(dev), mask.to(dev)
         pos = (mask.cumsum(-1) - 1).clamp(min=0)
+        cache_arg = _cache_kwarg(self.model)
         out = self.model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True,
-                         past_key_values=preallocated_cache(max_new_tokens), logits_to_keep=1)
-        cache = out.past_key_values
+                         **{cache_arg: preallocated_cache(max_new_tokens)}, logits_to_keep=1)
+        cache = getattr(out, cache_arg)
         if k > 1:
             cache.batch_repeat_interleave(k)
         logits = out.logits[:, -1].repeat_interleave(k, 0)
@@ -251,7 +261,7 @@ class HFEngine:
                 break
             mask = torch.cat([mask, mask.new_ones(len(live), 1)], dim=1)
             out = self.model(input_ids=tok[:, None], attention_mask=mask, position_ids=next_pos[:, None],
-                             past_key_values=cache, use_cache=True)
+                             **{cache_arg: cache}, use_cache=True)
             logits = out.logits[:, -1]
             next_pos = next_pos + 1
 
