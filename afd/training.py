@@ -110,10 +110,17 @@ def lora_config(cfg: TrainOptions, task_type: str = "CAUSAL_LM"):
                       target_modules=targets, task_type=task_type)
 
 
-def apply_lora(model, cfg: TrainOptions, task_type: str = "CAUSAL_LM"):
+def apply_lora(model, cfg: TrainOptions, task_type: str = "CAUSAL_LM", config=None):
+    """``peft.get_peft_model`` (with ``config``, else a LoraConfig from afd's options)."""
+    import warnings
+
     from peft import get_peft_model
 
-    return get_peft_model(model, lora_config(cfg, task_type))
+    with warnings.catch_warnings():
+        # PEFT reads model.is_gradient_checkpointing, deprecated in transformers 5.24
+        # (is_activation_checkpointing); nothing afd can change on its side
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        return get_peft_model(model, config or lora_config(cfg, task_type))
 
 
 def _supports(cls, name: str) -> bool:

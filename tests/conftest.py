@@ -85,3 +85,52 @@ def demos_file(make_jsonl):
 @pytest.fixture
 def prompts_file(make_jsonl):
     return make_jsonl("prompts.jsonl", prompt_rows())
+
+
+# --- no deprecation warnings from afd's own calls --------------------------------------------
+AFD_DIR = str(Path(__file__).resolve().parent.parent / "afd") + os.sep
+
+
+class DeprecationGuard:
+    """Records every FutureWarning / DeprecationWarning raised while a frame under afd/ is on
+    the stack (afd called the deprecated thing, directly or through a library); third-party
+    warnings not reached from afd's code pass. Used as a context manager."""
+
+    def __init__(self):
+        import warnings
+
+        self.warnings, self.caught = warnings, []
+        self._ctx = warnings.catch_warnings()
+
+    def __enter__(self):
+        import sys
+
+        self._ctx.__enter__()
+        original = self.warnings.showwarning
+        self.warnings.simplefilter("always", FutureWarning)
+        self.warnings.simplefilter("always", DeprecationWarning)
+
+        def show(message, category, filename, lineno, file=None, line=None):
+            if issubclass(category, (FutureWarning, DeprecationWarning)):
+                frame = sys._getframe(1)
+                while frame is not None:
+                    if frame.f_code.co_filename.startswith(AFD_DIR):
+                        self.caught.append(f"{category.__name__} at {filename}:{lineno} (via "
+                                           f"{frame.f_code.co_filename}:{frame.f_lineno}): {message}")
+                        return  # recorded here, not passed on to an enclosing guard
+                    frame = frame.f_back
+            original(message, category, filename, lineno, file, line)
+
+        self.warnings.showwarning = show
+        return self
+
+    def __exit__(self, *exc):
+        return self._ctx.__exit__(*exc)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_call(item):
+    with DeprecationGuard() as guard:
+        outcome = yield
+    if guard.caught and outcome.excinfo is None:
+        pytest.fail("deprecation warnings from afd's own calls:\n" + "\n".join(guard.caught), pytrace=False)
