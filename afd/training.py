@@ -8,6 +8,7 @@ options every such stage has and the few pieces around the Trainer that afd adds
 from __future__ import annotations
 
 import inspect
+from contextlib import contextmanager
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +19,9 @@ from transformers import TrainerCallback
 from afd import models
 from afd.config import check_choice, opt, options_of
 from afd.errors import AfdError
+
+
+REPORT_TO = ("none", "tensorboard", "trackio", "wandb")
 
 
 @dataclass
@@ -46,6 +50,7 @@ class TrainOptions:
     eval_steps: int = opt(0, "evaluate every N steps (0: at the start and the end only)")
     device: str = opt("auto", "auto, cpu, cuda, cuda:N or mps (ignored under accelerate launch)")
     dtype: str = opt("auto", "auto (bf16 mixed precision on CUDA, else fp32), float32, bfloat16, float16")
+    report_to: str = opt("none", "send the training logs to tensorboard (written to <stage>/logs), trackio, wandb or none")
 
 
     def train_options(self) -> dict:
@@ -55,6 +60,7 @@ class TrainOptions:
     def validate_training(self) -> None:
         check_choice("template", self.template, models.TEMPLATES)
         check_choice("long_prompts", self.long_prompts, ("drop", "error"))
+        check_choice("report_to", self.report_to, REPORT_TO)
         if not 0 <= self.eval_fraction < 1:
             raise AfdError(f"option 'eval_fraction' must be in [0, 1); got {self.eval_fraction}")
         for name in ("batch_size", "grad_accum", "max_length", "max_prompt_length"):
@@ -112,15 +118,22 @@ def lora_config(cfg: TrainOptions, task_type: str = "CAUSAL_LM"):
 
 def apply_lora(model, cfg: TrainOptions, task_type: str = "CAUSAL_LM", config=None):
     """``peft.get_peft_model`` (with ``config``, else a LoraConfig from afd's options)."""
-    import warnings
-
     from peft import get_peft_model
 
-    with warnings.catch_warnings():
-        # PEFT reads model.is_gradient_checkpointing, deprecated in transformers 5.24
-        # (is_activation_checkpointing); nothing afd can change on its side
-        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+    with checkpointing_alias_quiet():
         return get_peft_model(model, config or lora_config(cfg, task_type))
+
+
+@contextmanager
+def checkpointing_alias_quiet():
+    """PEFT and TRL read ``model.is_gradient_checkpointing``, deprecated in transformers 5.24
+    (``is_activation_checkpointing``); nothing afd can change on its side, so that one
+    FutureWarning is silenced around the calls into them."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        yield
 
 
 def _supports(cls, name: str) -> bool:
@@ -140,6 +153,15 @@ def training_arguments(cfg: TrainOptions, output_dir: Path, has_eval: bool, **ex
         name = "activation_checkpointing" if _supports(TrainingArguments, "activation_checkpointing") \
             else "gradient_checkpointing"
         extra[name] = True
+    report_to = getattr(cfg, "report_to", "none")
+    if report_to != "none":
+        logs = str(Path(output_dir).parent / "logs")  # output_dir is <stage>/checkpoints
+        if _supports(TrainingArguments, "logging_dir"):
+            extra["logging_dir"] = logs
+        else:  # transformers 5.24: TensorBoardCallback reads the folder from the environment
+            import os
+
+            os.environ["TENSORBOARD_LOGGING_DIR"] = logs
     return TrainingArguments(
         output_dir=str(output_dir), num_train_epochs=cfg.epochs, max_steps=cfg.max_steps,
         learning_rate=cfg.lr, lr_scheduler_type=cfg.lr_scheduler, weight_decay=cfg.weight_decay,
@@ -148,7 +170,7 @@ def training_arguments(cfg: TrainOptions, output_dir: Path, has_eval: bool, **ex
         use_cpu=device.type == "cpu", seed=cfg.seed, data_seed=cfg.seed,
         logging_steps=cfg.logging_steps, save_strategy="steps", save_steps=cfg.save_steps,
         save_total_limit=2, eval_strategy="steps" if has_eval and cfg.eval_steps > 0 else "no",
-        eval_steps=cfg.eval_steps or None, report_to="none", remove_unused_columns=False,
+        eval_steps=cfg.eval_steps or None, report_to=report_to, remove_unused_columns=False,
         dataloader_num_workers=0, include_num_input_tokens_seen="non_padding", **warmup, **extra)
 
 
@@ -156,7 +178,8 @@ def train_resuming(trainer, checkpoints: Path):
     """``trainer.train()``, resuming from the last checkpoint a killed run left in
     ``checkpoints``; returns (the train output, whether it resumed)."""
     resume = any(checkpoints.glob("checkpoint-*"))
-    return trainer.train(resume_from_checkpoint=True if resume else None), resume
+    with checkpointing_alias_quiet():
+        return trainer.train(resume_from_checkpoint=True if resume else None), resume
 
 
 def merged(model):

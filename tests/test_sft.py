@@ -199,7 +199,21 @@ def test_finished_sft_is_reused(full_run, monkeypatch):
 
 @pytest.mark.parametrize("options, option", [(dict(eval_fraction=1.0), "eval_fraction"),
                                              (dict(max_prompt_length=64), "max_prompt_length"),
-                                             (dict(template="jinja"), "template")])
+                                             (dict(template="jinja"), "template"),
+                                             (dict(report_to="mlflow"), "report_to")])
 def test_sft_config_rejects_bad_values(options, option):
     with pytest.raises(AfdError, match=f"'{option}'"):
         SFTConfig(**{**BASE, **options}).validate()
+
+
+def test_report_to_tensorboard_writes_the_train_loss_under_the_stage_logs(tmp_path, demos_file):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    sft(sft_config(tmp_path / "run", demos_file, report_to="tensorboard", max_steps=4, logging_steps=1,
+                   eval_fraction=0.0))
+    logs = tmp_path / "run" / "sft" / "logs"
+    assert list(logs.rglob("events.out.tfevents.*"))
+    acc = EventAccumulator(str(logs))
+    acc.Reload()
+    losses = acc.Scalars("train/loss")
+    assert [e.step for e in losses] == [1, 2, 3, 4] and all(e.value > 0 for e in losses)
