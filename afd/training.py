@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import inspect
 from contextlib import contextmanager
+from functools import lru_cache
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -86,6 +87,49 @@ class TokenRate(TrainerCallback):
     def on_train_end(self, args, state, control, **kw):
         self.tokens = state.num_input_tokens_seen - self.start_tokens
         self.rate = self.tokens / max(time.time() - self.start, 1e-9)
+
+
+@lru_cache(maxsize=None)
+def _postfix_progress_class():
+    from transformers.trainer_callback import ProgressCallback
+
+    class PostfixProgress(ProgressCallback):
+        """transformers' progress bar, with the latest loss, learning rate and tokens/s as its
+        postfix instead of a raw dict printed below it at every log step."""
+
+        def on_train_begin(self, args, state, control, **kw):
+            super().on_train_begin(args, state, control, **kw)
+            self.start, self.start_tokens = time.time(), state.num_input_tokens_seen
+
+        def on_log(self, args, state, control, logs=None, **kw):
+            if not state.is_world_process_zero or self.training_bar is None or not logs:
+                return
+            shown = {}
+            for key, name in (("loss", "loss"), ("eval_loss", "eval_loss"), ("reward", "reward"),
+                              ("learning_rate", "lr")):
+                if isinstance(logs.get(key), (int, float)):
+                    shown[name] = f"{logs[key]:.4g}"
+            seconds = time.time() - self.start
+            tokens = state.num_input_tokens_seen - self.start_tokens
+            if tokens > 0 and seconds > 0:
+                shown["tokens/s"] = f"{tokens / seconds:.0f}"
+            if shown:
+                self.training_bar.set_postfix(shown, refresh=True)
+
+    return PostfixProgress
+
+
+def use_postfix_progress(trainer) -> None:
+    """Swap the Trainer's progress printer (a dict per log step) for a postfix on the bar."""
+    from transformers.trainer_callback import PrinterCallback, ProgressCallback
+
+    cls = _postfix_progress_class()
+    if any(isinstance(c, cls) for c in trainer.callback_handler.callbacks):
+        return
+    for old in (ProgressCallback, PrinterCallback):
+        trainer.remove_callback(old)
+    if not trainer.args.disable_tqdm:
+        trainer.add_callback(cls())
 
 
 class PadCollator:
@@ -178,6 +222,7 @@ def train_resuming(trainer, checkpoints: Path):
     """``trainer.train()``, resuming from the last checkpoint a killed run left in
     ``checkpoints``; returns (the train output, whether it resumed)."""
     resume = any(checkpoints.glob("checkpoint-*"))
+    use_postfix_progress(trainer)
     with checkpointing_alias_quiet():
         return trainer.train(resume_from_checkpoint=True if resume else None), resume
 

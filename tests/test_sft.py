@@ -217,3 +217,11 @@ def test_report_to_tensorboard_writes_the_train_loss_under_the_stage_logs(tmp_pa
     acc.Reload()
     losses = acc.Scalars("train/loss")
     assert [e.step for e in losses] == [1, 2, 3, 4] and all(e.value > 0 for e in losses)
+
+
+def test_progress_bar_shows_the_loss_instead_of_printing_log_dicts(tmp_path, demos_file, capsys):
+    sft(sft_config(tmp_path / "run", demos_file, max_steps=4, logging_steps=1, eval_fraction=0.0))
+    out = capsys.readouterr()
+    printed = out.out + out.err
+    assert "{'loss'" not in printed and "'learning_rate'" not in printed
+    assert "loss=" in printed and "lr=" in printed
