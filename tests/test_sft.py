@@ -225,3 +225,15 @@ def test_progress_bar_shows_the_loss_instead_of_printing_log_dicts(tmp_path, dem
     printed = out.out + out.err
     assert "{'loss'" not in printed and "'learning_rate'" not in printed
     assert "loss=" in printed and "lr=" in printed
+
+
+def test_saved_policy_has_a_model_card(full_run):
+    from huggingface_hub import ModelCard
+
+    _, metrics, folder = full_run
+    card = ModelCard.load(folder / "model" / "README.md")
+    assert card.data.library_name == "transformers" and "afd" in card.data.tags
+    text = card.text
+    assert "`tiny-random`" in text and "supervised fine-tuning" in text and "2405.15624" in text
+    assert f"| train_examples | {metrics['train_examples']} |" in text and "eval_loss_after" in text
+    assert "AutoModelForCausalLM.from_pretrained" in text
