@@ -60,7 +60,8 @@ def write_card(folder: Path, kind: str, base_model: str, cfg: Any, metrics: dict
     variant = str(getattr(cfg, "variant", ""))
     is_reward = kind == "reward" and not variant.startswith("ava")
     options = {k: v for k, v in options_of(cfg, type(cfg)).items() if k != "out"} if cfg is not None else {}
-    data = {k: options[k] for k in ("data", "pool", "sft_pool", "prompts") if options.get(k)}
+    data = {k: v for k, v in options.items()
+            if v and (k in ("data", "prompts", "pool") or k.endswith(("_pool", "_pairs", "_demos")))}
     base_on_hub = bool(base_model) and "/" in base_model and not Path(base_model).exists()
     card_data = ModelCardData(
         library_name="transformers", base_model=base_model if base_on_hub else None,
