@@ -47,7 +47,7 @@ def _load_snippet(kind: str, variant: str) -> str:
 def _fmt(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:.4g}"
-    return "`" + json.dumps(value) + "`" if isinstance(value, (list, dict)) else str(value)
+    return "`" + json.dumps(value, default=str) + "`" if isinstance(value, (list, dict)) else str(value)
 
 
 def write_card(folder: Path, kind: str, base_model: str, cfg: Any, metrics: dict) -> Path:

@@ -98,7 +98,13 @@ def _postfix_progress_class():
         postfix instead of a raw dict printed below it at every log step."""
 
         def on_train_begin(self, args, state, control, **kw):
-            super().on_train_begin(args, state, control, **kw)
+            # tqdm itself, not transformers' wrapper: the afd command hides libraries' loading
+            # bars (transformers' disable_progress_bar), and this one is afd's own
+            from tqdm.auto import tqdm
+
+            if state.is_world_process_zero:
+                self.training_bar = tqdm(total=state.max_steps, dynamic_ncols=True)
+            self.current_step = 0
             self.start, self.start_tokens = time.time(), state.num_input_tokens_seen
 
         def on_log(self, args, state, control, logs=None, **kw):
@@ -128,8 +134,7 @@ def use_postfix_progress(trainer) -> None:
         return
     for old in (ProgressCallback, PrinterCallback):
         trainer.remove_callback(old)
-    if not trainer.args.disable_tqdm:
-        trainer.add_callback(cls())
+    trainer.add_callback(cls())  # even where quiet library logging set args.disable_tqdm
 
 
 class PadCollator:
