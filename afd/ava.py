@@ -450,14 +450,11 @@ def train(cfg, stage: StageDir, objective: str) -> tuple[dict, object, object]:
     if heads.q is not None and out_emb is not model.get_input_embeddings().weight:
         out_emb.requires_grad_(False)  # a new Q head: the LM head is unused (and has no gradient)
     if cfg.lora_r > 0:
-        from peft import get_peft_model
-
-        from afd.training import lora_config, quiet_upstream
+        from afd.training import apply_lora, lora_config
 
         lc = lora_config(cfg)
         lc.modules_to_save = ["ava_heads"]
-        with quiet_upstream():
-            model = get_peft_model(model, lc)
+        model = apply_lora(model, cfg, config=lc)
     checkpoints = stage.path / "checkpoints"
     rate = TokenRate()
     trainer = _trainer_class(objective, cfg)(

@@ -51,7 +51,7 @@ from afd import dist, models
 from afd.config import check_choice, opt, options_of
 from afd.errors import AfdError
 from afd.runs import DataOptions, StageDir, StageOptions
-from afd.training import (TrainOptions, lora_config, quiet_upstream, save_model, train_resuming,
+from afd.training import (TrainOptions, checkpointing_alias_quiet, lora_config, save_model, train_resuming,
                           training_arguments)
 
 
@@ -302,7 +302,7 @@ def rl(cfg: RLConfig) -> dict:
         raise models._load_error(cfg.model, e) from None
     peft_config = lora_config(cfg) if cfg.lora_r > 0 else None
     checkpoints = stage.path / "checkpoints"
-    with quiet_upstream():  # TRL wraps the policy with PEFT when peft_config is given
+    with checkpointing_alias_quiet():  # TRL wraps the policy with PEFT when peft_config is given
         if cfg.dense_rewards:
             trainer = _dense_trainer(cfg, policy, tok, dataset, peft_config, checkpoints)
         else:
@@ -321,8 +321,7 @@ def rl(cfg: RLConfig) -> dict:
         except RuntimeError as e:
             raise AfdError(f"ref_model '{cfg.ref_model}' does not have the policy's architecture ({e})") from None
         del ref
-    with quiet_upstream():  # TRL's generation reads a deprecated transformers property each step
-        result, resume = train_resuming(trainer, checkpoints)
+    result, resume = train_resuming(trainer, checkpoints)  # (it silences TRL's deprecated read)
     dist.save_trained(trainer, tok, stage.path / "model", save_model)  # rank 0 writes
     history = trainer.state.log_history
     logged = [h for h in history if "reward" in h]

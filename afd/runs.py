@@ -147,6 +147,9 @@ class StageDir:
             out = {"stage": self.kind, **metrics}
             if hasattr(self, "started"):
                 out.setdefault("seconds", round(time.time() - self.started, 2))
+            from afd.cards import card_for_stage
+
+            card_for_stage(self, out)  # the saved model's README.md, before metrics.json marks it done
             write_json(self.path / METRICS, out)
             return out
 

@@ -24,7 +24,7 @@ from afd.config import opt
 from afd.errors import AfdError
 from afd.runs import DataOptions, StageDir, StageOptions
 from afd.training import (PadCollator, TokenRate, TrainOptions, apply_lora, loss_plot, save_model,
-                          training_arguments)
+                          train_resuming, training_arguments)
 
 
 @dataclass
@@ -85,7 +85,7 @@ def sft(cfg: SFTConfig) -> dict:
                       callbacks=[rate])
     resume = any(checkpoints.glob("checkpoint-*"))
     eval_before = trainer.evaluate()["eval_loss"] if eval_rows and not resume else None
-    result = trainer.train(resume_from_checkpoint=True if resume else None)
+    result, _ = train_resuming(trainer, checkpoints)
     eval_after = trainer.evaluate()["eval_loss"] if eval_rows else None
 
     dist.save_trained(trainer, tok, stage.path / "model", save_model)  # rank 0 writes

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import inspect
 import time
-import warnings
 from contextlib import contextmanager
+from functools import lru_cache
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,6 +20,9 @@ from transformers import TrainerCallback
 from afd import models
 from afd.config import check_choice, opt, options_of
 from afd.errors import AfdError
+
+
+REPORT_TO = ("none", "tensorboard", "trackio", "wandb")
 
 
 @dataclass
@@ -48,6 +51,7 @@ class TrainOptions:
     eval_steps: int = opt(0, "evaluate every N steps (0: at the start and the end only)")
     device: str = opt("auto", "auto, cpu, cuda, cuda:N or mps (ignored under accelerate launch)")
     dtype: str = opt("auto", "auto (bf16 mixed precision on CUDA, else fp32), float32, bfloat16, float16")
+    report_to: str = opt("none", "send the training logs to tensorboard (written to <stage>/logs), trackio, wandb or none")
 
 
     def train_options(self) -> dict:
@@ -57,6 +61,7 @@ class TrainOptions:
     def validate_training(self) -> None:
         check_choice("template", self.template, models.TEMPLATES)
         check_choice("long_prompts", self.long_prompts, ("drop", "error"))
+        check_choice("report_to", self.report_to, REPORT_TO)
         if not 0 <= self.eval_fraction < 1:
             raise AfdError(f"option 'eval_fraction' must be in [0, 1); got {self.eval_fraction}")
         for name in ("batch_size", "grad_accum", "max_length", "max_prompt_length"):
@@ -82,6 +87,54 @@ class TokenRate(TrainerCallback):
     def on_train_end(self, args, state, control, **kw):
         self.tokens = state.num_input_tokens_seen - self.start_tokens
         self.rate = self.tokens / max(time.time() - self.start, 1e-9)
+
+
+@lru_cache(maxsize=None)
+def _postfix_progress_class():
+    from transformers.trainer_callback import ProgressCallback
+
+    class PostfixProgress(ProgressCallback):
+        """transformers' progress bar, with the latest loss, learning rate and tokens/s as its
+        postfix instead of a raw dict printed below it at every log step."""
+
+        def on_train_begin(self, args, state, control, **kw):
+            # tqdm itself, not transformers' wrapper: the afd command hides libraries' loading
+            # bars (transformers' disable_progress_bar), and this one is afd's own
+            from tqdm.auto import tqdm
+
+            if state.is_world_process_zero:
+                self.training_bar = tqdm(total=state.max_steps, dynamic_ncols=True)
+            self.current_step = 0
+            self.start, self.start_tokens = time.time(), state.num_input_tokens_seen
+
+        def on_log(self, args, state, control, logs=None, **kw):
+            if not state.is_world_process_zero or self.training_bar is None or not logs:
+                return
+            shown = {}
+            for key, name in (("loss", "loss"), ("eval_loss", "eval_loss"), ("reward", "reward"),
+                              ("learning_rate", "lr")):
+                if isinstance(logs.get(key), (int, float)):
+                    shown[name] = f"{logs[key]:.4g}"
+            seconds = time.time() - self.start
+            tokens = state.num_input_tokens_seen - self.start_tokens
+            if tokens > 0 and seconds > 0:
+                shown["tokens/s"] = f"{tokens / seconds:.0f}"
+            if shown:
+                self.training_bar.set_postfix(shown, refresh=True)
+
+    return PostfixProgress
+
+
+def use_postfix_progress(trainer) -> None:
+    """Swap the Trainer's progress printer (a dict per log step) for a postfix on the bar."""
+    from transformers.trainer_callback import PrinterCallback, ProgressCallback
+
+    cls = _postfix_progress_class()
+    if any(isinstance(c, cls) for c in trainer.callback_handler.callbacks):
+        return
+    for old in (ProgressCallback, PrinterCallback):
+        trainer.remove_callback(old)
+    trainer.add_callback(cls())  # even where quiet library logging set args.disable_tqdm
 
 
 class PadCollator:
@@ -112,22 +165,24 @@ def lora_config(cfg: TrainOptions, task_type: str = "CAUSAL_LM"):
                       target_modules=targets, task_type=task_type)
 
 
-@contextmanager
-def quiet_upstream():
-    """PEFT 0.21 (when it wraps a model) and TRL 1.16 (at every RL generation step) read
-    transformers' deprecated ``is_gradient_checkpointing``: deprecated calls inside those
-    libraries, not afd's, so that one warning is silenced around afd's calls into them (and
-    nothing else is)."""
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
-        yield
-
-
-def apply_lora(model, cfg: TrainOptions, task_type: str = "CAUSAL_LM"):
+def apply_lora(model, cfg: TrainOptions, task_type: str = "CAUSAL_LM", config=None):
+    """``peft.get_peft_model`` (with ``config``, else a LoraConfig from afd's options)."""
     from peft import get_peft_model
 
-    with quiet_upstream():
-        return get_peft_model(model, lora_config(cfg, task_type))
+    with checkpointing_alias_quiet():
+        return get_peft_model(model, config or lora_config(cfg, task_type))
+
+
+@contextmanager
+def checkpointing_alias_quiet():
+    """PEFT and TRL read ``model.is_gradient_checkpointing``, deprecated in transformers 5.24
+    (``is_activation_checkpointing``); nothing afd can change on its side, so that one
+    FutureWarning is silenced around the calls into them."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        yield
 
 
 def _supports(cls, name: str) -> bool:
@@ -147,6 +202,15 @@ def training_arguments(cfg: TrainOptions, output_dir: Path, has_eval: bool, **ex
         name = "activation_checkpointing" if _supports(TrainingArguments, "activation_checkpointing") \
             else "gradient_checkpointing"
         extra[name] = True
+    report_to = getattr(cfg, "report_to", "none")
+    if report_to != "none":
+        logs = str(Path(output_dir).parent / "logs")  # output_dir is <stage>/checkpoints
+        if _supports(TrainingArguments, "logging_dir"):
+            extra["logging_dir"] = logs
+        else:  # transformers 5.24: TensorBoardCallback reads the folder from the environment
+            import os
+
+            os.environ["TENSORBOARD_LOGGING_DIR"] = logs
     return TrainingArguments(
         output_dir=str(output_dir), num_train_epochs=cfg.epochs, max_steps=cfg.max_steps,
         learning_rate=cfg.lr, lr_scheduler_type=cfg.lr_scheduler, weight_decay=cfg.weight_decay,
@@ -155,7 +219,7 @@ def training_arguments(cfg: TrainOptions, output_dir: Path, has_eval: bool, **ex
         use_cpu=device.type == "cpu", seed=cfg.seed, data_seed=cfg.seed,
         logging_steps=cfg.logging_steps, save_strategy="steps", save_steps=cfg.save_steps,
         save_total_limit=2, eval_strategy="steps" if has_eval and cfg.eval_steps > 0 else "no",
-        eval_steps=cfg.eval_steps or None, report_to="none", remove_unused_columns=False,
+        eval_steps=cfg.eval_steps or None, report_to=report_to, remove_unused_columns=False,
         dataloader_num_workers=0, include_num_input_tokens_seen="non_padding", **warmup, **extra)
 
 
@@ -163,7 +227,9 @@ def train_resuming(trainer, checkpoints: Path):
     """``trainer.train()``, resuming from the last checkpoint a killed run left in
     ``checkpoints``; returns (the train output, whether it resumed)."""
     resume = any(checkpoints.glob("checkpoint-*"))
-    return trainer.train(resume_from_checkpoint=True if resume else None), resume
+    use_postfix_progress(trainer)
+    with checkpointing_alias_quiet():
+        return trainer.train(resume_from_checkpoint=True if resume else None), resume
 
 
 def merged(model):

@@ -84,6 +84,14 @@ def test_init_sft_reward_model_separates_and_loads_as_a_classifier(tmp_path, poo
     good, bad = clf(["Thank you, the moon is lovely.", "moon moon ugh bad"])
     assert good["score"] > bad["score"]
 
+    from huggingface_hub import ModelCard
+
+    card = ModelCard.load(folder / "README.md")  # the model card
+    assert card.data.pipeline_tag == "text-classification" and "init-sft" in card.data.tags
+    assert "`tiny-random`" in card.text and "reward model learned from demonstrations" in card.text
+    assert f"| eval_auc | {m['eval_auc']:.4g} |" in card.text and "sft_pool: `" in card.text
+    assert 'pipeline("text-classification"' in card.text and "AutoModelForSequenceClassification" in card.text
+
 
 def test_bt_variant_and_pairwise_loss(tmp_path, pools):
     sft, init, pairs = pools

@@ -199,7 +199,41 @@ def test_finished_sft_is_reused(full_run, monkeypatch):
 
 @pytest.mark.parametrize("options, option", [(dict(eval_fraction=1.0), "eval_fraction"),
                                              (dict(max_prompt_length=64), "max_prompt_length"),
-                                             (dict(template="jinja"), "template")])
+                                             (dict(template="jinja"), "template"),
+                                             (dict(report_to="mlflow"), "report_to")])
 def test_sft_config_rejects_bad_values(options, option):
     with pytest.raises(AfdError, match=f"'{option}'"):
         SFTConfig(**{**BASE, **options}).validate()
+
+
+def test_report_to_tensorboard_writes_the_train_loss_under_the_stage_logs(tmp_path, demos_file):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    sft(sft_config(tmp_path / "run", demos_file, report_to="tensorboard", max_steps=4, logging_steps=1,
+                   eval_fraction=0.0))
+    logs = tmp_path / "run" / "sft" / "logs"
+    assert list(logs.rglob("events.out.tfevents.*"))
+    acc = EventAccumulator(str(logs))
+    acc.Reload()
+    losses = acc.Scalars("train/loss")
+    assert [e.step for e in losses] == [1, 2, 3, 4] and all(e.value > 0 for e in losses)
+
+
+def test_progress_bar_shows_the_loss_instead_of_printing_log_dicts(tmp_path, demos_file, capsys):
+    sft(sft_config(tmp_path / "run", demos_file, max_steps=4, logging_steps=1, eval_fraction=0.0))
+    out = capsys.readouterr()
+    printed = out.out + out.err
+    assert "{'loss'" not in printed and "'learning_rate'" not in printed
+    assert "loss=" in printed and "lr=" in printed
+
+
+def test_saved_policy_has_a_model_card(full_run):
+    from huggingface_hub import ModelCard
+
+    _, metrics, folder = full_run
+    card = ModelCard.load(folder / "model" / "README.md")
+    assert card.data.library_name == "transformers" and "afd" in card.data.tags
+    text = card.text
+    assert "`tiny-random`" in text and "supervised fine-tuning" in text and "2405.15624" in text
+    assert f"| train_examples | {metrics['train_examples']} |" in text and "eval_loss_after" in text
+    assert "AutoModelForCausalLM.from_pretrained" in text
