@@ -114,7 +114,18 @@ class StageDir:
         self.started = time.time()
         return go
 
+    def check_folder(self) -> None:
+        """The stage folder must be a folder that can be made: a file on its path (``--out``
+        naming a file, say) is the user's error, reported before any work and touching nothing."""
+        for p in (self.path, *self.path.parents):
+            if p.exists():
+                if not p.is_dir():
+                    raise AfdError(f"option 'out' ({self.cfg.out}) must be a folder, but {p} is a file; "
+                                   f"choose another --out")
+                return
+
     def _begin(self) -> bool:
+        self.check_folder()
         config_file = self.path / CONFIG
         mine = fingerprint(self.cfg)
         if self.path.exists() and self.cfg.force:
@@ -134,7 +145,10 @@ class StageDir:
                     f"pass --force to redo it, or choose another --out")
             if self.done and not changed:
                 return False
-        self.path.mkdir(parents=True, exist_ok=True)
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise AfdError(f"cannot make the stage folder {self.path}: {e.strerror or e}") from None
         atomic_write_text(config_file, yaml.safe_dump(to_dict(self.cfg), sort_keys=False))
         return True
 

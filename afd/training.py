@@ -72,6 +72,24 @@ class TrainOptions:
         from transformers import SchedulerType
 
         check_choice("lr_scheduler", self.lr_scheduler, tuple(s.value for s in SchedulerType))
+        if self.max_steps == 0 or self.max_steps < -1:
+            raise AfdError(f"option 'max_steps' must be a positive number of steps, or -1 to train for 'epochs'; "
+                           f"got {self.max_steps}")
+        if self.max_steps == -1 and not self.epochs > 0:
+            raise AfdError(f"option 'epochs' must be above 0 (with max_steps -1 it sets how long to train, and "
+                           f"{self.epochs} would train nothing)")
+        if not self.lr > 0:
+            raise AfdError(f"option 'lr' must be positive; got {self.lr}")
+        if not 0 <= self.warmup_ratio < 1:
+            raise AfdError(f"option 'warmup_ratio' must be in [0, 1); got {self.warmup_ratio}")
+        if self.weight_decay < 0:
+            raise AfdError(f"option 'weight_decay' must be at least 0; got {self.weight_decay}")
+        for name in ("save_steps", "logging_steps"):
+            if getattr(self, name) < 1:
+                raise AfdError(f"option '{name}' must be at least 1; got {getattr(self, name)}")
+        if self.eval_steps < 0:
+            raise AfdError(f"option 'eval_steps' must be 0 (at the start and the end only) or positive; "
+                           f"got {self.eval_steps}")
         if self.max_prompt_length >= self.max_length:
             raise AfdError("option 'max_prompt_length' must be smaller than 'max_length'")
 

@@ -211,12 +211,38 @@ def test_pipeline_stage_section_that_is_not_a_mapping(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("flag, value", [("--lr-scheduler", "cosinus"), ("--batch-size", "0"),
-                                         ("--grad-accum", "0")])
+                                         ("--grad-accum", "0"), ("--max-steps", "0"), ("--max-steps", "-2"),
+                                         ("--lr", "0"), ("--lr", "-1e-5"), ("--warmup-ratio", "1"),
+                                         ("--weight-decay", "-0.1"), ("--save-steps", "0"),
+                                         ("--logging-steps", "0"), ("--eval-steps", "-1")])
 def test_sft_option_out_of_range_is_one_sentence(tmp_path, demos_file, capsys, flag, value):
-    code, _, err = run_cli(["sft", "--data", demos_file, "--out", tmp_path / "run", "--device", "cpu",
-                            "--max-steps", "1", flag, value], capsys)
+    args = ["sft", "--data", demos_file, "--out", tmp_path / "run", "--device", "cpu", f"{flag}={value}"]
+    code, _, err = run_cli(args + ([] if flag == "--max-steps" else ["--max-steps", "1"]), capsys)
     assert code == 2
     assert_one_sentence(err, "'" + flag[2:].replace("-", "_") + "'")
+    assert not (tmp_path / "run").exists()  # stopped before any work
+
+
+@pytest.mark.parametrize("epochs", ["0", "-1"])
+def test_zero_epochs_is_one_sentence_not_a_run_that_trains_nothing(tmp_path, demos_file, capsys, epochs):
+    code, _, err = run_cli(["sft", "--data", demos_file, "--out", tmp_path / "run", f"--epochs={epochs}"], capsys)
+    assert code == 2
+    assert_one_sentence(err, "'epochs'")
+
+
+@pytest.mark.parametrize("command", ["sft", "sample", "reward"])
+@pytest.mark.parametrize("where", ["out", "inside"])
+def test_out_naming_a_file_is_one_sentence_and_the_file_is_kept(tmp_path, demos_file, prompts_file, capsys,
+                                                                 command, where):
+    existing = tmp_path / "notes.txt"
+    existing.write_text("my notes\n")
+    out = existing if where == "out" else existing / "run"
+    data = {"sft": ["--data", demos_file, "--max-steps", "1"], "sample": ["--data", prompts_file],
+            "reward": ["--variant", "bt", "--data", demos_file]}[command]
+    code, _, err = run_cli([command, *data, "--out", out], capsys)
+    assert code == 2
+    assert_one_sentence(err, "'out'", "notes.txt")
+    assert existing.read_text() == "my notes\n"
 
 
 def test_vllm_backend_is_one_sentence_when_unavailable(tmp_path, prompts_file, capsys):
