@@ -65,14 +65,23 @@ from afd.errors import DataError
 
 Message = dict  # {"role": "system" | "user" | "assistant", "content": str}
 
-FORMATS = ("prompt-completion", "messages", "preference", "hh", "alpaca", "sharegpt", "prompt")
+FORMATS = ("prompt-completion", "messages", "preference", "hh", "alpaca", "sharegpt", "sharegpt-preference",
+           "prompt")
+PAIR_FORMATS = ("preference", "hh", "sharegpt-preference")
 CANONICAL_COLUMNS = ("prompt", "response", "completion", "messages", "chosen", "rejected",
-                     "instruction", "input", "output", "conversations", "id")
+                     "instruction", "input", "output", "conversations", "id", "label")
 EXTENSIONS = (".jsonl", ".jsonl.gz", ".json", ".csv", ".parquet")
 ROLES = ("system", "user", "assistant")
 SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
                   "chatgpt": "assistant", "bard": "assistant", "model": "assistant",
-                  "system": "system"}
+                  "system": "system",
+                  # LlamaFactory's tool turns: a tool's output is read as a user turn, a call as an assistant one
+                  "observation": "user", "function_call": "assistant"}
+# A per-row desirability label (TRL's unpaired preference / KTO format, LlamaFactory's KTO files):
+# true rows are demonstrations, false rows are negatives (afd reward --variant kto).
+LABEL_COLUMNS = ("label", "kto_tag")
+# Columns that look like a label or flag afd would otherwise silently ignore
+SUSPECT_LABEL_COLUMNS = ("labels", "flag", "flags", "desirable", "is_desirable", "kto_label", "is_good")
 MAX_REASONS = 20
 DETECT_ROWS = 20  # auto-detection looks at the columns of this many leading rows
 
@@ -168,6 +177,8 @@ class LoadStats:
     """the first MAX_REASONS skip messages, each naming file, row and field"""
     format: str = ""
     """the format read (as detected, when format=auto)"""
+    undesirable: int = 0
+    """rows labelled false (KTO / unpaired preference): not demonstrations, but negatives"""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -175,21 +186,29 @@ class LoadStats:
 
 
 def load_demos(cfg: DataConfig) -> tuple[list[Demo], LoadStats]:
-    """Demonstrations from any format with responses (preference data: its chosen replies)."""
+    """Demonstrations from any format with responses (preference data: its chosen replies;
+    labelled data: the rows labelled true, the false ones counted in ``stats.undesirable``)."""
     parsed, stats = _load(cfg, "demo")
-    return [Demo(key, prompt, chosen) for key, (prompt, chosen, _) in parsed], stats
+    return [Demo(key, p.prompt, p.chosen) for key, p in parsed], stats
+
+
+def load_negatives(cfg: DataConfig) -> tuple[list[Demo], LoadStats]:
+    """The responses a labelled file (KTO / unpaired preference: a boolean ``label`` or
+    ``kto_tag`` column) marks undesirable, as prompt + response."""
+    parsed, stats = _load(cfg, "negative")
+    return [Demo(key, p.prompt, p.chosen) for key, p in parsed], stats
 
 
 def load_pairs(cfg: DataConfig) -> tuple[list[Pair], LoadStats]:
-    """Preference pairs from the preference or hh format."""
+    """Preference pairs from the preference, hh or sharegpt-preference format."""
     parsed, stats = _load(cfg, "pair")
-    return [Pair(key, *example) for key, example in parsed], stats
+    return [Pair(key, p.prompt, p.chosen, p.rejected) for key, p in parsed], stats
 
 
 def load_prompts(cfg: DataConfig) -> tuple[list[Prompt], LoadStats]:
     """Prompts from any format, responses dropped; nothing is de-duplicated."""
     parsed, stats = _load(cfg, "prompt")
-    return [Prompt(key, prompt) for key, (prompt, _, _) in parsed], stats
+    return [Prompt(key, p.prompt) for key, p in parsed], stats
 
 
 def pairs_to_demos(pairs: list[Pair]) -> list[Demo]:
@@ -226,6 +245,7 @@ class _Parsed(NamedTuple):
     prompt: list[dict]
     chosen: str | None = None  # the response, for demonstrations
     rejected: str | None = None
+    label: bool | None = None  # labelled data: is the response desirable
 
 
 class _RowError(Exception):
@@ -242,7 +262,8 @@ class _RowError(Exception):
 
 
 def _load(cfg: DataConfig, need: str) -> tuple[list[tuple[str, _Parsed]], LoadStats]:
-    """Parse cfg's rows into (id, _Parsed) for `need` in {"demo", "pair", "prompt"}."""
+    """Parse cfg's rows into (id, _Parsed) for `need` in {"demo", "pair", "prompt", "negative"}:
+    a labelled file's false rows are negatives, not demonstrations."""
     stats = LoadStats()
     rows = _rows(cfg.path, cfg.split)
     head = list(itertools.islice(rows, DETECT_ROWS))
@@ -253,6 +274,8 @@ def _load(cfg: DataConfig, need: str) -> tuple[list[tuple[str, _Parsed]], LoadSt
         fmt = _detect(cfg.path, objects) if objects else None
     if fmt is not None:
         _check_format_fits(cfg.path, fmt, need)
+    _check_label_columns(cfg.path, [_rename(row, cfg.columns) for _, row in head if isinstance(row, dict)], need,
+                         set(cfg.columns.values()))
 
     source = _source_name(cfg.path, cfg.split)
     out = []
@@ -265,7 +288,8 @@ def _load(cfg: DataConfig, need: str) -> tuple[list[tuple[str, _Parsed]], LoadSt
             if fmt is None:  # every row before this one was unreadable
                 fmt = _detect(cfg.path, [row])
                 _check_format_fits(cfg.path, fmt, need)
-            parsed = PARSERS[fmt](row, need)
+            parsed = PARSERS[fmt](row, "demo" if need == "negative" else need)
+            parsed = parsed._replace(label=_label(row) if fmt in LABELLED_FORMATS else None)
         except _RowError as e:
             reason = f"{_where(cfg.path, n)}: {e.describe(cfg.columns)}"
             if cfg.on_invalid == "error":
@@ -275,6 +299,11 @@ def _load(cfg: DataConfig, need: str) -> tuple[list[tuple[str, _Parsed]], LoadSt
             if len(stats.reasons) < MAX_REASONS:
                 stats.reasons.append(reason)
             continue
+        if need == "negative" and parsed.label is not False:
+            continue
+        if need == "demo" and parsed.label is False:
+            stats.undesirable += 1
+            continue
         prompt = _with_system_prompt(parsed.prompt, cfg.system_prompt)
         out.append((_row_id(row, source, n), parsed._replace(prompt=prompt)))
         if cfg.limit is not None and len(out) >= cfg.limit:
@@ -283,6 +312,10 @@ def _load(cfg: DataConfig, need: str) -> tuple[list[tuple[str, _Parsed]], LoadSt
     stats.kept, stats.format = len(out), fmt or ""
     if not out:
         detail = f"{stats.rows} rows read, {stats.skipped} skipped"
+        if need == "negative":
+            detail += "; negatives are the rows whose 'label' (or 'kto_tag') is false"
+        elif stats.undesirable:
+            detail += f", {stats.undesirable} labelled false (negatives, not demonstrations)"
         if stats.reasons:
             detail += f": first reason: {stats.reasons[0]}"
         raise DataError(f"no valid rows in {cfg.path} ({detail})")
@@ -296,6 +329,8 @@ def _rename(row: dict, columns: dict[str, str]) -> dict:
 
 def _detect(path: str, rows: list[dict]) -> str:
     keys = set().union(*rows)
+    if {"conversations", "chosen", "rejected"} <= keys:
+        return "sharegpt-preference"
     if {"chosen", "rejected"} <= keys:
         hh = any(isinstance(r.get("chosen"), str) and r["chosen"].lstrip().startswith("Human:")
                  for r in rows)
@@ -318,9 +353,26 @@ def _check_format_fits(path: str, fmt: str, need: str) -> None:
     if need == "demo" and fmt == "prompt":
         raise DataError(f"{path} holds prompts only (format 'prompt'), so it has no "
                         "demonstrations; map a reply column with columns={\"response\": ...}")
-    if need == "pair" and fmt not in ("preference", "hh"):
+    if need == "pair" and fmt not in PAIR_FORMATS:
         raise DataError(f"{path} has format '{fmt}', which has no chosen/rejected pairs; "
-                        f"preference pairs need format 'preference' or 'hh'")
+                        f"preference pairs need format {', '.join(repr(f) for f in PAIR_FORMATS)}")
+    if need == "negative" and fmt not in LABELLED_FORMATS:
+        raise DataError(f"{path} has format '{fmt}', which has no per-row label; negatives come from a labelled "
+                        f"file (a boolean 'label' or 'kto_tag' column beside {', '.join(LABELLED_FORMATS)} rows)")
+
+
+def _check_label_columns(path: str, rows: list[dict], need: str, mapped: set) -> None:
+    """A column that looks like a label or flag, but that afd would not read (nor is mapped
+    onto a field), is reported rather than silently ignored; negatives need a label column."""
+    keys = set().union(*rows) if rows else set()
+    suspect = sorted(keys & set(SUSPECT_LABEL_COLUMNS) - mapped)
+    if suspect:
+        raise DataError(f"{path} has a column '{suspect[0]}' that looks like a label, which afd does not read: "
+                        f"a per-row desirability label goes in a boolean 'label' (or 'kto_tag') column (map it "
+                        f"with columns label={suspect[0]}), or remove the column")
+    if need == "negative" and rows and not keys & set(LABEL_COLUMNS):
+        raise DataError(f"{path} has no 'label' (or 'kto_tag') column, so no row is marked undesirable; "
+                        f"negatives come from a labelled (KTO) file")
 
 
 def _where(path: str, n: int) -> str:
@@ -364,18 +416,51 @@ def _parse_messages(row: dict, need: str) -> _Parsed:
 
 
 def _parse_sharegpt(row: dict, need: str) -> _Parsed:
-    turns = _get(row, "conversations")
+    return _conversation(_sharegpt_turns(row, "conversations"), "conversations", need)
+
+
+def _sharegpt_turns(row: dict, name: str) -> list[dict]:
+    turns = _get(row, name)
     if not isinstance(turns, list) or not turns:
-        raise _RowError("conversations", f"must be a non-empty list of turns, not {_kind(turns)}")
-    messages = []
-    for i, turn in enumerate(turns, 1):
-        if not isinstance(turn, dict) or not isinstance(turn.get("value"), str):
-            raise _RowError("conversations", f"turn {i} needs 'from' and a text 'value'")
-        speaker = turn.get("from")
-        if not isinstance(speaker, str) or speaker.lower() not in SHAREGPT_ROLES:
-            raise _RowError("conversations", f"turn {i} has unknown speaker {speaker!r}")
-        messages.append({"role": SHAREGPT_ROLES[speaker.lower()], "content": turn["value"]})
-    return _conversation(messages, "conversations", need)
+        raise _RowError(name, f"must be a non-empty list of turns, not {_kind(turns)}")
+    return [_sharegpt_turn(turn, name, f"turn {i}") for i, turn in enumerate(turns, 1)]
+
+
+def _sharegpt_turn(turn: Any, name: str, which: str) -> dict:
+    if not isinstance(turn, dict) or not isinstance(turn.get("value"), str):
+        raise _RowError(name, f"{which} needs 'from' and a text 'value'")
+    speaker = turn.get("from")
+    if not isinstance(speaker, str) or speaker.lower() not in SHAREGPT_ROLES:
+        raise _RowError(name, f"{which} has unknown speaker {speaker!r}")
+    return {"role": SHAREGPT_ROLES[speaker.lower()], "content": turn["value"]}
+
+
+def _sharegpt_reply(row: dict, name: str) -> str:
+    """One assistant reply: a {from, value} message (LlamaFactory) or text."""
+    value = _get(row, name)
+    if isinstance(value, str):
+        return _nonempty(value, name)
+    message = _sharegpt_turn(value, name, "the reply")
+    if message["role"] != "assistant":
+        raise _RowError(name, f"must be an assistant ('gpt') message, not from {value.get('from')!r}")
+    return _nonempty(message["content"], name)
+
+
+LABELLED_FORMATS = ("messages", "prompt-completion", "sharegpt")
+
+
+def _label(row: dict) -> bool | None:
+    """The row's desirability label (``label`` or ``kto_tag``): True, False, or None without one."""
+    for name in LABEL_COLUMNS:
+        value = row.get(name)
+        if value is None:
+            continue
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.strip().lower() in ("true", "false"):  # CSV cells
+            return value.strip().lower() == "true"
+        raise _RowError(name, f"must be true or false, not {value!r}")
+    return None
 
 
 def _parse_alpaca(row: dict, need: str) -> _Parsed:
@@ -424,7 +509,20 @@ def _parse_hh(row: dict, need: str) -> _Parsed:
     return _Parsed(prompt, _nonempty(chosen, "chosen"), _nonempty(rejected, "rejected"))
 
 
+def _parse_sharegpt_preference(row: dict, need: str) -> _Parsed:
+    """LlamaFactory's ShareGPT preference rows: ``conversations`` (the prompt, ending with a
+    human turn) and ``chosen`` / ``rejected``, each one {from, value} message or text."""
+    prompt = _sharegpt_turns(row, "conversations")
+    if prompt[-1]["role"] != "user":
+        raise _RowError("conversations", f"must end with a human turn, not {prompt[-1]['role']!r}")
+    if need == "prompt":
+        return _Parsed(prompt)
+    chosen = _sharegpt_reply(row, "chosen")
+    return _Parsed(prompt, chosen, _sharegpt_reply(row, "rejected") if need == "pair" else None)
+
+
 PARSERS = {
+    "sharegpt-preference": _parse_sharegpt_preference,
     "prompt-completion": _parse_prompt_completion,
     "messages": _parse_messages,
     "preference": _parse_preference,

@@ -13,6 +13,7 @@ is negative:
     init-demo   demonstrations          samples of pi_0      (heterogeneous: reward-hacks)
     sft-demo    demonstrations          samples of pi_sft    (most heterogeneous)
     bt          chosen                  rejected             (preference baseline)
+    kto         responses labelled true responses labelled false (a KTO / unpaired-preference file)
 
 ``ava-d`` (demonstrations) and ``ava-p`` (pairs) train AVA's token-level Bayesian reward
 model instead (METHODS §3, :mod:`afd.ava`), saved as a causal-LM folder with its heads.
@@ -41,21 +42,23 @@ from afd.runs import DataOptions, StageDir, StageOptions
 from afd.training import (TokenRate, TrainOptions, apply_lora, loss_plot, merged, save_model, train_resuming,
                           training_arguments)
 
-VARIANTS = ("init-sft", "init-demo", "sft-demo", "bt", "ava-d", "ava-p")
+VARIANTS = ("init-sft", "init-demo", "sft-demo", "bt", "kto", "ava-d", "ava-p")
 
 
 @dataclass
 class RewardConfig(StageOptions, DataOptions, TrainOptions, AVAOptions):
     model: str = opt("tiny-random", "backbone: built-in name, local folder or hub id (default: the initial policy)")
-    variant: str = opt("init-sft", "init-sft, init-demo, sft-demo, ava-d (from demonstrations) or bt, ava-p "
-                                   "(from preference pairs); ava-* is AVA's token-level Bayesian reward (afd.ava)")
+    variant: str = opt("init-sft", "init-sft, init-demo, sft-demo, ava-d (from demonstrations), bt, ava-p (from "
+                                   "preference pairs) or kto (a file labelling each response true or false); ava-* is "
+                                   "AVA's token-level Bayesian reward (afd.ava)")
     loss: str = opt("bce", "bce (classifier: logit = reward) or bt (pairwise Bradley-Terry on same-prompt pairs)")
     init_pool: str = opt("", "samples of the initial policy pi_0 (a pool file or a sample stage folder)")
     sft_pool: str = opt("", "samples of the SFT policy pi_sft (a pool file or a sample stage folder)")
     eval_pairs: str = opt("", "preference pairs (any pair format) to report pair accuracy on; never trained on")
     eval_pairs_max: int | None = opt(None, "use only the first N valid eval pairs")
     same_prompts: bool = opt(True, "train and evaluate only on prompts that have both positives and negatives, "
-                                   "so the prompt alone cannot tell the classes apart (init-sft, init-demo, sft-demo)")
+                                   "so the prompt alone cannot tell the classes apart (init-sft, init-demo, sft-demo, "
+                                   "kto)")
     response_tokens: int | None = opt(None, "classifier input keeps at most N response tokens (a cut response has "
                                             "no EOS), so that length past N and how a response ends cannot tell "
                                             "the classes apart; the saved model applies the same cut when scoring")
@@ -88,7 +91,7 @@ def prompt_key(prompt: list[dict]) -> str:
 
 def examples(cfg: RewardConfig) -> list[Example]:
     """Positives and negatives of the configured variant."""
-    from afd.data import load_demos, load_pairs
+    from afd.data import load_demos, load_negatives, load_pairs
     from afd.sampling import read_pool
 
     def pool(path: str, label: float) -> list[Example]:
@@ -107,12 +110,17 @@ def examples(cfg: RewardConfig) -> list[Example]:
             out += [Example(p.prompt, p.chosen, 1.0, key, p.id), Example(p.prompt, p.rejected, 0.0, key, p.id)]
         return out
     positives = pool(cfg.sft_pool, 1.0) if cfg.variant == "init-sft" else demos(1.0)
-    negatives = pool(cfg.sft_pool if cfg.variant == "sft-demo" else cfg.init_pool, 0.0)
+    if cfg.variant == "kto":  # the rows the same file labels false
+        negatives = [Example(d.prompt, d.response, 0.0, prompt_key(d.prompt))
+                     for d in load_negatives(cfg.data_config())[0]]
+    else:
+        negatives = pool(cfg.sft_pool if cfg.variant == "sft-demo" else cfg.init_pool, 0.0)
     if cfg.same_prompts:
         shared = {e.group for e in positives} & {e.group for e in negatives}
         if not shared:
             raise AfdError(f"variant '{cfg.variant}': no prompt has both positives and negatives; sample the pools "
-                           f"on the demonstrations' prompts, or set same_prompts false")
+                           f"on the demonstrations' prompts (kto: label responses to shared prompts both ways), or "
+                           f"set same_prompts false")
         positives = [e for e in positives if e.group in shared]
         negatives = [e for e in negatives if e.group in shared]
     return positives + negatives

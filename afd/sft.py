@@ -97,7 +97,7 @@ def sft(cfg: SFTConfig) -> dict:
         loss_plot(history, stage.path / "loss.png")
     return stage.finish({
         "model": str(stage.path / "model"), "train_examples": len(train_rows), "eval_examples": len(eval_rows),
-        "rows_read": stats.rows, "rows_skipped": stats.skipped, **counts,
+        "rows_read": stats.rows, "rows_skipped": stats.skipped, "rows_labelled_false": stats.undesirable, **counts,
         "response_tokens": sum(sum(1 for x in r["labels"] if x != -100) for r in train_rows),
         "train_loss": dist.reduce_mean(result.training_loss), "eval_loss_before": eval_before, "eval_loss_after": eval_after,
         "steps": trainer.state.global_step, "resumed": resume,
