@@ -329,8 +329,9 @@ def _cache_argument(forward_owner: type) -> str:
 def kv_cache(model, cache) -> dict:
     """The keyword argument that hands a KV cache to ``model``'s forward: ``cache`` where the
     model takes it (transformers 5, where ``past_key_values`` is deprecated), else
-    ``past_key_values`` (transformers 4)."""
-    return {_cache_argument(type(model)): cache}
+    ``past_key_values`` (transformers 4). A PEFT model passes it on to its base model."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return {_cache_argument(type(base)): cache}
 
 
 def returned_cache(out):

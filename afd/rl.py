@@ -69,6 +69,9 @@ class RLOptions:
                                       "before the KL term, so kl_coef is in units of the reward's spread")
     reward_batch_size: int = opt(16, "responses scored together by the reward")
     use_vllm: bool = opt(False, "generate with vLLM during RL (TRL's colocate mode; needs vLLM and a GPU)")
+    generation: str = opt("afd", "without vLLM, who samples RL's completions: afd (afd's sampler: one prefill per "
+                                 "prompt for its num_generations samples, a seed per sample) or trl (TRL's "
+                                 "model.generate)")
     dense_rewards: bool = opt(False, "per-token rewards mu_t from an AVA reward model (Eq. 19), credited by "
                                      "reward-to-go")
 
@@ -81,6 +84,7 @@ class RLOptions:
         if self.kl_coef < 0:
             raise AfdError(f"option 'kl_coef' must be >= 0; got {self.kl_coef}")
         check_choice("reward_scaling", self.reward_scaling, ("none", "standardize"))
+        check_choice("generation", self.generation, ("afd", "trl"))
         if self.dense_rewards and self.reward_scaling != "none":
             raise AfdError("reward_scaling 'standardize' is for sequence rewards; dense_rewards takes 'none'")
 
@@ -195,10 +199,61 @@ def dense_reward_function(rm, batch_size: int, store: dict):
     return afd_dense_reward
 
 
-def _dense_trainer_class():
+def _trainer_class():
     from trl import RLOOTrainer
 
-    class DenseRLOOTrainer(RLOOTrainer):
+    class AfdRLOOTrainer(RLOOTrainer):
+        """TRL's RLOO with its completions sampled by afd's engine (:class:`afd.sampling.HFEngine`)
+        instead of ``model.generate``: the ``num_generations`` copies of a prompt share one
+        prefill, finished rows leave the batch, and each sample has its own seed (of the run's
+        seed, the step, the process and the row), so a rerun draws the same samples. TRL keeps
+        everything else; vLLM (``use_vllm``), TRL's own path (``generation: trl``) and sampling
+        settings afd's engine lacks (min_p, repetition_penalty, multimodal prompts) go to TRL."""
+
+        afd_generation = "afd"
+
+        def _afd_can_generate(self, images, multimodal_fields) -> bool:
+            return (self.afd_generation == "afd" and not self.use_vllm
+                    and not getattr(self, "use_transformers_continuous_batching", False)
+                    and not (images and any(i is not None for i in images)) and not multimodal_fields
+                    and not self.min_p and (self.repetition_penalty or 1.0) == 1.0)
+
+        def _generate_single_turn(self, prompt_ids, images, multimodal_fields):
+            if not self._afd_can_generate(images, multimodal_fields):
+                return super()._generate_single_turn(prompt_ids, images, multimodal_fields)
+            from trl.models import unwrap_model_for_generation
+
+            from afd.sampling import HFEngine, row_seed
+
+            # TRL repeats each prompt num_generations times in a row: sample each run of copies
+            # as one prompt with K samples (K = 1 per row if the runs are uneven)
+            runs = []
+            for ids in prompt_ids:
+                if runs and runs[-1][0] == ids:
+                    runs[-1][1] += 1
+                else:
+                    runs.append([ids, 1])
+            k = runs[0][1] if len({n for _, n in runs}) == 1 else 1
+            prompts = [ids for ids, n in runs] if k > 1 else list(prompt_ids)
+            step = f"rl-step-{self.state.global_step}-process-{self.accelerator.process_index}"
+            seeds = [[row_seed(self.args.seed, step, i * k + j) for j in range(k)] for i in range(len(prompts))]
+            with (unwrap_model_for_generation(self.model_wrapped, self.accelerator,
+                                              gather_deepspeed3_params=self.args.ds3_gather_for_generation,
+                                              gradient_checkpointing_kwargs=self.args.gradient_checkpointing_kwargs)
+                  as model, torch.no_grad(), self._dist.summon_full_params(self.model_wrapped, recurse=False)):
+                if getattr(self, "_afd_engine_model", None) is not model:
+                    self._afd_engine = HFEngine(model, self._tokenizer, list(self.eos_token_ids))
+                    self._afd_engine_model = model
+                outs = self._afd_engine.generate(prompts, seeds, self.max_completion_length, self.temperature,
+                                                 self.top_k or 0, self.top_p if self.top_p is not None else 1.0)
+            # TRL's completions end with their EOS where one was sampled
+            return [c.token_ids + ([c.stop_id] if c.stop_id is not None else []) for row in outs for c in row]
+
+    return AfdRLOOTrainer
+
+
+def _dense_trainer_class():
+    class DenseRLOOTrainer(_trainer_class()):
         """RLOO with per-token advantages (see the module docstring). Scoring, sampling and
         the optimiser loop are TRL's; only the advantages and the per-token loss change."""
 
@@ -272,7 +327,6 @@ def rl(cfg: RLConfig) -> dict:
     """Run the stage; returns its metrics. The improved policy is saved to OUT/rl/model."""
     from datasets import Dataset
     from transformers import AutoModelForCausalLM
-    from trl import RLOOTrainer
 
     from afd.data import load_prompts
     from afd.scorers import rl_scorer
@@ -308,10 +362,12 @@ def rl(cfg: RLConfig) -> dict:
         else:
             scorer = rl_scorer(cfg.reward, device=cfg.device, template=cfg.template)
             raw: dict = {}
-            trainer = RLOOTrainer(model=policy, reward_funcs=reward_function(scorer, cfg.reward_batch_size,
-                                                                             cfg.reward_scaling, raw),
-                                  args=_rloo_config(cfg, checkpoints, False), train_dataset=dataset,
-                                  processing_class=tok, peft_config=peft_config, callbacks=[_raw_reward_log(raw)])
+            trainer = _trainer_class()(model=policy, reward_funcs=reward_function(scorer, cfg.reward_batch_size,
+                                                                                  cfg.reward_scaling, raw),
+                                       args=_rloo_config(cfg, checkpoints, False), train_dataset=dataset,
+                                       processing_class=tok, peft_config=peft_config,
+                                       callbacks=[_raw_reward_log(raw)])
+    trainer.afd_generation = cfg.generation
     if cfg.ref_model and cfg.kl_coef > 0:
         if peft_config is not None:
             raise AfdError("option 'ref_model' cannot be combined with LoRA (the reference is the adapter-free model)")

@@ -240,3 +240,35 @@ def test_rl_with_standardised_rewards_logs_the_raw_scale(tmp_path):
     assert steps and all(abs(h["reward"]) < 1e-5 and "raw_reward_mean" in h for h in steps)
     m = json.loads((tmp_path / "run" / "rl" / "metrics.json").read_text())
     assert m["reward_scaling"] == "standardize" and 0 <= m["raw_reward_mean_first"] <= 1
+
+
+def test_rl_samples_with_afds_engine_one_prefill_per_prompt_and_reproducibly(tmp_path, monkeypatch):
+    """RL's completions come from afd's sampler: each prompt's num_generations copies are one
+    prompt with K samples, and a rerun with the same seed draws the same samples (the same
+    rewards); generation: trl still runs TRL's path."""
+    from afd.cli import main
+    from afd.sampling import HFEngine
+
+    calls = []
+    real = HFEngine.generate
+
+    def spy(self, prompts, seeds, *args, **kw):
+        out = real(self, prompts, seeds, *args, **kw)
+        calls.append((len(prompts), len(seeds[0]), out))
+        return out
+
+    monkeypatch.setattr(HFEngine, "generate", spy)
+    prompts = write_jsonl(tmp_path / "prompts.jsonl", [{"prompt": f"Write {i}"} for i in range(4)])
+    base = ["rl", "--data", prompts, "--device", "cpu", "--reward", "python:test_iterated:gold", "--max-steps", "2",
+            "--batch-size", "4", "--num-generations", "2", "--max-new-tokens", "8", "--logging-steps", "1"]
+
+    def rewards(name, *extra):
+        assert main([*base, "--out", str(tmp_path / name), *extra]) == 0
+        history = json.loads((tmp_path / name / "rl" / "log_history.json").read_text())
+        return [h["reward"] for h in history if "reward" in h]
+
+    first = rewards("a")
+    assert calls and all(n_prompts == 2 and k == 2 for n_prompts, k, _ in calls)  # 4 rows = 2 prompts x K=2
+    assert rewards("b") == first  # same seed, same samples
+    n = len(calls)
+    assert len(rewards("c", "--generation", "trl")) == len(first) and len(calls) == n  # TRL's generate, not afd's
