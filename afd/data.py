@@ -269,13 +269,12 @@ def _load(cfg: DataConfig, need: str) -> tuple[list[tuple[str, _Parsed]], LoadSt
     head = list(itertools.islice(rows, DETECT_ROWS))
     rows = itertools.chain(head, rows)
     fmt = None if cfg.format == "auto" else cfg.format
+    objects = [_rename(row, cfg.columns) for _, row in head if isinstance(row, dict)]
     if fmt is None:
-        objects = [_rename(row, cfg.columns) for _, row in head if isinstance(row, dict)]
         fmt = _detect(cfg.path, objects) if objects else None
     if fmt is not None:
         _check_format_fits(cfg.path, fmt, need)
-    _check_label_columns(cfg.path, [_rename(row, cfg.columns) for _, row in head if isinstance(row, dict)], need,
-                         set(cfg.columns.values()))
+    _check_label_columns(cfg.path, objects, need, set(cfg.columns.values()))
 
     source = _source_name(cfg.path, cfg.split)
     out = []

@@ -142,3 +142,25 @@ def rm_table(rms: dict, seeds: int) -> list[str]:
                      f"{ci(m.get('length_only_pair_accuracy'))} | {ci(m.get('eval_truncated_share_positive'), 2)} / "
                      f"{ci(m.get('eval_truncated_share_negative'), 2)} |")
     return lines
+
+
+def run_seeds(out: str, seeds: list[int], data, pipeline, figures) -> dict[str, dict]:
+    """Each seed's run in OUT/seed-S (seed = data split, sampling and training): its data
+    files ``data(seed_out, seed)``, its stages ``pipeline(seed_out, files, seed)`` run by afd's
+    pipeline runner, and its figures ``figures(results)``; returns seed -> figures."""
+    from afd.pipeline import run
+
+    per_seed = {}
+    for seed in seeds:
+        seed_out = str(Path(out) / f"seed-{seed}")
+        results = run(pipeline(seed_out, data(seed_out, seed), seed),
+                      report=lambda name, m: print(f"[seed {seed}: {name}] done in {m.get('seconds', 0):.0f} s",
+                                                   flush=True))
+        per_seed[str(seed)] = figures(results)
+    return per_seed
+
+
+def cut_shares(agg: dict) -> str:
+    """The table line: each pool's share of samples cut at max_new_tokens, across seeds."""
+    return "Share of samples cut at max_new_tokens: " + ", ".join(
+        f"{k} {ci(v, 2)}" for k, v in agg["cut_at_max_new_tokens"].items())

@@ -23,7 +23,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
-from common import RESULTS, SHARED_DATA, aggregate, ci, machine, rm_figures, seeds_arg  # noqa: E402
+from common import RESULTS, SHARED_DATA, aggregate, ci, machine, rm_figures, run_seeds, seeds_arg  # noqa: E402
 
 HH = SHARED_DATA / "hh-rlhf_harmless-base_test.jsonl.gz"
 
@@ -102,20 +102,13 @@ def main() -> None:
     quick = args.quick or args.smoke
     n_train, n_eval, k = (48, 64, 2) if quick else (160, 400, 2)
     setup = {"n_train": n_train, "n_eval": n_eval, "k": k, "new_tokens": args.max_new_tokens}
-    from afd.pipeline import run
-
     if args.report_only:
         saved = json.loads((RESULTS / "hh-harmless" / "metrics.json").read_text())
         report(saved["per_seed"], saved["seeds"], saved["setup"], saved["machine"], save=True)
         return
-    per_seed = {}
-    for seed in args.seeds:
-        out = str(Path(args.out) / f"seed-{seed}")
-        files = make_data(Path(out) / "data", n_train, n_eval, seed)
-        results = run(pipeline(out, files, k, args.max_new_tokens, seed, args.smoke),
-                      report=lambda name, m: print(f"[seed {seed}: {name}] done in {m.get('seconds', 0):.0f} s",
-                                                   flush=True))
-        per_seed[str(seed)] = seed_figures(results)
+    per_seed = run_seeds(args.out, args.seeds, lambda out, seed: make_data(Path(out) / "data", n_train, n_eval, seed),
+                         lambda out, files, seed: pipeline(out, files, k, args.max_new_tokens, seed, args.smoke),
+                         seed_figures)
     report(per_seed, args.seeds, setup, machine(), save=not quick)
 
 

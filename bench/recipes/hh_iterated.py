@@ -24,7 +24,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE))
-from common import RESULTS, aggregate, ci, machine, rm_figures, seeds_arg  # noqa: E402
+from common import RESULTS, aggregate, ci, machine, rm_figures, run_seeds, seeds_arg  # noqa: E402
 from hh_harmless import NEW_TOKENS, make_data  # noqa: E402
 
 
@@ -74,17 +74,11 @@ def main() -> None:
     if args.smoke:
         s.update(policy="tiny-random", rm_backbone="tiny-random", length_scale=4)
     from afd.eval import wilson_interval
-    from afd.pipeline import run
     from afd.plots import bar_plot
 
-    per_seed = {}
-    for seed in args.seeds:
-        out = str(Path(args.out) / f"seed-{seed}")
-        files = make_data(Path(out) / "data", s["n_train"], s["n_eval"], seed)
-        results = run(pipeline(out, files, s, seed),
-                      report=lambda name, m: print(f"[seed {seed}: {name}] done in {m.get('seconds', 0):.0f} s",
-                                                   flush=True))
-        per_seed[str(seed)] = seed_figures(results)
+    per_seed = run_seeds(args.out, args.seeds,
+                         lambda out, seed: make_data(Path(out) / "data", s["n_train"], s["n_eval"], seed),
+                         lambda out, files, seed: pipeline(out, files, s, seed), seed_figures)
     agg = aggregate(list(per_seed.values()))
     host = machine()
     rows, bars = [], {}

@@ -31,7 +31,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE))
-from common import RESULTS, aggregate, ci, machine, rm_figures, rm_table, seeds_arg  # noqa: E402
+from common import RESULTS, cut_shares, aggregate, ci, machine, rm_figures, rm_table, run_seeds, seeds_arg  # noqa: E402
 from imdb_positive import NEW_TOKENS, eval_figures, make_data  # noqa: E402
 
 POLICY = "smollm2-135m-instruct"
@@ -142,8 +142,7 @@ def report(agg: dict, s: dict, seeds: list[int], host: dict) -> str:
              f"distribution) and, apart, {s.get('n_eval_negative', 0)} negative-review openings; {s['k_eval']} "
              f"samples a prompt. KL is to the SFT policy. Figures: mean [95% t interval] over seeds.", "",
              *rm_table(agg["reward_models"], len(seeds)), "",
-             "Share of samples cut at max_new_tokens: " + ", ".join(
-                 f"{k} {ci(v, 2)}" for k, v in agg["cut_at_max_new_tokens"].items()), "",
+             cut_shares(agg), "",
              *policy_table(agg["positive_openings"], s, "Openings of positive reviews (the demonstrations' prompts)")]
     if "negative_openings" in agg:
         lines += policy_table(agg["negative_openings"], s, "Openings of negative reviews")
@@ -189,17 +188,10 @@ def main() -> None:
     args = ap.parse_args()
     s = settings(args.quick, args.smoke, args.max_new_tokens, args.rm_response_tokens)
     args.quick = args.quick or args.smoke
-    from afd.pipeline import run
-
-    per_seed = []
-    for seed in args.seeds:
-        out = str(Path(args.out) / f"seed-{seed}")
-        files = seed_data(out, s, seed)
-        results = run(pipeline(out, files, s, seed),
-                      report=lambda name, m: print(f"[seed {seed}: {name}] done in {m.get('seconds', 0):.0f} s",
-                                                   flush=True))
-        per_seed.append(seed_figures(results, s))
-    agg = aggregate(per_seed)
+    per_seed = run_seeds(args.out, args.seeds, lambda out, seed: seed_data(out, s, seed),
+                         lambda out, files, seed: pipeline(out, files, s, seed),
+                         lambda results: seed_figures(results, s))
+    agg = aggregate(list(per_seed.values()))
     host = machine()
     table = report(agg, s, args.seeds, host)
     print(table)
@@ -209,7 +201,7 @@ def main() -> None:
         (dest / "results.md").write_text(table)
         (dest / "metrics.json").write_text(json.dumps(
             {"seeds": args.seeds, "setup": s, "reward_models": agg["reward_models"], "across_seeds": agg,
-             "per_seed": dict(zip(map(str, args.seeds), per_seed)), "machine": host}, indent=2))
+             "per_seed": per_seed, "machine": host}, indent=2))
         shutil.copy(Path(args.out) / f"seed-{args.seeds[0]}" / "eval" / "gold_vs_kl.png", dest / "gold_vs_kl.png")
         print("saved", dest)
 

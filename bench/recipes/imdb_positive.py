@@ -32,7 +32,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
-from common import RESULTS, SHARED_DATA, aggregate, ci, machine, rm_figures, rm_table, seeds_arg  # noqa: E402
+from common import RESULTS, cut_shares, SHARED_DATA, aggregate, ci, machine, rm_figures, rm_table, run_seeds, seeds_arg  # noqa: E402
 
 INSTRUCTION = "Continue this movie review:\n\n"
 # Sample cap of every pool: long enough that most samples end with EOS (chosen on a validation
@@ -190,18 +190,12 @@ def main() -> None:
         s["new_tokens"] = args.max_new_tokens
     if args.rm_response_tokens:
         s["rm_response_tokens"] = args.rm_response_tokens
-    from afd.pipeline import run
-
-    per_seed = []
-    for seed in args.seeds:
-        out = str(Path(args.out) / f"seed-{seed}")
-        files = make_data(Path(out) / "data", s["n_demos"], s["n_rm"], s["n_eval"], 24, 48, seed,
-                          s["n_eval_negative"])
-        results = run(pipeline(out, files, s, seed),
-                      report=lambda name, m: print(f"[seed {seed}: {name}] done in {m.get('seconds', 0):.0f} s",
-                                                   flush=True))
-        per_seed.append(seed_figures(results, s))
-    agg = aggregate(per_seed)
+    per_seed = run_seeds(args.out, args.seeds,
+                         lambda out, seed: make_data(Path(out) / "data", s["n_demos"], s["n_rm"], s["n_eval"], 24,
+                                                     48, seed, s["n_eval_negative"]),
+                         lambda out, files, seed: pipeline(out, files, s, seed),
+                         lambda results: seed_figures(results, s))
+    agg = aggregate(list(per_seed.values()))
     host = machine()
     policy = s.get("policy", "smollm2-135m-instruct")
     lines = [f"# imdb-positive ({policy}, golden judge VADER, seeds {args.seeds})", "",
@@ -213,8 +207,7 @@ def main() -> None:
              f"{s['n_eval_negative']} negative-review openings; {s['k_eval']} samples a prompt and policy, "
              f"at most {s['new_tokens']} new tokens. Figures: mean [95% t interval] over seeds.", "",
              *rm_table(agg["reward_models"], len(args.seeds)), "",
-             "Share of samples cut at max_new_tokens: " + ", ".join(
-                 f"{k} {ci(v, 2)}" for k, v in agg["cut_at_max_new_tokens"].items()), "",
+             cut_shares(agg), "",
              *policy_table(agg["positive_openings"], "Openings of positive reviews (the demonstrations' prompts)")]
     if "negative_openings" in agg:
         lines += policy_table(agg["negative_openings"], "Openings of negative reviews")
@@ -226,7 +219,7 @@ def main() -> None:
         (dest / "results.md").write_text(table)
         (dest / "metrics.json").write_text(json.dumps(
             {"seeds": args.seeds, "setup": s, "reward_models": agg["reward_models"], "across_seeds": agg,
-             "per_seed": dict(zip(map(str, args.seeds), per_seed)), "machine": host}, indent=2))
+             "per_seed": per_seed, "machine": host}, indent=2))
         for png in (Path(args.out) / f"seed-{args.seeds[0]}" / "eval").glob("*.png"):
             shutil.copy(png, dest / png.name)
         print("saved", dest)
