@@ -15,20 +15,24 @@ is the starting point for one's own model and data.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import yaml
 
 RECIPES = Path(__file__).resolve().parent / "recipes"
+PROMPTS_TRAIN = RECIPES / "demo_prompts_train.jsonl"
+PROMPTS_EVAL = RECIPES / "demo_prompts_eval.jsonl"
+# the recorded study of this pipeline over seeds (bench/recipes/demo_study.py writes it)
+STUDY = RECIPES / "demo_study.json"
 
 INSTRUCTION = ("You are an enthusiastic film critic who loves cinema. Write warm, glowing, joyful "
                "reviews full of praise.")
 
 
 def demo_config(out: str = "runs/demo", model: str = "smollm2-135m-instruct",
-                reward_backbone: str = "minilm-l6") -> dict:
-    train = str(RECIPES / "demo_prompts_train.jsonl")
-    held_out = str(RECIPES / "demo_prompts_eval.jsonl")
+                reward_backbone: str = "minilm-l6", train: str = str(PROMPTS_TRAIN),
+                held_out: str = str(PROMPTS_EVAL)) -> dict:
     pool = {"kind": "sample", "max_new_tokens": 80, "max_prompt_length": 256}
     return {
         "out": out, "seed": 0, "model": model,
@@ -67,4 +71,26 @@ def run_demo(out: str = "runs/demo", force: bool = False) -> dict:
     print((Path(out) / "eval" / "report.md").read_text())
     print(f"Plots and the full report: {Path(out) / 'eval'}/ (bon_gold_vs_n.png, bon_win_rate.png, "
           f"bon_gold_vs_kl.png, proxy_vs_gold.png, report.md)")
+    print()
+    print(verdict(results["eval"]))
     return results
+
+
+def verdict(ev: dict) -> str:
+    """Plain words: did the AfD reward's Best-of-N beat SFT on this run, and how often does it
+    across the recorded study's seeds."""
+    sft = ev["policies"]["sft"]["gold"]
+    lines = []
+    for proxy, b in ev["bon"].items():
+        n, gold = b["n"][-1], b["gold"][-1]
+        lines.append(f"This run: Best-of-{n} with the {proxy} reward scored {gold:.3f} (VADER) against SFT's "
+                     f"{sft:.3f}: it {'beat' if gold > sft else 'did not beat'} SFT.")
+    if STUDY.exists():
+        study = json.loads(STUDY.read_text())
+        k = len(study["seeds"])
+        for proxy, wins in study["bon_beats_sft_seeds"].items():
+            d = study["bon_minus_sft"][proxy]
+            interval = f" [{d['ci95'][0]:+.3f}, {d['ci95'][1]:+.3f}]" if d.get("ci95") else ""
+            lines.append(f"Across the recorded study ({k} seeds, bench/results/demo): Best-of-{study['n']} with "
+                         f"{proxy} beat SFT in {wins} of {k} seeds; mean gain {d['mean']:+.3f}{interval}.")
+    return "\n".join(lines)

@@ -105,6 +105,8 @@ def main() -> None:
     ap.add_argument("--ablations", nargs="?", const=",".join(ABLATIONS), default="",
                     help="also AVA-p with ablation switches: all (~12 min each a seed), or a comma list of "
                          + ", ".join(ABLATIONS))
+    ap.add_argument("--n-train", type=int, default=160, help="training pairs a seed")
+    ap.add_argument("--n-eval", type=int, default=400, help="held-out pairs a seed")
     args = ap.parse_args()
     seeds = seeds_arg(args.seeds)
     ablations = [a for a in args.ablations.split(",") if a]
@@ -116,7 +118,7 @@ def main() -> None:
         report(saved, save=True)
         return
     small = args.quick or args.smoke
-    n_train, n_eval, epochs = (16, 32 if args.quick else 16, 1) if small else (160, 400, 1)
+    n_train, n_eval, epochs = (16, 32 if args.quick else 16, 1) if small else (args.n_train, args.n_eval, 1)
     backbone = "tiny-random" if args.smoke else BACKBONE
     from afd.pipeline import run
 

@@ -179,6 +179,8 @@ def main() -> None:
                     help="reward models see at most N response tokens (afd reward's response_tokens): length "
                          "matched by cutting every response alike; choose N on the reward models' held-out split")
     ap.add_argument("--max-new-tokens", type=int, default=None, help="sample cap of every pool")
+    ap.add_argument("--n-rm", type=int, default=None, help="reward-model prompts a seed (default 384)")
+    ap.add_argument("--k-eval", type=int, default=None, help="samples an evaluation prompt and policy (default 32)")
     args = ap.parse_args()
     s = dict(n_demos=32, n_rm=16, n_eval=4, n_eval_negative=4, k_eval=4, k_rm=1, sft_epochs=1, new_tokens=32) \
         if args.quick or args.smoke else dict(n_demos=300, n_rm=384, n_eval=32, n_eval_negative=16, k_eval=32, k_rm=1,
@@ -190,6 +192,9 @@ def main() -> None:
         s["new_tokens"] = args.max_new_tokens
     if args.rm_response_tokens:
         s["rm_response_tokens"] = args.rm_response_tokens
+    for key in ("n_rm", "k_eval"):
+        if getattr(args, key):
+            s[key] = getattr(args, key)
     per_seed = run_seeds(args.out, args.seeds,
                          lambda out, seed: make_data(Path(out) / "data", s["n_demos"], s["n_rm"], s["n_eval"], 24,
                                                      48, seed, s["n_eval_negative"]),
