@@ -72,6 +72,9 @@ class RLOptions:
     generation: str = opt("afd", "without vLLM, who samples RL's completions: afd (afd's sampler: one prefill per "
                                  "prompt for its num_generations samples, a seed per sample) or trl (TRL's "
                                  "model.generate)")
+    generation_dtype: str = opt("auto", "dtype of the weights afd's sampler draws RL's completions with: auto "
+                                        "(bf16 on a CPU with native bf16, else the policy's own), float32 or "
+                                        "bfloat16; log-probs, ratios and the KL stay in the policy's dtype")
     dense_rewards: bool = opt(False, "per-token rewards mu_t from an AVA reward model (Eq. 19), credited by "
                                      "reward-to-go")
 
@@ -85,6 +88,7 @@ class RLOptions:
             raise AfdError(f"option 'kl_coef' must be >= 0; got {self.kl_coef}")
         check_choice("reward_scaling", self.reward_scaling, ("none", "standardize"))
         check_choice("generation", self.generation, ("afd", "trl"))
+        check_choice("generation_dtype", self.generation_dtype, ("auto", "float32", "bfloat16"))
         if self.dense_rewards and self.reward_scaling != "none":
             raise AfdError("reward_scaling 'standardize' is for sequence rewards; dense_rewards takes 'none'")
 
@@ -211,6 +215,24 @@ def _trainer_class():
         settings afd's engine lacks (min_p, repetition_penalty, multimodal prompts) go to TRL."""
 
         afd_generation = "afd"
+        afd_generation_dtype = None  # a dtype other than the policy's: sample from a copy in it
+
+        def _afd_sampling_model(self, model):
+            """The model afd's engine samples with: the policy itself, or a copy of it in
+            ``afd_generation_dtype`` (bf16 on CPU: about twice the decoding speed), refreshed
+            from the policy's current weights before every generation. Only the sampling runs
+            in the copy's dtype: TRL's log-probabilities, ratios and KL are the policy's own,
+            so the loss sees the sampled tokens exactly as the policy scores them."""
+            dtype = self.afd_generation_dtype
+            if dtype is None or dtype == next(model.parameters()).dtype:
+                return model
+            copy = getattr(self, "_afd_copy", None)
+            if copy is None:
+                import copy as copy_module
+
+                copy = self._afd_copy = copy_module.deepcopy(model).to(dtype).eval()
+            copy.load_state_dict(model.state_dict())  # cast on copy
+            return copy
 
         def _afd_can_generate(self, images, multimodal_fields) -> bool:
             return (self.afd_generation == "afd" and not self.use_vllm
@@ -241,6 +263,7 @@ def _trainer_class():
                                               gather_deepspeed3_params=self.args.ds3_gather_for_generation,
                                               gradient_checkpointing_kwargs=self.args.gradient_checkpointing_kwargs)
                   as model, torch.no_grad(), self._dist.summon_full_params(self.model_wrapped, recurse=False)):
+                model = self._afd_sampling_model(model)
                 if getattr(self, "_afd_engine_model", None) is not model:
                     self._afd_engine = HFEngine(model, self._tokenizer, list(self.eos_token_ids))
                     self._afd_engine_model = model
@@ -368,6 +391,7 @@ def rl(cfg: RLConfig) -> dict:
                                        processing_class=tok, peft_config=peft_config,
                                        callbacks=[_raw_reward_log(raw)])
     trainer.afd_generation = cfg.generation
+    trainer.afd_generation_dtype = generation_dtype(cfg, dev, trainer)
     if cfg.ref_model and cfg.kl_coef > 0:
         if peft_config is not None:
             raise AfdError("option 'ref_model' cannot be combined with LoRA (the reference is the adapter-free model)")
@@ -397,6 +421,22 @@ def rl(cfg: RLConfig) -> dict:
         "raw_reward_std_first": logged[0].get("raw_reward_std") if logged else None,
         "raw_reward_std_last": logged[-1].get("raw_reward_std") if logged else None,
     })
+
+
+def generation_dtype(cfg: RLOptions, device: torch.device, trainer=None) -> torch.dtype | None:
+    """The dtype afd's sampler draws RL's completions in, or None for the policy's own. ``auto``:
+    bf16 on a CPU with native bf16 (models.pick_dtype's rule for sampling); on a GPU the
+    policy's own (no second copy of the weights there). Sharded policies (FSDP, DeepSpeed)
+    always sample in their own dtype."""
+    sharded = trainer is not None and str(trainer.accelerator.distributed_type).split(".")[-1] in ("FSDP", "DEEPSPEED")
+    if cfg.generation_dtype == "auto":
+        if device.type != "cpu" or sharded:
+            return None
+        dtype = models.pick_dtype("auto", device, purpose="sample")
+        return dtype if dtype != torch.float32 else None
+    if sharded:
+        raise AfdError("option 'generation_dtype' other than auto is not supported with FSDP or DeepSpeed")
+    return models.pick_dtype(cfg.generation_dtype, device)
 
 
 def _dense_trainer(cfg: RLConfig, policy, tok, dataset, peft_config, checkpoints):

@@ -272,3 +272,40 @@ def test_rl_samples_with_afds_engine_one_prefill_per_prompt_and_reproducibly(tmp
     assert rewards("b") == first  # same seed, same samples
     n = len(calls)
     assert len(rewards("c", "--generation", "trl")) == len(first) and len(calls) == n  # TRL's generate, not afd's
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float32"])
+def test_rl_samples_from_a_copy_in_the_generation_dtype_that_follows_the_policy(tmp_path, monkeypatch, dtype):
+    """generation_dtype bfloat16: afd's sampler draws RL's completions from one bf16 copy of
+    the policy, refreshed to the policy's current weights before every generation (the policy
+    moves between steps, so does the copy); float32: from the fp32 policy itself."""
+    import torch
+
+    from afd.cli import main
+    from afd.sampling import HFEngine
+
+    seen = []
+    real = HFEngine.generate
+
+    def spy(self, prompts, seeds, *args, **kw):
+        first = next(self.model.parameters())
+        seen.append((self.model, first.dtype, first.detach().float().clone()))
+        return real(self, prompts, seeds, *args, **kw)
+
+    monkeypatch.setattr(HFEngine, "generate", spy)
+    prompts = write_jsonl(tmp_path / "prompts.jsonl", [{"prompt": f"Write {i}"} for i in range(4)])
+    assert main(["rl", "--data", prompts, "--device", "cpu", "--reward", "python:test_iterated:gold",
+                 "--max-steps", "3", "--batch-size", "4", "--num-generations", "2", "--max-new-tokens", "8",
+                 "--lr", "1e-2", "--generation-dtype", dtype, "--out", str(tmp_path / "run")]) == 0
+    assert len(seen) == 3 and {d for _, d, _ in seen} == {getattr(torch, dtype)}
+    assert len({id(m) for m, _, _ in seen}) == 1  # one copy (or the policy), not a new one a step
+    assert not torch.equal(seen[0][2], seen[-1][2])  # it follows the policy's updates
+
+
+def test_generation_dtype_is_checked(tmp_path, capsys):
+    from afd.cli import main
+
+    prompts = write_jsonl(tmp_path / "prompts.jsonl", [{"prompt": "Write"}])
+    assert main(["rl", "--data", prompts, "--reward", "vader", "--generation-dtype", "int8",
+                 "--out", str(tmp_path / "run")]) == 2
+    assert "generation_dtype" in capsys.readouterr().err
