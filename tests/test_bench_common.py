@@ -22,3 +22,33 @@ def test_aggregate_keeps_the_shape():
     agg = aggregate([{"a": {"x": 1.0, "n": [1, 2]}, "s": "v"}, {"a": {"x": 3.0, "n": [1, 2]}, "s": "v"}])
     assert agg["a"]["x"]["mean"] == 2.0 and [e["mean"] for e in agg["a"]["n"]] == [1, 2] and agg["s"] == "v"
     assert seeds_arg("0-2") == [0, 1, 2] and seeds_arg("3,5") == [3, 5]
+
+
+def test_claims_verdicts_from_per_seed_differences(tmp_path, monkeypatch):
+    import json
+
+    import claims
+
+    assert claims.verdict({"mean": 0.1, "ci95": [0.02, 0.18]}) == "reproduced"
+    assert claims.verdict({"mean": -0.1, "ci95": [-0.18, -0.02]}) == "refuted"
+    assert claims.verdict({"mean": 0.6, "ci95": [0.45, 0.75]}, 0.5) == "inconclusive"
+    assert claims.verdict({"mean": 0.6, "ci95": None}) == "inconclusive"
+
+    def seed(sft, bon):
+        return {"policies": {"sft": {"gold": sft}}, "bon": {p: {"n": [1, 8], "gold": [sft, b]} for p, b in bon.items()}}
+
+    # BoN beats SFT by 0.19, 0.2, 0.21 over three seeds: the interval of the per-seed difference,
+    # 0.2 +- 4.303 x 0.01 / sqrt(3), lies above 0 (0.1, 0.2, 0.3 would not: +- 0.248)
+    demo = {"seeds": [0, 1, 2], "per_seed": {str(i): seed(0.2, {"init-sft": 0.39 + 0.01 * i, "density-ratio": 0.2 - 0.1 * i})
+                                             for i in range(3)}}
+    (tmp_path / "demo").mkdir()
+    (tmp_path / "demo" / "metrics.json").write_text(json.dumps(demo))
+    (tmp_path / "imdb-positive").mkdir()  # two seeds only: not evidence
+    (tmp_path / "imdb-positive" / "metrics.json").write_text(json.dumps({**demo, "seeds": [0, 1]}))
+    monkeypatch.setattr(claims, "RESULTS", tmp_path)
+    rows = {r["claim"]: r for r in claims.afd_claims()}
+    bon = rows["AfD: Best-of-N with the init-sft reward beats SFT (demo)"]
+    assert bon["verdict"] == "reproduced" and bon["seeds"] == 3 and "BoN-8 minus SFT: 0.200 [" in bon["afd"]
+    ratio = [r for name, r in rows.items() if "density ratio" in name and "(demo)" in name][0]
+    assert ratio["verdict"] == "inconclusive"  # 0, -0.1, -0.2: the interval covers 0
+    assert rows["AfD: Best-of-N with the init-sft reward beats SFT (imdb-positive)"]["verdict"] == "not rerun"
