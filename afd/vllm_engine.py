@@ -51,7 +51,7 @@ class VLLMEngine:
                 params.append(SamplingParams(
                     n=1, temperature=temperature, top_p=top_p, top_k=top_k if top_k > 0 else -1,
                     max_tokens=max_new_tokens, seed=s % (2**31), ignore_eos=ignore_eos,
-                    stop_token_ids=self.stop_ids, logprobs=0, detokenize=False))
+                    stop_token_ids=[] if ignore_eos else self.stop_ids, logprobs=0, detokenize=False))
         outputs = self.llm.generate(requests, params, use_tqdm=False)
         flat = []
         for out in outputs:

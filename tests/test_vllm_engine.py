@@ -1,9 +1,9 @@
 """The vLLM adapter's bookkeeping, against a stand-in ``vllm`` module.
 
-vLLM itself needs a GPU and is not installed in CI; these tests check only afd's side of the
-contract (one request per row with the row's seed, rows regrouped per prompt, EOS kept out of
-the response tokens but in the log-prob, finish reasons mapped). The real engine is exercised
-on a GPU machine by running ``afd sample --backend vllm``.
+vLLM is not installed in CI; these tests check only afd's side of the contract (one request
+per row with the row's seed, rows regrouped per prompt, EOS kept out of the response tokens but
+in the log-prob, finish reasons mapped). The real engine (vLLM's CPU build) is tested by
+``make test-vllm`` (tests/test_vllm_real.py).
 """
 
 import sys
