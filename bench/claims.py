@@ -72,22 +72,31 @@ def not_rerun(claim: str, paper: str, recipe: str, why: str = "") -> dict:
             "why": f"no 3-seed result of `{recipe}` recorded since issue 10's fixes. {why}".strip()}
 
 
+def bon_rows(claim: str, paper: str, proxy: str, recipes, why: str) -> list[dict]:
+    """One row a recipe (name, metrics or None, where its eval figures sit in a seed's): the
+    largest-N Best-of-N under ``proxy`` minus SFT."""
+    rows = []
+    for name, m, where in recipes:
+        if m is None:
+            rows.append(not_rerun(f"{claim} ({name})", paper, name))
+            continue
+        d = bon_minus_sft(m, proxy, where)
+        rows.append({"claim": f"{claim} ({name})", "paper": paper,
+                     "afd": f"VADER of BoN-{n_max(m, proxy, where)} minus SFT: {ci(d)}", "seeds": len(m["seeds"]),
+                     "verdict": verdict(d), "why": why})
+    return rows
+
+
 def afd_claims() -> list[dict]:
     rows = []
     imdb, demo = load("imdb-positive"), load("demo")
     paper_bon = ("BoN with the init-sft RM beats SFT on HH-RLHF Harmless / Helpful (GPT-2, Gemma; golden RM "
                  "and GPT-4 win rate); no figure read here (only the method section was available)")
     pos = (lambda s: s["positive_openings"])
-    for name, m, where in (("imdb-positive", imdb, pos), ("demo", demo, lambda s: s)):
-        claim = f"AfD: Best-of-N with the init-sft reward beats SFT ({name})"
-        if m is None:
-            rows.append(not_rerun(claim, paper_bon, name))
-            continue
-        d, n = bon_minus_sft(m, "init-sft", where), n_max(m, "init-sft", where)
-        rows.append({"claim": claim, "paper": paper_bon,
-                     "afd": f"VADER of BoN-{n} minus SFT: {ci(d)}", "seeds": len(m["seeds"]), "verdict": verdict(d),
-                     "why": "interval over seeds of the per-seed difference, on held-out prompts drawn like the "
-                            "demonstrations' prompts"})
+    recipes = (("imdb-positive", imdb, pos), ("demo", demo, lambda s: s))
+    rows += bon_rows("AfD: Best-of-N with the init-sft reward beats SFT", paper_bon, "init-sft", recipes,
+                     "interval over seeds of the per-seed difference, on held-out prompts drawn like the "
+                     "demonstrations' prompts")
     claim = "AfD: heterogeneous reward models (init-demo, sft-demo) reward-hack while init-sft does not"
     paper = ("Sec. 3.2 and its table of RM choices: init-demo and sft-demo pick up format differences between "
              "demonstrations and samples ('reward hacking is even more likely'); init-sft should do best")
@@ -106,17 +115,10 @@ def afd_claims() -> list[dict]:
         rows.append({"claim": claim, "paper": paper, "afd": "; ".join(parts), "seeds": len(imdb["seeds"]),
                      "verdict": v, "why": "both heterogeneous RMs must fall below init-sft; their classes share "
                                           "prompts, so the prompt cannot separate them (issue 10)"})
-    claim = "AfD: the density ratio log pi_sft - log pi_0 (init-sft's closed-form optimum) as a BoN reward beats SFT"
-    paper = ("the optimal init-sft discriminator's logit is this ratio (Sec. 3); the paper does not evaluate it "
-             "(a reviewer asked for the comparison)")
-    for name, m, where in (("imdb-positive", imdb, pos), ("demo", demo, lambda s: s)):
-        if m is None:
-            rows.append(not_rerun(claim + f" ({name})", paper, name))
-            continue
-        d = bon_minus_sft(m, "density-ratio", where)
-        rows.append({"claim": claim + f" ({name})", "paper": paper,
-                     "afd": f"VADER of BoN-{n_max(m, 'density-ratio', where)} minus SFT: {ci(d)}",
-                     "seeds": len(m["seeds"]), "verdict": verdict(d), "why": "same pools as the init-sft row"})
+    rows += bon_rows("AfD: the density ratio log pi_sft - log pi_0 (init-sft's closed-form optimum) as a BoN "
+                     "reward beats SFT", "the optimal init-sft discriminator's logit is this ratio (Sec. 3); the "
+                     "paper does not evaluate it (a reviewer asked for the comparison)", "density-ratio", recipes,
+                     "same pools as the init-sft row")
     return rows
 
 
