@@ -179,7 +179,10 @@ def main() -> None:
                     help="reward models see at most N response tokens (afd reward's response_tokens): length "
                          "matched by cutting every response alike; choose N on the reward models' held-out split")
     ap.add_argument("--max-new-tokens", type=int, default=None, help="sample cap of every pool")
+    ap.add_argument("--n-demos", type=int, default=None, help="SFT demonstrations a seed (default 300)")
     ap.add_argument("--n-rm", type=int, default=None, help="reward-model prompts a seed (default 384)")
+    ap.add_argument("--n-eval-negative", type=int, default=None, help="negative-review openings evaluated apart "
+                                                                      "(default 16)")
     ap.add_argument("--k-eval", type=int, default=None, help="samples an evaluation prompt and policy (default 32)")
     args = ap.parse_args()
     s = dict(n_demos=32, n_rm=16, n_eval=4, n_eval_negative=4, k_eval=4, k_rm=1, sft_epochs=1, new_tokens=32) \
@@ -192,8 +195,8 @@ def main() -> None:
         s["new_tokens"] = args.max_new_tokens
     if args.rm_response_tokens:
         s["rm_response_tokens"] = args.rm_response_tokens
-    for key in ("n_rm", "k_eval"):
-        if getattr(args, key):
+    for key in ("n_demos", "n_rm", "k_eval", "n_eval_negative"):
+        if getattr(args, key) is not None:
             s[key] = getattr(args, key)
     per_seed = run_seeds(args.out, args.seeds,
                          lambda out, seed: make_data(Path(out) / "data", s["n_demos"], s["n_rm"], s["n_eval"], 24,
