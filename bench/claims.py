@@ -174,6 +174,12 @@ def ava_claims() -> list[dict]:
                      "seeds": len(hh["seeds"]),
                      "verdict": verdict(d), "why": "the per-seed difference; the paper's claim is that AVA-p "
                                                    "surpasses BT"})
+        acc = models["rm_ava_p"]["pair_accuracy"]
+        rows.append({"claim": "AVA-p ranks human pairs above chance", "paper": paper,
+                     "afd": f"pair accuracy {ci(acc)}; prefers the longer reply "
+                            f"{ci(models['rm_ava_p'].get('prefers_longer'))}",
+                     "seeds": len(hh["seeds"]), "verdict": verdict(acc, 0.5),
+                     "why": "against 0.5; a length-only rule scores " + ci(hh["length_only_accuracy"])})
         acc = models["rm_ava_d"]["pair_accuracy"]
         rows.append({"claim": "AVA-d, from chosen replies only (no preference label), ranks human pairs above chance",
                      "paper": paper, "afd": f"pair accuracy {ci(acc)}; prefers the longer reply "
