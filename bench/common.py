@@ -144,6 +144,21 @@ def rm_table(rms: dict, seeds: int) -> list[str]:
     return lines
 
 
+MIN_SEEDS = 3
+
+
+def saves_result(seeds: list, quick: bool) -> bool:
+    """Whether a run's figures go to bench/results: a result needs at least MIN_SEEDS seeds
+    and the real settings (not --quick / --smoke); says so when they do not."""
+    if quick:
+        return False
+    if len(seeds) < MIN_SEEDS:
+        print(f"not saved to bench/results: {len(seeds)} seed(s); a result needs at least {MIN_SEEDS} "
+              f"(--seeds 0,1,2)")
+        return False
+    return True
+
+
 def run_seeds(out: str, seeds: list[int], data, pipeline, figures) -> dict[str, dict]:
     """Each seed's run in OUT/seed-S (seed = data split, sampling and training): its data
     files ``data(seed_out, seed)``, its stages ``pipeline(seed_out, files, seed)`` run by afd's

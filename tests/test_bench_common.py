@@ -52,3 +52,11 @@ def test_claims_verdicts_from_per_seed_differences(tmp_path, monkeypatch):
     ratio = [r for name, r in rows.items() if "density ratio" in name and "(demo)" in name][0]
     assert ratio["verdict"] == "inconclusive"  # 0, -0.1, -0.2: the interval covers 0
     assert rows["AfD: Best-of-N with the init-sft reward beats SFT (imdb-positive)"]["verdict"] == "not rerun"
+
+
+def test_a_result_needs_three_seeds_and_real_settings(capsys):
+    from common import saves_result
+
+    assert saves_result([0, 1, 2], quick=False)
+    assert not saves_result([0, 1, 2], quick=True)
+    assert not saves_result([2], quick=False) and "1 seed(s)" in capsys.readouterr().out

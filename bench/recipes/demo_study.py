@@ -27,7 +27,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE))
-from common import RESULTS, aggregate, ci, machine, rm_figures, run_seeds, seeds_arg  # noqa: E402
+from common import RESULTS, aggregate, ci, machine, rm_figures, run_seeds, saves_result, seeds_arg  # noqa: E402
 from imdb_positive import eval_figures  # noqa: E402
 
 from afd.demo import PROMPTS_EVAL, PROMPTS_TRAIN, STUDY, demo_config  # noqa: E402
@@ -97,8 +97,7 @@ def main() -> None:
              f"{ci(rm['length_only_accuracy'])}, EOS-only {ci(rm['eos_only_accuracy'])}.", ""]
     table = "\n".join(lines)
     print(table)
-    if args.smoke or len(args.seeds) < 3:
-        print("not saved: a result needs at least 3 seeds and the real model")
+    if not saves_result(args.seeds, args.smoke):
         return
     dest = RESULTS / "demo"
     dest.mkdir(parents=True, exist_ok=True)

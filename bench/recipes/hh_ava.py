@@ -33,7 +33,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE))
-from common import RESULTS, across_seeds, ci, machine, seeds_arg  # noqa: E402
+from common import RESULTS, across_seeds, ci, machine, saves_result, seeds_arg  # noqa: E402
 from hh_harmless import make_data  # noqa: E402
 
 PAPER = {"bt": 70.02, "ava-p": 70.27, "ava-d": 70.54}
@@ -181,8 +181,7 @@ def report(saved: dict, save: bool) -> None:
         "![pair accuracy](pair_accuracy.png)", ""])
     print(table)
     if save:
-        if len(seeds) < 3:
-            print(f"not saved to bench/results: {len(seeds)} seed(s); a result needs at least 3 (--seeds 0,1,2)")
+        if not saves_result(seeds, False):
             return
         dest = RESULTS / "hh-ava"
         dest.mkdir(parents=True, exist_ok=True)

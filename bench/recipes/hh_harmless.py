@@ -23,7 +23,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
-from common import RESULTS, SHARED_DATA, aggregate, ci, machine, rm_figures, run_seeds, seeds_arg  # noqa: E402
+from common import RESULTS, SHARED_DATA, aggregate, ci, machine, rm_figures, run_seeds, saves_result, seeds_arg  # noqa: E402
 
 HH = SHARED_DATA / "hh-rlhf_harmless-base_test.jsonl.gz"
 
@@ -109,7 +109,7 @@ def main() -> None:
     per_seed = run_seeds(args.out, args.seeds, lambda out, seed: make_data(Path(out) / "data", n_train, n_eval, seed),
                          lambda out, files, seed: pipeline(out, files, k, args.max_new_tokens, seed, args.smoke),
                          seed_figures)
-    report(per_seed, args.seeds, setup, machine(), save=not quick)
+    report(per_seed, args.seeds, setup, machine(), save=saves_result(args.seeds, quick))
 
 
 def report(per_seed: dict, seeds: list[int], setup: dict, host: dict, save: bool) -> None:

@@ -24,7 +24,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE))
-from common import RESULTS, aggregate, ci, machine, rm_figures, run_seeds, seeds_arg  # noqa: E402
+from common import RESULTS, aggregate, ci, machine, rm_figures, run_seeds, saves_result, seeds_arg  # noqa: E402
 from hh_harmless import NEW_TOKENS, make_data  # noqa: E402
 
 
@@ -104,7 +104,7 @@ def main() -> None:
         "pair accuracy | length-only (same split) | human pair accuracy | untied | tied pairs | prefers longer |",
         "|---|---|---|---|---|---|---|---|---|", *rows, "", "![pair accuracy](pair_accuracy.png)", ""])
     print(table)
-    if not quick:
+    if saves_result(args.seeds, quick):
         dest = RESULTS / "hh-iterated"
         dest.mkdir(parents=True, exist_ok=True)
         (dest / "results.md").write_text(table)

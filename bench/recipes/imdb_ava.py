@@ -36,7 +36,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE))
-from common import RESULTS, SHARED_DATA, across_seeds, ci, machine, seeds_arg  # noqa: E402
+from common import RESULTS, SHARED_DATA, across_seeds, ci, machine, saves_result, seeds_arg  # noqa: E402
 from imdb_iterated import POLICY, pipeline as iterated_pipeline, seed_data, settings  # noqa: E402
 from imdb_positive import INSTRUCTION, words  # noqa: E402
 
@@ -204,9 +204,7 @@ def main() -> None:
     table = report(evals[0], unc, rms[0]["rm_ava_d"], s, machine(), seeds, bon)
     print(table)
     small = args.quick or args.smoke
-    if not small and len(seeds) < 3:
-        print(f"not saved to bench/results: {len(seeds)} seed(s); a result needs at least 3 (--seeds 0,1,2)")
-    elif not small:
+    if saves_result(seeds, small):
         dest = RESULTS / "imdb-ava"
         dest.mkdir(parents=True, exist_ok=True)
         (dest / "results.md").write_text(table)

@@ -31,7 +31,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE))
-from common import RESULTS, cut_shares, aggregate, ci, machine, rm_figures, rm_table, run_seeds, seeds_arg  # noqa: E402
+from common import RESULTS, cut_shares, aggregate, ci, machine, rm_figures, rm_table, run_seeds, saves_result, seeds_arg  # noqa: E402
 from imdb_positive import NEW_TOKENS, eval_figures, make_data  # noqa: E402
 
 POLICY = "smollm2-135m-instruct"
@@ -195,7 +195,7 @@ def main() -> None:
     host = machine()
     table = report(agg, s, args.seeds, host)
     print(table)
-    if not args.quick:
+    if saves_result(args.seeds, args.quick):
         dest = RESULTS / "imdb-iterated"
         dest.mkdir(parents=True, exist_ok=True)
         (dest / "results.md").write_text(table)

@@ -32,7 +32,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
-from common import RESULTS, cut_shares, SHARED_DATA, aggregate, ci, machine, rm_figures, rm_table, run_seeds, seeds_arg  # noqa: E402
+from common import RESULTS, cut_shares, SHARED_DATA, aggregate, ci, machine, rm_figures, rm_table, run_seeds, saves_result, seeds_arg  # noqa: E402
 
 INSTRUCTION = "Continue this movie review:\n\n"
 # Sample cap of every pool: long enough that most samples end with EOS (chosen on a validation
@@ -221,7 +221,7 @@ def main() -> None:
         lines += policy_table(agg["negative_openings"], "Openings of negative reviews")
     table = "\n".join(lines)
     print(table)
-    if not args.quick:
+    if saves_result(args.seeds, args.quick):
         dest = RESULTS / "imdb-positive"
         dest.mkdir(parents=True, exist_ok=True)
         (dest / "results.md").write_text(table)
