@@ -103,10 +103,10 @@ def afd_claims() -> list[dict]:
     if imdb is None:
         rows.append(not_rerun(claim, paper, "imdb-positive"))
     else:
-        init_sft = per_seed(imdb, lambda s: s["positive_openings"]["bon"]["init-sft"]["gold"][-1])
+        init_sft = per_seed(imdb, lambda s: pos(s)["bon"]["init-sft"]["gold"][-1])
         parts, verdicts = [], []
         for proxy in ("init-demo", "sft-demo"):
-            het = per_seed(imdb, lambda s: s["positive_openings"]["bon"][proxy]["gold"][-1])
+            het = per_seed(imdb, lambda s: pos(s)["bon"][proxy]["gold"][-1])
             d = diff(init_sft, het)  # the claim's side: init-sft above the heterogeneous RM
             parts.append(f"init-sft minus {proxy} at BoN-{n_max(imdb, proxy, pos)}: {ci(d)}; {proxy} minus SFT: "
                          f"{ci(bon_minus_sft(imdb, proxy, pos))}")

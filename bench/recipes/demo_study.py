@@ -83,8 +83,9 @@ def main() -> None:
     beats = {p: sum(bool(s["bon_beats_sft"][p]) for s in per_seed.values()) for p in agg["bon_minus_sft"]}
     pol = agg["policies"]
     rm = agg["reward_model"]
+    host = machine()
     lines = [f"# demo: `afd demo`'s pipeline over seeds {args.seeds}", "",
-             f"Machine: {machine()['cpu']}, {machine()['cores']} cores. afd/demo.py's settings; each seed its own "
+             f"Machine: {host['cpu']}, {host['cores']} cores. afd/demo.py's settings; each seed its own "
              "split of the 80 prompts (48 for the reward model's pools, 32 held out), sampling and training. "
              "Golden judge VADER; figures are mean [95% t interval] over seeds.", "",
              "| policy | golden reward |", "|---|---|",
@@ -103,7 +104,7 @@ def main() -> None:
     dest.mkdir(parents=True, exist_ok=True)
     (dest / "results.md").write_text(table)
     (dest / "metrics.json").write_text(json.dumps({"seeds": args.seeds, "across_seeds": agg, "per_seed": per_seed,
-                                                   "bon_beats_sft_seeds": beats, "machine": machine()}, indent=2))
+                                                   "bon_beats_sft_seeds": beats, "machine": host}, indent=2))
     summary = {"seeds": args.seeds, "n": n, "bon_beats_sft_seeds": beats,
                "bon_minus_sft": {p: {"mean": v["mean"], "ci95": v["ci95"]} for p, v in agg["bon_minus_sft"].items()},
                "reward_accuracy": {k: rm[k] and {"mean": rm[k]["mean"], "ci95": rm[k]["ci95"]}
