@@ -60,3 +60,32 @@ def test_a_result_needs_three_seeds_and_real_settings(capsys):
     assert saves_result([0, 1, 2], quick=False)
     assert not saves_result([0, 1, 2], quick=True)
     assert not saves_result([2], quick=False) and "1 seed(s)" in capsys.readouterr().out
+
+
+def test_claims_iteration_rows_difference_last_minus_first(tmp_path, monkeypatch):
+    import json
+
+    import claims
+    from common import aggregate
+
+    def seed(a1, a3):
+        return {"iterations": {str(t): {"pair_accuracy": a, "prefers_longer": 0.5, "longer_chosen_accuracy": 0.45}
+                               for t, a in ((1, a1), (2, (a1 + a3) / 2), (3, a3))}}
+
+    # iteration 3 beats iteration 1 by 0.09, 0.10, 0.11: reproduced; its level 0.60 +- 0.05 > 0.5
+    per = {str(i): seed(0.50 + 0.01 * i, 0.59 + 0.02 * i) for i in range(3)}
+    it = {"seeds": [0, 1, 2], "per_seed": per, "across_seeds": aggregate(list(per.values()))}
+    (tmp_path / "hh-iterated").mkdir()
+    (tmp_path / "hh-iterated" / "metrics.json").write_text(json.dumps(it))
+    monkeypatch.setattr(claims, "RESULTS", tmp_path)
+    rows = claims.zeng_claims()
+    gain = [r for r in rows if r["claim"].startswith("Iterating")][0]
+    assert gain["verdict"] == "reproduced" and "iteration 3 minus iteration 1: 0.100 [" in gain["afd"]
+    level = [r for r in rows if r["claim"].startswith("The irl reward")][0]
+    assert level["verdict"] == "reproduced" and level["seeds"] == 3
+    # the same gain with one seed going the other way: the interval covers 0
+    per["2"] = seed(0.60, 0.50)
+    it.update(per_seed=per, across_seeds=aggregate(list(per.values())))
+    (tmp_path / "hh-iterated" / "metrics.json").write_text(json.dumps(it))
+    gain = [r for r in claims.zeng_claims() if r["claim"].startswith("Iterating")][0]
+    assert gain["verdict"] == "inconclusive"
