@@ -54,9 +54,12 @@ def pipeline(out: str, files: dict, s: dict, seed: int = 0) -> dict:
     rm_pool = {"kind": "sample", "max_new_tokens": new_tokens, "max_prompt_length": 96 * x,
                "data": files["rm_prompts"], "num_samples": s.get("k_rm", 4)}
     out_path = Path(out)
+    methods = s.get("methods", METHODS)
     policies = {"init": policy, "sft": "@sft",
-                **{f"irl_{t + 1}": str(out_path / "irl" / f"iter_{t}" / "rl" / "model") for t in range(3)},
-                "irft_T1": "@spin", "irft_T3": "@irft", "gail": "@gail"}
+                **({f"irl_{t + 1}": str(out_path / "irl" / f"iter_{t}" / "rl" / "model") for t in range(3)}
+                   if "irl" in methods else {}),
+                **({"irft_T1": "@spin"} if "spin" in methods else {}),
+                **({"irft_T3": "@irft"} if "irft" in methods else {}), **({"gail": "@gail"} if "gail" in methods else {})}
     stages = {
         "sft": {"data": files["demos"], "epochs": 1, "lr": 5e-5, "batch_size": 8, "eval_fraction": 0.05,
                 "logging_steps": 5, **seq},
@@ -72,6 +75,8 @@ def pipeline(out: str, files: dict, s: dict, seed: int = 0) -> dict:
         "spin": {"kind": "irft", **loop, **irft, "stages": 1},
         "irft": {**loop, **irft, "stages": 3},
     }
+    for method in set(METHODS) - set(methods):
+        del stages[method]
     sets = [("", files["eval_prompts"])]
     if s.get("n_eval_negative"):  # openings of negative reviews, evaluated apart
         sets.append(("_neg", files["eval_prompts_negative"]))
@@ -86,6 +91,7 @@ def pipeline(out: str, files: dict, s: dict, seed: int = 0) -> dict:
     return {"out": out, "seed": seed, "model": policy, "stages": stages}
 
 
+METHODS = ("irl", "spin", "irft", "gail")
 ORDER = ["init", "sft", "irl_1", "irl_2", "irl_3", "irft_T1", "irft_T3", "gail"]
 
 
@@ -102,14 +108,14 @@ def seed_figures(results: dict, s: dict) -> dict:
     if "eval_negative" in results:
         out["negative_openings"] = eval_figures(results["eval_negative"])
     for method in ("irl", "gail"):
-        for it in results[method]["iterations"]:
+        for it in results.get(method, {}).get("iterations", []):
             rm = json.loads((Path(it["reward_model"]).parent / "metrics.json").read_text())
             out["reward_models"][f"{method} iter {it['iteration'] + 1}"] = rm_figures(rm)
             out["cut_at_max_new_tokens"][f"{method} iter {it['iteration'] + 1} samples"] = it.get("sample_cut_share")
             out["iterations"][f"{method} iter {it['iteration'] + 1}"] = {
                 k: it.get(k) for k in ("rl_reward_first", "rl_reward_last", "rl_kl_last", "pairs")}
     for method in ("spin", "irft"):
-        for st in results[method]["stages"]:
+        for st in results.get(method, {}).get("stages", []):
             out["iterations"][f"{method} stage {st['stage'] + 1}"] = {
                 k: st.get(k) for k in ("pairs", "train_loss", "implicit_reward_accuracy_last_quarter")}
     return out
@@ -185,8 +191,16 @@ def main() -> None:
                     help="reward models see at most N response tokens (afd reward's response_tokens): length "
                          "matched by cutting every response alike; choose N on the reward models' held-out split")
     ap.add_argument("--max-new-tokens", type=int, default=None, help="sample cap of every pool and of RL")
+    ap.add_argument("--methods", default=",".join(METHODS),
+                    help="iterated methods to run, a comma list of " + ", ".join(METHODS) + " (default: all)")
     args = ap.parse_args()
     s = settings(args.quick, args.smoke, args.max_new_tokens, args.rm_response_tokens)
+    methods = [m for m in args.methods.split(",") if m]
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown:
+        ap.error(f"unknown method {unknown[0]}; known: {', '.join(METHODS)}")
+    if tuple(methods) != METHODS:
+        s["methods"] = methods
     args.quick = args.quick or args.smoke
     per_seed = run_seeds(args.out, args.seeds, lambda out, seed: seed_data(out, s, seed),
                          lambda out, files, seed: pipeline(out, files, s, seed),

@@ -1,0 +1,162 @@
+"""Why AVA-d ranks human pairs at chance (issue 11): which term sets its reward.
+
+AVA-d (Eq. 5-7) trains the reward head through two terms only: the N(0, 1) prior (Eq. 6) and
+the TD constraint ``log N(delta_t; mu_t, sigma_t^2)`` with ``delta_t = Q_t - gamma Q_t+1``. The
+likelihood term trains Q, never the reward head. So the head regresses ``delta_t`` (shrunk to
+0 by the prior), and its ranking score ``sum_t w_t mu_t`` can carry no more preference signal
+than the TD targets it fits. This script reads, for every hh-ava seed's trained AVA-d model and
+that seed's held-out human pairs (never trained on), the pair accuracy (ties half) of:
+
+- ``weighted``: afd's AVA-d score, sum_t w_t mu_t (the reward head);
+- ``total`` / ``last``: the head's plain sum (Eq. 19) and last-step reward (Eq. 18);
+- ``td_weighted``: sum_t w_t delta_t, the TD target the head is fit to, with the same weights;
+- ``td_sum``: sum_t delta_t, which telescopes at gamma = 1 to Q_first - Q_last;
+- ``loglik_mean`` / ``loglik_sum``: the response's mean and summed log pi under the trained
+  backbone (the LM the likelihood term trained);
+- the same TD and likelihood scores under the base model before AVA training (``base_*``),
+
+and the per-response correlation of ``weighted`` with ``td_weighted``. If the head follows its
+target (high correlation) and the target is at chance, the responsible term is the TD target:
+under the pretrained Q head (Eq. 12), delta_t is a difference of the LM's own softmaxed token
+probabilities, which does not encode which reply people preferred.
+
+    python bench/ava_d_diagnosis.py --runs runs/hh-ava --seeds 0,1,2   # forward passes only
+    python bench/ava_d_diagnosis.py --runs runs/hh-ava --seeds 0 --limit 8 --no-save  # smoke
+
+Writes bench/results/hh-ava/ava_d_diagnosis.{md,json} (with at least 3 seeds).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from common import RESULTS, across_seeds, ci, machine, seeds_arg  # noqa: E402
+
+SCORES = ("weighted", "total", "last", "td_weighted", "td_sum", "loglik_mean", "loglik_sum",
+          "base_td_weighted", "base_td_sum", "base_loglik_mean")
+
+
+@torch.no_grad()
+def response_scores(rm, prompts: list, responses: list, batch_size: int = 8) -> dict[str, list[float]]:
+    """Every score above for each (prompt, response), from one forward pass a batch."""
+    from afd.ava import AVACollator, _EncodeOptions, encode, sequence_terms, token_terms
+
+    cfg = _EncodeOptions(rm.template, rm.max_length)
+    rows = [encode(rm.tokenizer, p, r, cfg) for p, r in zip(prompts, responses)]
+    pad = rm.tokenizer.pad_token_id if rm.tokenizer.pad_token_id is not None else rm.tokenizer.eos_token_id
+    collate = AVACollator(pad)
+    out = {k: [0.0] * len(rows) for k in ("weighted", "total", "last", "td_weighted", "td_sum", "loglik_mean",
+                                          "loglik_sum")}
+    order = sorted(range(len(rows)), key=lambda i: len(rows[i]["input_ids"]))
+    for s in range(0, len(order), batch_size):
+        idx = order[s:s + batch_size]
+        batch = collate.pad([rows[i] for i in idx])
+        t = token_terms(rm.model, batch["input_ids"], batch["attention_mask"], batch["response"], rm.opts)
+        seq = sequence_terms(t)
+        step, w = t["step"].float(), t["w"]
+        logits = rm.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.float()
+        logp = logits[:, :-1].log_softmax(-1).gather(-1, batch["input_ids"][:, 1:, None]).squeeze(-1)
+        resp = batch["response"][:, 1:].float()
+        got = {"weighted": seq["weighted"], "total": seq["total"], "last": seq["last"],
+               "td_weighted": (w * step * t["td"]).sum(-1), "td_sum": t["td"].sum(-1),
+               "loglik_sum": (logp * resp).sum(-1), "loglik_mean": (logp * resp).sum(-1) / resp.sum(-1).clamp(min=1)}
+        for k, v in got.items():
+            for b, i in enumerate(idx):
+                out[k][i] = float(v[b])
+    return out
+
+
+def pair_acc(chosen: list[float], rejected: list[float]) -> float:
+    from afd.reward import pair_accuracy
+
+    return pair_accuracy(chosen, rejected)
+
+
+def corr(a: list[float], b: list[float]) -> float:
+    x, y = torch.tensor(a), torch.tensor(b)
+    return float(torch.corrcoef(torch.stack([x, y]))[0, 1])
+
+
+def seed_figures(model_dir: Path, pairs_path: Path, limit: int | None, base: str) -> dict:
+    from afd.ava import AVARewardModel, attach
+    from afd.data import DataConfig, load_pairs
+    from afd import models
+
+    pairs, _ = load_pairs(DataConfig(path=str(pairs_path), limit=limit))
+    prompts = [p.prompt for p in pairs]
+    rm = AVARewardModel.from_pretrained(str(model_dir), "cpu", "float32")
+    chosen = response_scores(rm, prompts, [p.chosen for p in pairs])
+    rejected = response_scores(rm, prompts, [p.rejected for p in pairs])
+    # the base LM with the same options: its pretrained Q head gives the TD targets before training
+    lm, tok = models.load_causal_lm(base, "cpu", "float32")
+    attach(lm, rm.opts)
+    base_rm = AVARewardModel(lm, tok, rm.opts, rm.template, rm.max_length, rm.objective)
+    bc = response_scores(base_rm, prompts, [p.chosen for p in pairs])
+    br = response_scores(base_rm, prompts, [p.rejected for p in pairs])
+    for k in ("td_weighted", "td_sum", "loglik_mean"):
+        chosen["base_" + k], rejected["base_" + k] = bc[k], br[k]
+    figs = {k: pair_acc(chosen[k], rejected[k]) for k in SCORES}
+    both = {k: chosen[k] + rejected[k] for k in chosen}
+    figs["corr_weighted_td_weighted"] = corr(both["weighted"], both["td_weighted"])
+    figs["corr_weighted_loglik_mean"] = corr(both["weighted"], both["loglik_mean"])
+    figs["pairs"] = len(pairs)
+    return figs
+
+
+LABELS = {"weighted": "reward head, sum_t w_t mu_t (afd's AVA-d score)",
+          "total": "reward head, sum_t mu_t (Eq. 19)", "last": "reward head, last step (Eq. 18)",
+          "td_weighted": "TD target, sum_t w_t delta_t (what the head is fit to)",
+          "td_sum": "TD target, sum_t delta_t (= Q_first - Q_last at gamma 1)",
+          "loglik_mean": "trained backbone, mean log pi(y_t)", "loglik_sum": "trained backbone, sum log pi(y_t)",
+          "base_td_weighted": "base model (before AVA), sum_t w_t delta_t",
+          "base_td_sum": "base model, sum_t delta_t", "base_loglik_mean": "base model, mean log pi(y_t)"}
+
+
+def report(agg: dict, seeds: list[int], host: dict) -> str:
+    lines = [f"# AVA-d on hh-ava's held-out human pairs: which term sets the reward (seeds {seeds})", "",
+             f"Machine: {host['cpu']}, {host['cores']} cores. Each seed's AVA-d model of `hh-ava` (trained on that "
+             f"seed's chosen replies only) and that seed's {agg['pairs']['mean']:.0f} held-out pairs; pair accuracy "
+             "with ties half; mean [95% t interval] over seeds. Forward passes only (`python "
+             "bench/ava_d_diagnosis.py`).", "", "| score | pair accuracy |", "|---|---|"]
+    lines += [f"| {LABELS[k]} | {ci(agg[k])} |" for k in SCORES]
+    lines += ["", f"Correlation over responses of the head's score with its TD target: "
+              f"{ci(agg['corr_weighted_td_weighted'])}; with the mean log-likelihood: "
+              f"{ci(agg['corr_weighted_loglik_mean'])}.", ""]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--runs", default="runs/hh-ava", help="hh-ava's run folder (seed-N/rm_ava_d, seed-N/data)")
+    ap.add_argument("--seeds", type=seeds_arg, default=[0, 1, 2])
+    ap.add_argument("--limit", type=int, default=None, help="first N held-out pairs only")
+    ap.add_argument("--base", default="smollm2-135m-instruct", help="the model AVA-d started from")
+    ap.add_argument("--no-save", action="store_true")
+    args = ap.parse_args()
+    per_seed = {}
+    for seed in args.seeds:
+        d = Path(args.runs) / f"seed-{seed}"
+        per_seed[str(seed)] = seed_figures(d / "rm_ava_d" / "model", d / "data" / "eval_pairs.jsonl", args.limit,
+                                           args.base)
+        print(seed, json.dumps(per_seed[str(seed)]), flush=True)
+    agg = {k: across_seeds([s[k] for s in per_seed.values()]) for k in next(iter(per_seed.values()))}
+    host = machine()
+    text = report(agg, args.seeds, host)
+    print(text)
+    if not args.no_save and len(args.seeds) >= 3 and args.limit is None:
+        dest = RESULTS / "hh-ava"
+        (dest / "ava_d_diagnosis.md").write_text(text)
+        (dest / "ava_d_diagnosis.json").write_text(json.dumps(
+            {"seeds": args.seeds, "across_seeds": agg, "per_seed": per_seed, "machine": host}, indent=2))
+        print("saved", dest / "ava_d_diagnosis.md")
+
+
+if __name__ == "__main__":
+    main()
