@@ -119,9 +119,9 @@ LABELS = {"weighted": "reward head, sum_t w_t mu_t (afd's AVA-d score)",
           "base_td_sum": "base model, sum_t delta_t", "base_loglik_mean": "base model, mean log pi(y_t)"}
 
 
-def report(agg: dict, seeds: list[int], host: dict) -> str:
-    lines = [f"# AVA-d on hh-ava's held-out human pairs: which term sets the reward (seeds {seeds})", "",
-             f"Machine: {host['cpu']}, {host['cores']} cores. Each seed's AVA-d model of `hh-ava` (trained on that "
+def report(agg: dict, seeds: list[int], host: dict, stage: str = "rm_ava_d") -> str:
+    lines = [f"# AVA-d on hh-ava's held-out human pairs: which term sets the reward (`{stage}`, seeds {seeds})", "",
+             f"Machine: {host['cpu']}, {host['cores']} cores. Each seed's AVA-d model `{stage}` of `hh-ava` (trained on that "
              f"seed's chosen replies only) and that seed's {agg['pairs']['mean']:.0f} held-out pairs; pair accuracy "
              "with ties half; mean [95% t interval] over seeds. Forward passes only (`python "
              "bench/ava_d_diagnosis.py`).", "", "| score | pair accuracy |", "|---|---|"]
@@ -138,24 +138,27 @@ def main() -> None:
     ap.add_argument("--seeds", type=seeds_arg, default=[0, 1, 2])
     ap.add_argument("--limit", type=int, default=None, help="first N held-out pairs only")
     ap.add_argument("--base", default="smollm2-135m-instruct", help="the model AVA-d started from")
+    ap.add_argument("--stage", default="rm_ava_d", help="the AVA-d model's stage in each seed folder (e.g. "
+                                                          "rm_ava_d_head_lr, hh-ava's ablation)")
     ap.add_argument("--no-save", action="store_true")
     args = ap.parse_args()
     per_seed = {}
     for seed in args.seeds:
         d = Path(args.runs) / f"seed-{seed}"
-        per_seed[str(seed)] = seed_figures(d / "rm_ava_d" / "model", d / "data" / "eval_pairs.jsonl", args.limit,
+        per_seed[str(seed)] = seed_figures(d / args.stage / "model", d / "data" / "eval_pairs.jsonl", args.limit,
                                            args.base)
         print(seed, json.dumps(per_seed[str(seed)]), flush=True)
     agg = {k: across_seeds([s[k] for s in per_seed.values()]) for k in next(iter(per_seed.values()))}
     host = machine()
-    text = report(agg, args.seeds, host)
+    text = report(agg, args.seeds, host, args.stage)
     print(text)
     if not args.no_save and len(args.seeds) >= 3 and args.limit is None:
         dest = RESULTS / "hh-ava"
-        (dest / "ava_d_diagnosis.md").write_text(text)
-        (dest / "ava_d_diagnosis.json").write_text(json.dumps(
+        name = "ava_d_diagnosis" + ("" if args.stage == "rm_ava_d" else "_" + args.stage.removeprefix("rm_ava_d_"))
+        (dest / f"{name}.md").write_text(text)
+        (dest / f"{name}.json").write_text(json.dumps(
             {"seeds": args.seeds, "across_seeds": agg, "per_seed": per_seed, "machine": host}, indent=2))
-        print("saved", dest / "ava_d_diagnosis.md")
+        print("saved", dest / f"{name}.md")
 
 
 if __name__ == "__main__":

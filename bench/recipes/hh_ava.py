@@ -41,7 +41,15 @@ BACKBONE = "smollm2-135m-instruct"
 
 
 ABLATIONS = {"rm_ava_p_no_td": {"ava_lambda": 0.0}, "rm_ava_p_no_contrastive": {"ava_contrastive": 0.0},
-             "rm_ava_p_uniform": {"ava_weighting": "uniform"}, "rm_ava_p_new_q": {"ava_q_head": "new"}}
+             "rm_ava_p_uniform": {"ava_weighting": "uniform"}, "rm_ava_p_new_q": {"ava_q_head": "new"},
+             # AVA-d's reward head is trained by the prior and TD terms only; at the backbone's lr 5e-5 for
+             # ~10 steps it barely leaves its random start (bench/ava_d_diagnosis.py): the heads at 1e-3
+             "rm_ava_d_head_lr": {"ava_head_lr": 1e-3}}
+
+
+def ablation_base(name: str) -> str:
+    """The model an ablation switches one option of: AVA-d's for rm_ava_d_*, else AVA-p's."""
+    return "rm_ava_d" if name.startswith("rm_ava_d") else "rm_ava_p"
 
 
 def pipeline(out: str, files: dict, epochs: float, ablations: list[str], seed: int,
@@ -57,8 +65,8 @@ def pipeline(out: str, files: dict, epochs: float, ablations: list[str], seed: i
         "rm_ava_p": {**rm, "variant": "ava-p", "data": files["train_pairs"]},
         "rm_ava_d": {**rm, "variant": "ava-d", "data": files["demos"]},
     }
-    for name in ablations:  # the paper's ablation switches, one at a time, on AVA-p
-        stages[name] = {**stages["rm_ava_p"], **ABLATIONS[name]}
+    for name in ablations:  # the paper's ablation switches, one at a time, on AVA-p (rm_ava_d_*: on AVA-d)
+        stages[name] = {**stages[ablation_base(name)], **ABLATIONS[name]}
     return {"out": out, "seed": seed, "stages": stages}
 
 
@@ -103,7 +111,8 @@ def main() -> None:
     ap.add_argument("--smoke", action="store_true", help="tiny-random on 16 and 16 pairs, 2 steps: the recipe runs")
     ap.add_argument("--report-only", action="store_true", help="redraw the table and plot from the saved metrics")
     ap.add_argument("--ablations", nargs="?", const=",".join(ABLATIONS), default="",
-                    help="also AVA-p with ablation switches: all (~12 min each a seed), or a comma list of "
+                    help="also AVA-p (rm_ava_d_*: AVA-d) with one option switched: all (~12 min each a seed), "
+                         "or a comma list of "
                          + ", ".join(ABLATIONS))
     ap.add_argument("--n-train", type=int, default=160, help="training pairs a seed")
     ap.add_argument("--n-eval", type=int, default=400, help="held-out pairs a seed")
