@@ -73,12 +73,6 @@ def response_scores(rm, prompts: list, responses: list, batch_size: int = 8) -> 
     return out
 
 
-def pair_acc(chosen: list[float], rejected: list[float]) -> float:
-    from afd.reward import pair_accuracy
-
-    return pair_accuracy(chosen, rejected)
-
-
 def corr(a: list[float], b: list[float]) -> float:
     x, y = torch.tensor(a), torch.tensor(b)
     return float(torch.corrcoef(torch.stack([x, y]))[0, 1])
@@ -86,8 +80,9 @@ def corr(a: list[float], b: list[float]) -> float:
 
 def seed_figures(model_dir: Path, pairs_path: Path, limit: int | None, base: str) -> dict:
     from afd.ava import AVARewardModel, attach
-    from afd.data import DataConfig, load_pairs
     from afd import models
+    from afd.data import DataConfig, load_pairs
+    from afd.reward import pair_accuracy
 
     pairs, _ = load_pairs(DataConfig(path=str(pairs_path), limit=limit))
     prompts = [p.prompt for p in pairs]
@@ -102,7 +97,7 @@ def seed_figures(model_dir: Path, pairs_path: Path, limit: int | None, base: str
     br = response_scores(base_rm, prompts, [p.rejected for p in pairs])
     for k in ("td_weighted", "td_sum", "loglik_mean"):
         chosen["base_" + k], rejected["base_" + k] = bc[k], br[k]
-    figs = {k: pair_acc(chosen[k], rejected[k]) for k in SCORES}
+    figs = {k: pair_accuracy(chosen[k], rejected[k]) for k in SCORES}
     both = {k: chosen[k] + rejected[k] for k in chosen}
     figs["corr_weighted_td_weighted"] = corr(both["weighted"], both["td_weighted"])
     figs["corr_weighted_loglik_mean"] = corr(both["weighted"], both["loglik_mean"])

@@ -224,21 +224,16 @@ def ava_claims() -> list[dict]:
                      "paper": paper, "afd": f"pair accuracy {ci(acc)}; prefers the longer reply "
                                            f"{ci(models['rm_ava_d'].get('prefers_longer'))}",
                      "seeds": len(hh["seeds"]), "verdict": verdict(acc, 0.5), "why": "against 0.5"})
-    claim = "AVA-d's reward, from demonstrations only, as a Best-of-N reward beats SFT (imdb-ava)"
     paper = ("the paper uses AVA's reward as a reward model, e.g. for Best-of-N (METHODS §3, use (a)); "
              "no Best-of-N figure read here")
-    if imdb is None:
-        rows.append(not_rerun(claim, paper, "imdb-ava"))
-    else:
-        evs = [imdb["eval_per_seed"][str(s)] for s in imdb["seeds"]]
-        for proxy in ("ava-d", "init-sft (smollm2)"):
-            d = across_seeds([ev["bon"][proxy]["gold"][-1] - ev["policies"]["sft"]["gold"] for ev in evs])
-            n = evs[0]["bon"][proxy]["n"][-1]
-            rows.append({"claim": claim if proxy == "ava-d" else "AfD's init-sft reward on the same (smollm2) "
-                         "backbone as a Best-of-N reward beats SFT (imdb-ava)", "paper": paper if proxy == "ava-d"
-                         else "see the AfD rows", "afd": f"VADER of BoN-{n} minus SFT: {ci(d)}",
-                         "seeds": len(imdb["seeds"]), "verdict": verdict(d),
-                         "why": "per-seed difference on held-out positive-review openings, same SFT pools"})
+    # imdb-ava keeps each seed's eval figures under eval_per_seed
+    evals = (("imdb-ava", imdb and {"seeds": imdb["seeds"], "per_seed": imdb["eval_per_seed"]}, lambda s: s),)
+    why = "per-seed difference on held-out positive-review openings, same SFT pools"
+    rows += bon_rows("AVA-d's reward, from demonstrations only, as a Best-of-N reward beats SFT", paper, "ava-d",
+                     evals, why)
+    if imdb is not None:
+        rows += bon_rows("AfD's init-sft reward on the same (smollm2) backbone as a Best-of-N reward beats SFT",
+                         "see the AfD rows", "init-sft (smollm2)", evals, why)
     claim = "AVA's per-token reward std flags out-of-distribution responses"
     paper = "not a claim of the paper's main text (its Eq. 9 gives the std; no OOD figure): issue 11's question"
     if imdb is None:
