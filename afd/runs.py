@@ -35,7 +35,7 @@ class StageOptions:
     force: bool = opt(False, "redo the stage even if it finished, discarding its old output")
 
 
-IGNORED_IN_FINGERPRINT = {"out", "stage_name", "force"}
+IGNORED_IN_FINGERPRINT = {"out", "stage_name", "force", "keep_checkpoints"}  # none changes what a stage makes
 
 
 def _defaults(cls: type) -> dict[str, Any]:
@@ -165,6 +165,8 @@ class StageDir:
 
             card_for_stage(self, out)  # the saved model's README.md, before metrics.json marks it done
             write_json(self.path / METRICS, out)
+            if not getattr(self.cfg, "keep_checkpoints", True):  # a finished stage never resumes
+                shutil.rmtree(self.path / "checkpoints", ignore_errors=True)
             return out
 
         return dist.on_main(write)

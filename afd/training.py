@@ -47,6 +47,8 @@ class TrainOptions:
     lora_target_modules: str = opt("all-linear", "LoRA target modules (PEFT syntax, comma-separated)")
     gradient_checkpointing: bool = opt(False, "trade compute for memory")
     save_steps: int = opt(100, "checkpoint every N steps (a killed run resumes from the last one)")
+    keep_checkpoints: bool = opt(False, "keep OUT/STAGE/checkpoints (optimiser state included) once the stage has "
+                                        "finished; by default they are removed then, as they only serve resuming")
     logging_steps: int = opt(5, "log the training loss every N steps")
     eval_steps: int = opt(0, "evaluate every N steps (0: at the start and the end only)")
     device: str = opt("auto", "auto, cpu, cuda, cuda:N or mps (ignored under accelerate launch)")

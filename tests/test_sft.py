@@ -152,7 +152,7 @@ def test_lora_trains_and_saves_a_merged_plain_model(tmp_path, demos_file, afd_ca
 
 
 def test_resumed_sft_ends_where_an_uninterrupted_run_does(tmp_path, demos_file):
-    cfg = sft_config(tmp_path / "run", demos_file, max_steps=6, save_steps=2)
+    cfg = sft_config(tmp_path / "run", demos_file, max_steps=6, save_steps=2, keep_checkpoints=True)
     stage = tmp_path / "run" / "sft"
     first = sft(cfg)
     assert (first["steps"], first["resumed"]) == (6, False)
@@ -174,6 +174,20 @@ def test_resumed_sft_ends_where_an_uninterrupted_run_does(tmp_path, demos_file):
     weights = load_file(stage / "model" / "model.safetensors")
     for name, value in uninterrupted.items():
         torch.testing.assert_close(weights[name], value, atol=1e-6, rtol=0)
+
+
+def test_a_finished_stage_drops_its_checkpoints_unless_asked_to_keep_them(tmp_path, demos_file, monkeypatch):
+    kept = sft(sft_config(tmp_path / "kept", demos_file, max_steps=4, save_steps=2, keep_checkpoints=True))
+    assert sorted(p.name for p in (tmp_path / "kept" / "sft" / "checkpoints").iterdir()) == \
+        ["checkpoint-2", "checkpoint-4"]
+    cfg = sft_config(tmp_path / "run", demos_file, max_steps=4, save_steps=2)
+    metrics = sft(cfg)
+    stage = tmp_path / "run" / "sft"
+    assert not (stage / "checkpoints").exists()
+    assert (stage / "model" / "model.safetensors").is_file() and metrics["steps"] == kept["steps"] == 4
+    # keeping them or not changes nothing the stage makes: the finished stage is reused either way
+    monkeypatch.setattr("transformers.Trainer.train", lambda *a, **k: pytest.fail("a finished stage trained again"))
+    assert sft(sft_config(cfg.out, cfg.data, max_steps=4, save_steps=2, keep_checkpoints=True)) == metrics
 
 
 def test_finished_sft_is_reused(full_run, monkeypatch):
