@@ -90,11 +90,13 @@ def bon_rows(claim: str, paper: str, proxy: str, recipes, why: str) -> list[dict
 def afd_claims() -> list[dict]:
     rows = []
     imdb, demo = load("imdb-positive"), load("demo")
+    matched = load("imdb-positive-length-matched")  # an extra control: listed only once it has run
     paper_bon = ("BoN with the init-sft RM beats SFT on HH-RLHF Harmless / Helpful (GPT-2, Gemma; golden RM "
                  "and GPT-4 win rate); no figure read here (only the method section was available)")
     pos = (lambda s: s["positive_openings"])
     recipes = (("imdb-positive", imdb, pos), ("demo", demo, lambda s: s))
-    rows += bon_rows("AfD: Best-of-N with the init-sft reward beats SFT", paper_bon, "init-sft", recipes,
+    lm = (("imdb-positive, reward models length-matched", matched, pos),) if matched else ()
+    rows += bon_rows("AfD: Best-of-N with the init-sft reward beats SFT", paper_bon, "init-sft", recipes + lm,
                      "interval over seeds of the per-seed difference, on held-out prompts drawn like the "
                      "demonstrations' prompts")
     claim = "AfD: heterogeneous reward models (init-demo, sft-demo) reward-hack while init-sft does not"
@@ -102,17 +104,19 @@ def afd_claims() -> list[dict]:
              "demonstrations and samples ('reward hacking is even more likely'); init-sft should do best")
     if imdb is None:
         rows.append(not_rerun(claim, paper, "imdb-positive"))
-    else:
-        init_sft = per_seed(imdb, lambda s: pos(s)["bon"]["init-sft"]["gold"][-1])
+    for name, m, _ in (("imdb-positive", imdb, pos),) + lm:
+        if m is None:
+            continue
+        init_sft = per_seed(m, lambda s: pos(s)["bon"]["init-sft"]["gold"][-1])
         parts, verdicts = [], []
         for proxy in ("init-demo", "sft-demo"):
-            het = per_seed(imdb, lambda s: pos(s)["bon"][proxy]["gold"][-1])
+            het = per_seed(m, lambda s: pos(s)["bon"][proxy]["gold"][-1])
             d = diff(init_sft, het)  # the claim's side: init-sft above the heterogeneous RM
-            parts.append(f"init-sft minus {proxy} at BoN-{n_max(imdb, proxy, pos)}: {ci(d)}; {proxy} minus SFT: "
-                         f"{ci(bon_minus_sft(imdb, proxy, pos))}")
+            parts.append(f"init-sft minus {proxy} at BoN-{n_max(m, proxy, pos)}: {ci(d)}; {proxy} minus SFT: "
+                         f"{ci(bon_minus_sft(m, proxy, pos))}")
             verdicts.append(verdict(d))
         v = verdicts[0] if len(set(verdicts)) == 1 else "inconclusive"
-        rows.append({"claim": claim, "paper": paper, "afd": "; ".join(parts), "seeds": len(imdb["seeds"]),
+        rows.append({"claim": f"{claim} ({name})", "paper": paper, "afd": "; ".join(parts), "seeds": len(m["seeds"]),
                      "verdict": v, "why": "both heterogeneous RMs must fall below init-sft; their classes share "
                                           "prompts, so the prompt cannot separate them (issue 10)"})
     rows += bon_rows("AfD: the density ratio log pi_sft - log pi_0 (init-sft's closed-form optimum) as a BoN "
@@ -186,7 +190,6 @@ def iteration_rows(it: dict, claim: str, paper: str) -> list[dict]:
                 f"{ci(agg[last].get('prefers_longer'))}; 'longer reply wins' {ci(longer)}",
          "seeds": len(it["seeds"]), "verdict": verdict(agg[last]["pair_accuracy"], 0.5),
          "why": "against 0.5; ties count half"}]
-    return rows
 
 
 # imdb-ava's sources that are plainly not IMDB continuations (model samples and negative reviews are near)

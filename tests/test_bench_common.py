@@ -52,6 +52,19 @@ def test_claims_verdicts_from_per_seed_differences(tmp_path, monkeypatch):
     ratio = [r for name, r in rows.items() if "density ratio" in name and "(demo)" in name][0]
     assert ratio["verdict"] == "inconclusive"  # 0, -0.1, -0.2: the interval covers 0
     assert rows["AfD: Best-of-N with the init-sft reward beats SFT (imdb-positive)"]["verdict"] == "not rerun"
+    assert not any("length-matched" in name for name in rows)  # an extra control: no row before it has run
+
+    # the length-matched control, once run, gets its own rows: Best-of-N and the heterogeneous comparison
+    het = {"seeds": [0, 1, 2], "per_seed": {str(i): {"positive_openings": seed(
+        0.2, {"init-sft": 0.3 + 0.01 * i, "init-demo": 0.1, "sft-demo": 0.12 - 0.01 * i})} for i in range(3)}}
+    (tmp_path / "imdb-positive-length-matched").mkdir()
+    (tmp_path / "imdb-positive-length-matched" / "metrics.json").write_text(json.dumps(het))
+    rows = {r["claim"]: r for r in claims.afd_claims()}
+    matched = "imdb-positive, reward models length-matched"
+    assert rows[f"AfD: Best-of-N with the init-sft reward beats SFT ({matched})"]["verdict"] == "reproduced"
+    hacking = rows[f"AfD: heterogeneous reward models (init-demo, sft-demo) reward-hack while init-sft does not "
+                   f"({matched})"]
+    assert hacking["verdict"] == "reproduced" and "init-sft minus init-demo at BoN-8: 0.210 [" in hacking["afd"]
 
 
 def test_a_result_needs_three_seeds_and_real_settings(capsys):

@@ -94,15 +94,24 @@ def make_data(folder: Path, n_demos: int, n_rm: int, n_eval: int, open_words: in
     return files
 
 
+def tag(s: dict) -> str:
+    """The suffix of the stages that ``--rm-response-tokens N`` changes (reward models and their
+    evaluations, ``rm_init_sft_rtN``...): they sit beside the unmatched run's in the same
+    folders, whose SFT policy and pools they reuse."""
+    return f"_rt{s['rm_response_tokens']}" if s.get("rm_response_tokens") else ""
+
+
 def pipeline(out: str, files: dict, s: dict, seed: int = 0) -> dict:
     policy = s.get("policy", "smollm2-135m-instruct")
     x = s.get("length_scale", 1)  # tiny-random's byte tokens: longer sequences
+    t = tag(s)
     pool = {"kind": "sample", "max_new_tokens": s["new_tokens"], "max_prompt_length": 256 * x}
     rm = {"kind": "reward", "model": s.get("rm_backbone", "minilm-l6"), "epochs": 3, "lr": 5.0e-5, "batch_size": 16,
           "eval_fraction": 0.15, "max_length": 320 * x, "max_prompt_length": 128 * x, "logging_steps": 5,
           **({"response_tokens": s["rm_response_tokens"]} if s.get("rm_response_tokens") else {})}
-    proxies = {"init-sft": "@rm_init_sft", "init-demo": "@rm_init_demo", "sft-demo": "@rm_sft_demo",
-               "density-ratio": f"density-ratio:@sft,{policy}"}
+    proxies = {"init-sft": f"@rm_init_sft{t}", "init-demo": f"@rm_init_demo{t}", "sft-demo": f"@rm_sft_demo{t}"}
+    if not t:  # the density ratio sees no reward model: the unmatched run has it already
+        proxies["density-ratio"] = f"density-ratio:@sft,{policy}"
     stages = {
         "sft": {"data": files["demos"], "epochs": s["sft_epochs"], "lr": 5.0e-5, "batch_size": 8,
                 "eval_fraction": 0.05, "max_length": 256 * x, "max_prompt_length": 128 * x, "logging_steps": 5},
@@ -110,22 +119,22 @@ def pipeline(out: str, files: dict, s: dict, seed: int = 0) -> dict:
         # positives of init-demo / sft-demo: positives and negatives share prompts
         "rm_pool_init": {**pool, "data": files["rm_prompts"], "num_samples": s["k_rm"]},
         "rm_pool_sft": {**pool, "model": "@sft", "data": files["rm_prompts"], "num_samples": s["k_rm"]},
-        "rm_init_sft": {**rm, "variant": "init-sft", "init_pool": "@rm_pool_init", "sft_pool": "@rm_pool_sft"},
-        "rm_init_demo": {**rm, "variant": "init-demo", "init_pool": "@rm_pool_init", "data": files["rm_demos"]},
-        "rm_sft_demo": {**rm, "variant": "sft-demo", "sft_pool": "@rm_pool_sft", "data": files["rm_demos"]},
+        f"rm_init_sft{t}": {**rm, "variant": "init-sft", "init_pool": "@rm_pool_init", "sft_pool": "@rm_pool_sft"},
+        f"rm_init_demo{t}": {**rm, "variant": "init-demo", "init_pool": "@rm_pool_init", "data": files["rm_demos"]},
+        f"rm_sft_demo{t}": {**rm, "variant": "sft-demo", "sft_pool": "@rm_pool_sft", "data": files["rm_demos"]},
         "sample_init": {**pool, "data": files["eval_prompts"], "num_samples": s["k_eval"]},
         "sample_sft": {**pool, "model": "@sft", "data": files["eval_prompts"], "num_samples": s["k_eval"]},
-        "eval": {"golden": "vader", "pools": {"init": "@sample_init", "sft": "@sample_sft"}, "proxies": proxies,
-                 "demos": files["norm_demos"]},
+        f"eval{t}": {"kind": "eval", "golden": "vader", "pools": {"init": "@sample_init", "sft": "@sample_sft"},
+                     "proxies": proxies, "demos": files["norm_demos"]},
     }
     if s.get("n_eval_negative"):  # openings of negative reviews, evaluated apart
         stages.update({
             "sample_init_neg": {**pool, "data": files["eval_prompts_negative"], "num_samples": s["k_eval"]},
             "sample_sft_neg": {**pool, "model": "@sft", "data": files["eval_prompts_negative"],
                                "num_samples": s["k_eval"]},
-            "eval_negative": {"kind": "eval", "golden": "vader", "pools": {"init": "@sample_init_neg",
-                                                                          "sft": "@sample_sft_neg"},
-                              "proxies": proxies}})
+            f"eval_negative{t}": {"kind": "eval", "golden": "vader", "pools": {"init": "@sample_init_neg",
+                                                                              "sft": "@sample_sft_neg"},
+                                  "proxies": proxies}})
     return {"out": out, "seed": seed, "model": policy, "stages": stages}
 
 
@@ -143,12 +152,13 @@ def eval_figures(ev: dict) -> dict:
 def seed_figures(results: dict, s: dict) -> dict:
     """One seed's figures: policies and Best-of-N by the opening's sentiment, reward models
     with their controls, and the share of each pool's samples cut at max_new_tokens."""
-    out = {"positive_openings": eval_figures(results["eval"]),
-           "reward_models": {k: rm_figures(results[k]) for k in RMS if k in results},
+    t = tag(s)
+    out = {"positive_openings": eval_figures(results[f"eval{t}"]),
+           "reward_models": {k: rm_figures(results[k + t]) for k in RMS if k + t in results},
            "cut_at_max_new_tokens": {k: 1 - v["finished_by_eos"] for k, v in results.items()
                                      if isinstance(v, dict) and "finished_by_eos" in v}}
-    if "eval_negative" in results:
-        out["negative_openings"] = eval_figures(results["eval_negative"])
+    if f"eval_negative{t}" in results:
+        out["negative_openings"] = eval_figures(results[f"eval_negative{t}"])
     return out
 
 
@@ -214,6 +224,9 @@ def main() -> None:
              f"demonstrations' distribution; demonstrations = 1 on their own continuations) and, apart, "
              f"{s['n_eval_negative']} negative-review openings; {s['k_eval']} samples a prompt and policy, "
              f"at most {s['new_tokens']} new tokens. Figures: mean [95% t interval] over seeds.", "",
+             *([f"**Length matched**: every reward model sees only the first {s['rm_response_tokens']} tokens of "
+                f"each response, in training and when it scores (the density ratio, which has no reward model, "
+                f"is in the unmatched run).", ""] if tag(s) else []),
              *rm_table(agg["reward_models"], len(args.seeds)), "",
              cut_shares(agg), "",
              *policy_table(agg["positive_openings"], "Openings of positive reviews (the demonstrations' prompts)")]
@@ -222,13 +235,13 @@ def main() -> None:
     table = "\n".join(lines)
     print(table)
     if saves_result(args.seeds, args.quick):
-        dest = RESULTS / "imdb-positive"
+        dest = RESULTS / ("imdb-positive-length-matched" if tag(s) else "imdb-positive")
         dest.mkdir(parents=True, exist_ok=True)
         (dest / "results.md").write_text(table)
         (dest / "metrics.json").write_text(json.dumps(
             {"seeds": args.seeds, "setup": s, "reward_models": agg["reward_models"], "across_seeds": agg,
              "per_seed": per_seed, "machine": host}, indent=2))
-        for png in (Path(args.out) / f"seed-{args.seeds[0]}" / "eval").glob("*.png"):
+        for png in (Path(args.out) / f"seed-{args.seeds[0]}" / f"eval{tag(s)}").glob("*.png"):
             shutil.copy(png, dest / png.name)
         print("saved", dest)
 
