@@ -231,6 +231,10 @@ def kl_to_reference(rows: list[dict], pool_path: str, reference: tuple, cfg: Eva
     if (not sampled.get("model") or sampled.get("temperature", 1.0) != 1.0 or sampled.get("top_p", 1.0) != 1.0
             or sampled.get("top_k", 0) or sampled.get("system_prompt") or any("token_ids" not in r for r in rows)):
         return none
+    if _same_model(sampled["model"], cfg.kl_reference):  # KL(pi || pi) = 0: no forward pass needed
+        for r in rows:
+            r["log_ratio"] = 0.0
+        return {"kl_to_reference": 0.0, "kl_to_reference_ci95": 0.0}
     model, tok = reference
     if tok.get_vocab() != models.load_tokenizer(sampled["model"]).get_vocab():
         return none
@@ -253,6 +257,14 @@ def kl_to_reference(rows: list[dict], pool_path: str, reference: tuple, cfg: Eva
         r["log_ratio"] = mine - lp
     mean, ci = mean_ci(per_prompt_means(rows, "log_ratio"))
     return {"kl_to_reference": mean, "kl_to_reference_ci95": ci}
+
+
+def _same_model(a: str, b: str) -> bool:
+    """Whether two model names are the same model: the same name, or the same local folder."""
+    from afd import models
+
+    a, b = models.resolve(a), models.resolve(b)
+    return a == b or Path(a).is_dir() and Path(b).is_dir() and Path(a).resolve() == Path(b).resolve()
 
 
 def gap(x: float, demo: float | None, init: float | None) -> float | None:

@@ -309,3 +309,33 @@ def test_generation_dtype_is_checked(tmp_path, capsys):
     assert main(["rl", "--data", prompts, "--reward", "vader", "--generation-dtype", "int8",
                  "--out", str(tmp_path / "run")]) == 2
     assert "generation_dtype" in capsys.readouterr().err
+
+
+def test_kl_of_a_pool_to_the_model_it_was_sampled_from_is_zero_without_a_forward_pass(tmp_path, monkeypatch):
+    """eval's KL(pi || reference) of a pool sampled from the reference itself (imdb-iterated's
+    SFT pool against the SFT policy) is 0 exactly: no teacher-forced pass over its samples."""
+    from types import SimpleNamespace
+
+    import yaml
+
+    from afd.eval import _same_model, kl_to_reference
+
+    policy = tmp_path / "sft" / "model"
+    policy.mkdir(parents=True)
+    pool = tmp_path / "sample_sft"
+    pool.mkdir()
+    (pool / "config.yaml").write_text(yaml.safe_dump({"model": str(policy), "temperature": 1.0}))
+    rows = [{"prompt": [{"role": "user", "content": "p"}], "token_ids": [5, 6], "logprob": -3.0, "prompt_id": "a"}]
+
+    def no_forward(*args, **kwargs):
+        raise AssertionError("a forward pass for KL(pi || pi)")
+
+    monkeypatch.setattr("afd.scoring.response_logprobs", no_forward)
+    cfg = SimpleNamespace(kl_reference=str(tmp_path / "sft" / "." / "model"), template="auto", batch_size=4,
+                          device="cpu")  # the same folder, spelt differently
+    assert kl_to_reference(rows, str(pool / "pool.jsonl"), (None, None), cfg) == \
+        {"kl_to_reference": 0.0, "kl_to_reference_ci95": 0.0}
+    assert rows[0]["log_ratio"] == 0.0
+    other = tmp_path / "init"
+    other.mkdir()
+    assert not _same_model(str(policy), str(other)) and not _same_model("tiny-random", str(policy))
