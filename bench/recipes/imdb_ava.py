@@ -12,7 +12,7 @@ exists). Two questions:
    responses from other sources (model samples, negative reviews, HH-RLHF dialogue replies,
    demonstrations with their words shuffled). Does the std flag what the model has not seen?
 
-    python bench/recipes/imdb_ava.py --seeds 0,1,2  # ~20 min a seed on 2 CPU cores (more without imdb-iterated's)
+    python bench/recipes/imdb_ava.py --seeds 0,1,2  # ~70 min a seed at 1 thread beside 2 other runs (less after imdb-iterated)
     python bench/recipes/imdb_ava.py --quick
 
 ``--seeds`` trains the two smollm2 reward models once per seed (the SFT policy and its pools are
