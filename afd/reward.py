@@ -319,18 +319,21 @@ def threshold_rule(values: list[float], labels: list[float]) -> tuple[float, flo
     return best[1], best[2]
 
 
-def controls(train: list[Example], held: list[Example], length, seed: int = 0) -> dict:
+def controls(train: list[Example], held: list[Example], length, seed: int = 0, ended=None) -> dict:
     """What a reward model's held-out figures are to be read against: the same classification
     by one feature of the response alone, fitted on the training examples and scored on the
     held-out ones of the same split. ``length_only_accuracy`` (and ``length_only_auc``,
     ``length_only_pair_accuracy`` on the same-prompt pairs) use its length in tokens
     (``length(example)``); ``eos_only_*`` use whether it ended with EOS rather than being cut at
-    ``max_new_tokens`` (given where that varies), beside the held-out share of cut responses of
-    each class. A reward model no better than these has learnt length or truncation."""
+    ``max_new_tokens`` (given where that varies; ``ended(example)``, by default ``e.ended``: a
+    model shown only a response's first tokens sees its EOS only if it ended within them),
+    beside the held-out share of cut responses of each class. A reward model no better than
+    these has learnt length or truncation."""
+    ended = ended or (lambda e: e.ended)
     if not train or not held:
         return {}
     out = {}
-    for name, feature in (("length_only", lambda e: float(length(e))), ("eos_only", lambda e: float(e.ended))):
+    for name, feature in (("length_only", lambda e: float(length(e))), ("eos_only", lambda e: float(ended(e)))):
         values = {id(e): feature(e) for e in train + held}
         if name == "eos_only" and len(set(values.values())) < 2:
             continue
@@ -421,8 +424,12 @@ def reward(cfg: RewardConfig) -> dict:
                "train_loss": dist.reduce_mean(result.training_loss), "steps": trainer.state.global_step, "resumed": resume,
                "train_tokens_per_second": rate.rate}
     metrics.update(held_out_metrics(trained, tok, held, cfg))
+    def whole(e):
+        return len(response_ids(tok, e.prompt, e.response, cfg.template, None))
+
     metrics.update(controls(train, held, lambda e: len(response_ids(tok, e.prompt, e.response, cfg.template,
-                                                                     cfg.response_tokens)), cfg.seed))
+                                                                     cfg.response_tokens)), cfg.seed,
+                            ended=lambda e: e.ended and (not cfg.response_tokens or whole(e) <= cfg.response_tokens)))
     if cfg.eval_pairs:
         metrics.update(preference_metrics(
             ClassifierReward(trained, tok, cfg.template, cfg.batch_size, cfg.max_length).score, cfg))

@@ -220,6 +220,11 @@ def test_controls_by_hand():
     assert c["eval_truncated_share_positive"] == 0.0 and c["eval_truncated_share_negative"] == 0.5
     assert "eos_only_accuracy" not in controls([ex(1, 3), ex(0, 2)], [ex(1, 3), ex(0, 2)], lambda e: len(e.response))
     assert controls(train, [], len) == {}
+    # positives end with EOS, negatives are cut: the whole-response EOS rule is perfect, but a
+    # model shown only the first 4 characters of these (all longer) sees no response end at all
+    train, held = [ex(1, 8), ex(1, 9), ex(0, 8, False), ex(0, 9, False)], [ex(1, 10, group="h"), ex(0, 7, False, "h")]
+    assert controls(train, held, lambda e: 4)["eos_only_accuracy"] == 1.0
+    assert "eos_only_accuracy" not in controls(train, held, lambda e: 4, ended=lambda e: e.ended and len(e.response) <= 4)
 
 
 def test_preference_metrics_count_ties(tmp_path):
