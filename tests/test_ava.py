@@ -401,8 +401,9 @@ def test_interrupted_training_resumes_with_its_heads(tmp_path):
     from afd.ava import AVAConfig, ava
 
     demos = write_jsonl(tmp_path / "demos.jsonl", say_demos())
+    # keep_checkpoints: the "kill" below comes after the stage finished, which removes them
     cfg = dict(out=str(tmp_path / "run"), data=demos, max_steps=3, save_steps=3, lr=1e-2, batch_size=8,
-               eval_fraction=0.0, device="cpu")
+               eval_fraction=0.0, device="cpu", keep_checkpoints=True)
     assert ava(AVAConfig(**cfg))["resumed"] is False
     stage = tmp_path / "run" / "ava"
     first = load_file(stage / "model" / "ava_heads.safetensors")
