@@ -424,12 +424,12 @@ def reward(cfg: RewardConfig) -> dict:
                "train_loss": dist.reduce_mean(result.training_loss), "steps": trainer.state.global_step, "resumed": resume,
                "train_tokens_per_second": rate.rate}
     metrics.update(held_out_metrics(trained, tok, held, cfg))
-    def whole(e):
-        return len(response_ids(tok, e.prompt, e.response, cfg.template, None))
-
-    metrics.update(controls(train, held, lambda e: len(response_ids(tok, e.prompt, e.response, cfg.template,
-                                                                     cfg.response_tokens)), cfg.seed,
-                            ended=lambda e: e.ended and (not cfg.response_tokens or whole(e) <= cfg.response_tokens)))
+    # each response's whole length, tokenised once: the model sees min(n, N) tokens of it, and its
+    # EOS only when the whole response fits in N (response_ids keeps the first N of a longer one)
+    n = {id(e): len(response_ids(tok, e.prompt, e.response, cfg.template, None)) for e in train + held}
+    limit = cfg.response_tokens
+    metrics.update(controls(train, held, lambda e: min(n[id(e)], limit or n[id(e)]), cfg.seed,
+                            ended=lambda e: e.ended and (not limit or n[id(e)] <= limit)))
     if cfg.eval_pairs:
         metrics.update(preference_metrics(
             ClassifierReward(trained, tok, cfg.template, cfg.batch_size, cfg.max_length).score, cfg))

@@ -104,16 +104,16 @@ def afd_claims() -> list[dict]:
              "demonstrations and samples ('reward hacking is even more likely'); init-sft should do best")
     if imdb is None:
         rows.append(not_rerun(claim, paper, "imdb-positive"))
-    for name, m, _ in (("imdb-positive", imdb, pos),) + lm:
+    for name, m, where in (("imdb-positive", imdb, pos),) + lm:
         if m is None:
             continue
-        init_sft = per_seed(m, lambda s: pos(s)["bon"]["init-sft"]["gold"][-1])
+        init_sft = per_seed(m, lambda s: where(s)["bon"]["init-sft"]["gold"][-1])
         parts, verdicts = [], []
         for proxy in ("init-demo", "sft-demo"):
-            het = per_seed(m, lambda s: pos(s)["bon"][proxy]["gold"][-1])
+            het = per_seed(m, lambda s: where(s)["bon"][proxy]["gold"][-1])
             d = diff(init_sft, het)  # the claim's side: init-sft above the heterogeneous RM
-            parts.append(f"init-sft minus {proxy} at BoN-{n_max(m, proxy, pos)}: {ci(d)}; {proxy} minus SFT: "
-                         f"{ci(bon_minus_sft(m, proxy, pos))}")
+            parts.append(f"init-sft minus {proxy} at BoN-{n_max(m, proxy, where)}: {ci(d)}; {proxy} minus SFT: "
+                         f"{ci(bon_minus_sft(m, proxy, where))}")
             verdicts.append(verdict(d))
         v = verdicts[0] if len(set(verdicts)) == 1 else "inconclusive"
         rows.append({"claim": f"{claim} ({name})", "paper": paper, "afd": "; ".join(parts), "seeds": len(m["seeds"]),
