@@ -286,3 +286,29 @@ def test_response_tokens_cut_every_input_alike_in_training_and_scoring(tmp_path,
     p = models.encode_prompt(tok, [user("q")])
     assert encode(tok, [user("q")], "a long reply", cfg) == p + models.encode_response(tok, [user("q")], "a long")[:6]
     assert encode(tok, [user("q")], "ok", cfg) == p + models.encode_response(tok, [user("q")], "ok")  # EOS kept
+
+
+@pytest.mark.parametrize("batch_size", [1, 2])  # 1: several chunks of prompts; 2: a chunk's prefill split
+def test_shared_prompts_score_as_each_item_whole(tiny, batch_size):
+    """Items sharing a prompt (a pool's K samples) run the prompt once and copy its KV cache:
+    every sum and per-token log-prob equals scoring each item whole, one at a time, with
+    groups of unequal size, a group split across batches, an empty response and ids or text."""
+    from afd import models
+    from afd.scoring import response_logprobs
+
+    model, tok = tiny
+    short, long_ = [user("hi")], [user("a much longer prompt, so that prompts need padding")]
+    items = ([(short, r) for r in ("general kenobi", "ok", "a longer answer than the others, much longer")]
+             + [(long_, r) for r in ("yes", "no thanks", "maybe")] + [(long_, [])]
+             + [([user("alone")], "one item alone")] + [(short, models.encode_response(tok, short, "ids")[:-1])])
+    sums, per = response_logprobs(model, tok, items, batch_size=batch_size, per_token=True)
+    for (p, r), value, toks in zip(items, sums, per):
+        ids = models.encode_prompt(tok, p)
+        resp = list(r) if isinstance(r, list) else models.encode_response(tok, p, r)
+        with torch.no_grad():
+            logp = model(torch.tensor([ids + resp])).logits[0].float().log_softmax(-1)
+        manual = [logp[len(ids) - 1 + j, resp[j]].item() for j in range(len(resp))]
+        assert toks == pytest.approx(manual, abs=1e-4) and value == pytest.approx(sum(manual), abs=1e-4)
+    plain = response_logprobs(model, tok, items, batch_size=batch_size, share_prompts=False)
+    assert sums == pytest.approx(plain, abs=1e-4)
+    assert sums[6] == 0.0  # the empty response
