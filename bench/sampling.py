@@ -176,6 +176,23 @@ def vllm_python(arg: str | None) -> str | None:
     return str(default) if default.exists() else None
 
 
+def vllm_preload(python: str) -> str:
+    """What vLLM's CPU install guide asks to preload ("set LD_PRELOAD"): tcmalloc and, on x86,
+    Intel's OpenMP, where they are found (tcmalloc from the system, ``apt install
+    libtcmalloc-minimal4``; libiomp5 from the vLLM venv's ``lib``, which its install brings).
+    Without them vLLM warns "... is not found in LD_PRELOAD" and preloads torch's libgomp."""
+    candidates = [*sorted(Path("/usr/lib/x86_64-linux-gnu").glob("libtcmalloc_minimal.so.*"))[:1],
+                  *sorted(Path("/usr/lib").glob("libtcmalloc_minimal.so.*"))[:1],
+                  # not resolved: a venv's bin/python is a link out of the venv
+                  Path(python).absolute().parent.parent / "lib" / "libiomp5.so"]
+    found = {}
+    for lib in candidates:
+        name = "tcmalloc" if "tcmalloc" in lib.name else "iomp"
+        if lib.exists() and name not in found:
+            found[name] = str(lib)
+    return ":".join(found.values())
+
+
 def llamacpp_python(arg: str | None) -> str:
     if arg:
         return arg
@@ -199,7 +216,7 @@ def kv_gib(config, seqs: int, seq_len: int, dtype: str) -> int:
 
 def start_peers(args, config, ordered: list[list[int]], max_seq_len: int, logs: Path) -> tuple[dict, dict]:
     """The peers' arms that start, and the reason for each that does not: (arms, absent)."""
-    arms, absent = {}, {}
+    arms, absent, meta_env = {}, {}, {}
     wanted = set(PEERS) if args.peers == "all" else set() if args.peers == "none" else set(args.peers.split(","))
     common = ["--threads", str(args.threads), "--batch-size", str(args.batch_size), "--max-seq-len", str(max_seq_len)]
     threads_env = {"OMP_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads)}
@@ -216,6 +233,10 @@ def start_peers(args, config, ordered: list[list[int]], max_seq_len: int, logs: 
                 env = {**threads_env, "VLLM_CPU_NUM_OF_RESERVED_CPU": "0", "HF_HUB_OFFLINE": "1",
                        "VLLM_CPU_OMP_THREADS_BIND": f"0-{args.threads - 1}",
                        "VLLM_CPU_KVCACHE_SPACE": str(kv_gib(config, args.batch_size, max_seq_len, dtype))}
+                preload = vllm_preload(py) if args.vllm_preload == "auto" else ""
+                if preload:
+                    env["LD_PRELOAD"] = preload
+                meta_env[f"vllm_{short}"] = {"LD_PRELOAD": preload or None}
                 arms[f"vllm_{short}"] = start_worker(py, ["--engine", "vllm", "--model", models.resolve(MODEL),
                                                           "--dtype", dtype, *common], env, logs / f"vllm-{short}.log",
                                                      "vllm", absent, f"vllm_{short}")
@@ -239,7 +260,11 @@ def start_peers(args, config, ordered: list[list[int]], max_seq_len: int, logs: 
                 absent[key] = f"no GGUF file {gguf[short]} (make peers; --gguf-dir)"
             else:
                 arms[key] = bench_arm(binary_dir / "llama-batched-bench", str(gguf[short]), dtype, args, ordered)
-    return {k: v for k, v in arms.items() if v is not None}, absent
+    arms = {k: v for k, v in arms.items() if v is not None}
+    for k, e in meta_env.items():
+        if k in arms:
+            arms[k]["env"] = e
+    return arms, absent
 
 
 def start_worker(python, argv, env, log, engine, absent, key):
@@ -296,7 +321,8 @@ def summarise(rates: dict[str, list[float]], meta: dict[str, dict], absent: dict
         engines[key] = {"tokens_per_second": tps, "per_round": per_round,
                         "share_of_ceiling": tps * flops_per_token / (ceilings[dtype] * 1e9) if tps else None,
                         "startup_seconds": meta.get(key, {}).get("startup_seconds"),
-                        "version": meta.get(key, {}).get("version"), "reason": None}
+                        "version": meta.get(key, {}).get("version"), "reason": None,
+                        **({"env": meta[key]["env"]} if "env" in meta.get(key, {}) else {})}
     for key, reason in absent.items():
         engines[key] = {"tokens_per_second": None, "per_round": [], "share_of_ceiling": None,
                         "startup_seconds": None, "version": None, "reason": reason}
@@ -371,14 +397,18 @@ def first_batch(mode: str, dtype: str, k: int, new_tokens: int, batch_size: int)
     """In this (fresh) process: tok/s of the engine's first batch and of the next two."""
     model, tok = models.load_causal_lm(MODEL, device="cpu", dtype=dtype, purpose="sample")
     prompts = [models.encode_prompt(tok, m) for m in imdb_prompts(max(1, batch_size // k))]
-    engine = HFEngine(model, tok, models.stop_token_ids(model, tok), warm_up=mode == "warm")
+    engine = HFEngine(model, tok, models.stop_token_ids(model, tok), warm_up=mode != "cold")
+    if mode.startswith("warm:"):  # another warm-up length than afd's default, to compare
+        engine.WARM_UP_TOKENS = int(mode.split(":")[1])
+    warm_up_tokens = 0 if mode == "cold" else min(engine.WARM_UP_TOKENS, new_tokens)
     rates = []
     for r in range(3):
         seeds = [[row_seed(r, str(i), j) for j in range(k)] for i in range(len(prompts))]
         t = time.perf_counter()
         outs = engine.generate(prompts, seeds, new_tokens, ignore_eos=True)
         rates.append(sum(len(c.token_ids) for row in outs for c in row) / (time.perf_counter() - t))
-    return {"mode": mode, "dtype": str(next(model.parameters()).dtype), "first_batch_tokens_per_second": rates[0],
+    return {"mode": mode, "warm_up_tokens": warm_up_tokens, "dtype": str(next(model.parameters()).dtype),
+            "first_batch_tokens_per_second": rates[0],
             "steady_tokens_per_second": max(rates[1:]), "loadavg": os.getloadavg()}
 
 
@@ -386,7 +416,7 @@ def first_batch_figures(args) -> list[dict]:
     """Fresh child processes, cold and warm alternated, so both see the same noise."""
     out = []
     for _ in range(args.first_batch_rounds):
-        for mode in ("cold", "warm"):
+        for mode in args.first_batch_modes.split(","):
             cmd = [sys.executable, __file__, "--first-batch", mode, "--dtype", args.dtype, "--k", str(args.k),
                    "--new-tokens", str(args.new_tokens), "--batch-size", str(args.batch_size),
                    "--threads", str(args.threads)]
@@ -413,6 +443,8 @@ def main() -> None:
     ap.add_argument("--no-save", action="store_true", help="print the table only; write nothing to bench/results")
     ap.add_argument("--peers", default="all", help=f"all, none, or a comma list of {', '.join(PEERS)}")
     ap.add_argument("--vllm-python", help="a python with vLLM (default: .venv-vllm/bin/python, if there)")
+    ap.add_argument("--vllm-preload", choices=["auto", "none"], default="auto",
+                    help="auto: LD_PRELOAD tcmalloc and libiomp5 for vLLM where found, as its CPU guide asks")
     ap.add_argument("--llamacpp-python", help="a python with llama-cpp-python (default: .peers/venv/bin/python, "
                                               "if there, else this one)")
     ap.add_argument("--llamacpp-bin", help="folder of a llama.cpp build: llama-batched-bench and libllama.so "
@@ -420,7 +452,10 @@ def main() -> None:
     ap.add_argument("--gguf-dir", default=str(PEERS_DIR / "models"),
                     help=f"folder with {MODEL}-fp32.gguf and {MODEL}-bf16.gguf")
     ap.add_argument("--dtype", default="auto", help="the first-batch figures' dtype (auto: afd's sampling rule)")
-    ap.add_argument("--first-batch", choices=["cold", "warm"], help=argparse.SUPPRESS)
+    ap.add_argument("--first-batch", help=argparse.SUPPRESS)
+    ap.add_argument("--first-batch-modes", default="cold,warm",
+                    help="the first-batch processes, each round: cold (no warm-up), warm (afd's default warm-up), "
+                         "warm:N (a warm-up of N tokens)")
     ap.add_argument("--first-batch-rounds", type=int, default=2, help="fresh cold and warm processes, alternated")
     ap.add_argument("--first-batch-only", action="store_true", help="only the first-batch figures; saved apart")
     args = ap.parse_args()
@@ -585,14 +620,14 @@ def results_table(result: dict, args) -> str:
 def first_batch_table(figs: list[dict], args) -> str:
     if not figs:
         return ""
-    rows = "".join(f"| {f['mode']} | {f['dtype']} | {f['first_batch_tokens_per_second']:.0f} | "
+    rows = "".join(f"| {f['mode']} | {f.get('warm_up_tokens', '–')} | {f['dtype']} | {f['first_batch_tokens_per_second']:.0f} | "
                    f"{f['steady_tokens_per_second']:.0f} | "
                    f"{f['first_batch_tokens_per_second'] / f['steady_tokens_per_second']:.2f} | "
                    f"{f['loadavg'][0]:.2f} |\n" for f in figs)
     return (f"## First batch of a fresh process ({args.batch_size} sequences x {args.new_tokens} tokens)\n\n"
             "cold: no warm-up; warm: afd's default warm-up (a short decode on the batch's shapes), its time "
-            "counted in the first batch.\n\n| engine start | dtype | first batch tok/s | steady tok/s | "
-            f"first / steady | load |\n|---|---|---|---|---|---|\n{rows}")
+            "counted in the first batch.\n\n| engine start | warm-up tokens | dtype | first batch tok/s | steady tok/s | "
+            f"first / steady | load |\n|---|---|---|---|---|---|---|\n{rows}")
 
 
 if __name__ == "__main__":

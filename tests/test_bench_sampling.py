@@ -145,3 +145,15 @@ def test_peers_not_asked_for_are_recorded_as_such(tmp_path):
     arms, absent = bench.start_peers(Args, None, [[1, 2]], 10, tmp_path)
     assert arms == {} and len(absent) == len(bench.PEERS) * len(bench.DTYPES)
     assert set(absent.values()) == {"not asked for (--peers)"}
+
+
+def test_vllm_preload_takes_intel_openmp_from_the_vllm_venv(tmp_path):
+    (tmp_path / "bin").mkdir()
+    (tmp_path / "lib").mkdir()
+    python = tmp_path / "bin" / "python"
+    python.symlink_to(sys.executable)  # as in a venv: a link to the system's python
+    assert "libiomp5" not in bench.vllm_preload(str(python))  # not in that venv: not preloaded
+    (tmp_path / "lib" / "libiomp5.so").write_text("")
+    libs = bench.vllm_preload(str(python)).split(":")
+    assert str(tmp_path / "lib" / "libiomp5.so") in libs
+    assert sum("tcmalloc" in x for x in libs) <= 1 and len(libs) == len(set(libs))
