@@ -91,6 +91,12 @@ def verdict(ev: dict) -> str:
         for proxy, wins in study["bon_beats_sft_seeds"].items():
             d = study["bon_minus_sft"][proxy]
             interval = f" [{d['ci95'][0]:+.3f}, {d['ci95'][1]:+.3f}]" if d.get("ci95") else ""
+            if proxy.startswith("length ("):  # a control, not a reward: the longest of the N samples
+                which = proxy[len("length ("):-1]
+                lines.append(f"Control in the same study: taking the {which} of {study['n']} samples (no reward "
+                             f"model) beat SFT in {wins} of {k} seeds; mean gain {d['mean']:+.3f}{interval}. A "
+                             "reward whose gain is not above this one may be tracking length.")
+                continue
             lines.append(f"Across the recorded study ({k} seeds, bench/results/demo): Best-of-{study['n']} with "
                          f"{proxy} beat SFT in {wins} of {k} seeds; mean gain {d['mean']:+.3f}{interval}.")
     return "\n".join(lines)

@@ -64,6 +64,19 @@ def n_max(m: dict, proxy: str, where=lambda s: s) -> int:
     return int(per_seed(m, lambda s: where(s)["bon"][proxy]["n"][-1])[0])
 
 
+def length_control(m: dict, proxy: str, where) -> str:
+    """The control beside a Best-of-N figure, where the recipe recorded it: Best-of-N by the
+    longest response (no reward model) minus SFT, and the reward's Best-of-N minus it."""
+    control = "length (longest)"
+    if any(v is None for v in per_seed(m, lambda s: where(s)["bon"][control]["gold"][-1])):
+        return ""
+    by_length = bon_minus_sft(m, control, where)
+    over = diff(per_seed(m, lambda s: where(s)["bon"][proxy]["gold"][-1]),
+                per_seed(m, lambda s: where(s)["bon"][control]["gold"][-1]))
+    return (f" (control, the longest of the N samples, no reward model: {ci(by_length)} over SFT; "
+            f"{proxy} minus that control: {ci(over)})")
+
+
 ROW = "| {claim} | {paper} | {afd} | {seeds} | **{verdict}** | {why} |"
 
 
@@ -82,8 +95,8 @@ def bon_rows(claim: str, paper: str, proxy: str, recipes, why: str) -> list[dict
             continue
         d = bon_minus_sft(m, proxy, where)
         rows.append({"claim": f"{claim} ({name})", "paper": paper,
-                     "afd": f"VADER of BoN-{n_max(m, proxy, where)} minus SFT: {ci(d)}", "seeds": len(m["seeds"]),
-                     "verdict": verdict(d), "why": why})
+                     "afd": f"VADER of BoN-{n_max(m, proxy, where)} minus SFT: {ci(d)}{length_control(m, proxy, where)}",
+                     "seeds": len(m["seeds"]), "verdict": verdict(d), "why": why})
     return rows
 
 

@@ -162,7 +162,7 @@ def saves_result(seeds: list, quick: bool) -> bool:
 def run_seeds(out: str, seeds: list[int], data, pipeline, figures) -> dict[str, dict]:
     """Each seed's run in OUT/seed-S (seed = data split, sampling and training): its data
     files ``data(seed_out, seed)``, its stages ``pipeline(seed_out, files, seed)`` run by afd's
-    pipeline runner, and its figures ``figures(results)``; returns seed -> figures."""
+    pipeline runner, and its figures ``figures(results, seed_out)``; returns seed -> figures."""
     from afd.pipeline import run
 
     per_seed = {}
@@ -171,8 +171,43 @@ def run_seeds(out: str, seeds: list[int], data, pipeline, figures) -> dict[str, 
         results = run(pipeline(seed_out, data(seed_out, seed), seed),
                       report=lambda name, m: print(f"[seed {seed}: {name}] done in {m.get('seconds', 0):.0f} s",
                                                    flush=True))
-        per_seed[str(seed)] = figures(results)
+        per_seed[str(seed)] = figures(results, Path(seed_out))
     return per_seed
+
+
+LENGTH_CONTROLS = ("length (longest)", "length (shortest)")
+
+
+def length_controls(pool_path, ns: list[int]) -> dict:
+    """Best-of-N from a pool with the response's length (its token count) as the reward,
+    longest first and shortest first (ties share their weight), with the golden reward VADER as
+    the eval stage scores it: the control that would explain a reward model's Best-of-N away if
+    that model only tracked length. Entries shaped like an eval stage's ``bon`` ones."""
+    from afd.bon import bon_curve
+    from afd.sampling import read_pool
+    from afd.scorers import make_scorer
+
+    rows = read_pool(pool_path)
+    golds = make_scorer("vader")([r["prompt"] for r in rows], [r["response"] for r in rows])
+    for r, g in zip(rows, golds):
+        r["gold"], r["longest"], r["shortest"] = g, len(r["token_ids"]), -len(r["token_ids"])
+    out = {}
+    for name, key in zip(LENGTH_CONTROLS, ("longest", "shortest")):
+        curve = bon_curve(rows, key, "gold", ns)
+        out[name] = {"n": ns, "gold": [curve[n] for n in ns]}
+    return out
+
+
+def with_length_controls(ev: dict, pool_path) -> dict:
+    """An eval stage's figures with the length controls added to its ``bon``, on the pool its
+    Best-of-N was drawn from, at the same N; checked against the stage (same judge and pool:
+    N = 1 is the pool's mean golden reward either way)."""
+    proxy = next(iter(ev["bon"]))
+    ns = list(ev["bon"][proxy]["n"])
+    controls = length_controls(pool_path, ns)
+    assert abs(controls[LENGTH_CONTROLS[0]]["gold"][0] - ev["bon"][proxy]["gold"][0]) < 1e-6, \
+        f"the length control's pool {pool_path} is not the one the eval's Best-of-N came from"
+    return {**ev, "bon": {**ev["bon"], **controls}}
 
 
 def cut_shares(agg: dict) -> str:

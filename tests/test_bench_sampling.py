@@ -157,3 +157,24 @@ def test_vllm_preload_takes_intel_openmp_from_the_vllm_venv(tmp_path):
     libs = bench.vllm_preload(str(python)).split(":")
     assert str(tmp_path / "lib" / "libiomp5.so") in libs
     assert sum("tcmalloc" in x for x in libs) <= 1 and len(libs) == len(set(libs))
+
+
+def test_length_controls_pick_the_longest_and_shortest_sample(tmp_path):
+    import common
+
+    good, bad = "a wonderful, delightful, brilliant film", "an awful, terrible film"
+    rows = [{"prompt_id": pid, "sample_index": i, "prompt": [{"role": "user", "content": "review"}],
+             "response": text, "token_ids": list(range(n))}
+            for pid in ("a", "b") for i, (text, n) in enumerate([(good, 9), (bad, 3), (bad, 3)])]
+    pool = tmp_path / "pool.jsonl"
+    pool.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = common.length_controls(pool, [1, 2, 3])
+    from afd.scorers import make_scorer
+
+    g, b = make_scorer("vader")(["r", "r"], [good, bad])
+    assert out["length (longest)"]["gold"] == pytest.approx([(g + 2 * b) / 3, (g * 2 / 3 + b / 3), g])
+    assert out["length (shortest)"]["gold"][-1] == pytest.approx(b)  # the two short ones tie; both are bad
+    ev = {"bon": {"rm": {"n": [1, 2, 3], "gold": [(g + 2 * b) / 3, 0.0, 0.0]}}}
+    assert set(common.with_length_controls(ev, pool)["bon"]) == {"rm", *common.LENGTH_CONTROLS}
+    with pytest.raises(AssertionError, match="is not the one"):
+        common.with_length_controls({"bon": {"rm": {"n": [1], "gold": [0.9]}}}, pool)

@@ -29,6 +29,19 @@ def test_verdict_says_whether_bon_beat_sft_and_how_often_across_the_study(tmp_pa
     assert "Across" not in demo.verdict(eval_metrics(0.25, 0.20))
 
 
+def test_verdict_prints_the_length_control_of_the_study_as_a_control(tmp_path, monkeypatch):
+    study = tmp_path / "demo_study.json"
+    study.write_text(json.dumps({"seeds": [0, 1, 2], "n": 8,
+                                 "bon_beats_sft_seeds": {"init-sft": 1, "length (longest)": 3},
+                                 "bon_minus_sft": {"init-sft": {"mean": 0.0, "ci95": [-0.2, 0.2]},
+                                                   "length (longest)": {"mean": 0.07, "ci95": [0.01, 0.13]}}}))
+    monkeypatch.setattr(demo, "STUDY", study)
+    text = demo.verdict(eval_metrics(0.25, 0.40))
+    assert ("Control in the same study: taking the longest of 8 samples (no reward model) beat SFT in 3 of 3 "
+            "seeds; mean gain +0.070 [+0.010, +0.130].") in text
+    assert "with length (longest)" not in text
+
+
 def test_study_split_is_seeded_disjoint_and_the_demo_size(tmp_path):
     from demo_study import split
 

@@ -27,7 +27,8 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE))
-from common import RESULTS, aggregate, ci, machine, rm_figures, run_seeds, saves_result, seeds_arg  # noqa: E402
+from common import (LENGTH_CONTROLS, RESULTS, aggregate, ci, machine, rm_figures, run_seeds, saves_result,  # noqa: E402
+                    seeds_arg, with_length_controls)
 from imdb_positive import eval_figures  # noqa: E402
 
 from afd.demo import PROMPTS_EVAL, PROMPTS_TRAIN, STUDY, demo_config  # noqa: E402
@@ -59,8 +60,8 @@ def pipeline(out: str, files: dict, seed: int, smoke: bool) -> dict:
     return config
 
 
-def seed_figures(results: dict) -> dict:
-    ev = eval_figures(results["eval"])
+def seed_figures(results: dict, out: Path) -> dict:
+    ev = with_length_controls(eval_figures(results["eval"]), out / "sample_sft" / "pool.jsonl")
     sft = ev["policies"]["sft"]["gold"]
     out = {**ev, "reward_model": rm_figures(results["reward"]), "bon_minus_sft": {}, "bon_beats_sft": {}}
     for proxy, b in ev["bon"].items():
@@ -105,8 +106,11 @@ def main() -> None:
     (dest / "results.md").write_text(table)
     (dest / "metrics.json").write_text(json.dumps({"seeds": args.seeds, "across_seeds": agg, "per_seed": per_seed,
                                                    "bon_beats_sft_seeds": beats, "machine": host}, indent=2))
-    summary = {"seeds": args.seeds, "n": n, "bon_beats_sft_seeds": beats,
-               "bon_minus_sft": {p: {"mean": v["mean"], "ci95": v["ci95"]} for p, v in agg["bon_minus_sft"].items()},
+    # what `afd demo` prints: each reward, and the longest-sample control beside them
+    shown = [p for p in agg["bon_minus_sft"] if p not in LENGTH_CONTROLS[1:]]
+    summary = {"seeds": args.seeds, "n": n, "bon_beats_sft_seeds": {p: beats[p] for p in shown},
+               "bon_minus_sft": {p: {"mean": agg["bon_minus_sft"][p]["mean"], "ci95": agg["bon_minus_sft"][p]["ci95"]}
+                                 for p in shown},
                "reward_accuracy": {k: rm[k] and {"mean": rm[k]["mean"], "ci95": rm[k]["ci95"]}
                                    for k in ("eval_accuracy", "length_only_accuracy")}}
     STUDY.write_text(json.dumps(summary, indent=2) + "\n")

@@ -108,7 +108,7 @@ def main() -> None:
         return
     per_seed = run_seeds(args.out, args.seeds, lambda out, seed: make_data(Path(out) / "data", n_train, n_eval, seed),
                          lambda out, files, seed: pipeline(out, files, k, args.max_new_tokens, seed, args.smoke),
-                         seed_figures)
+                         lambda results, out: seed_figures(results))
     report(per_seed, args.seeds, setup, machine(), save=saves_result(args.seeds, quick))
 
 

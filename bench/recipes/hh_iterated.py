@@ -78,7 +78,8 @@ def main() -> None:
 
     per_seed = run_seeds(args.out, args.seeds,
                          lambda out, seed: make_data(Path(out) / "data", s["n_train"], s["n_eval"], seed),
-                         lambda out, files, seed: pipeline(out, files, s, seed), seed_figures)
+                         lambda out, files, seed: pipeline(out, files, s, seed),
+                         lambda results, out: seed_figures(results))
     agg = aggregate(list(per_seed.values()))
     host = machine()
     rows, bars = [], {}

@@ -36,7 +36,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE))
-from common import RESULTS, SHARED_DATA, across_seeds, ci, machine, saves_result, seeds_arg  # noqa: E402
+from common import RESULTS, SHARED_DATA, across_seeds, ci, machine, saves_result, seeds_arg, with_length_controls  # noqa: E402
 from imdb_iterated import POLICY, pipeline as iterated_pipeline, seed_data, settings  # noqa: E402
 from imdb_positive import INSTRUCTION, words  # noqa: E402
 
@@ -69,11 +69,12 @@ def over_seeds(evals: list[dict]) -> dict:
     out = {}
     for proxy in evals[0]["bon"]:
         golds = [across_seeds(list(g)) for g in zip(*[ev["bon"][proxy]["gold"] for ev in evals])]  # per N
-        wins = [across_seeds(list(w)) for w in zip(*[ev["bon"][proxy]["win_rate"] for ev in evals])]
         out[proxy] = {"n": evals[0]["bon"][proxy]["n"], "gold_per_seed": [g["per_seed"] for g in golds],
                       "gold": [g["mean"] for g in golds],
-                      "gold_ci95": [g["ci95"] or [g["mean"], g["mean"]] for g in golds],
-                      "win_rate": [w["mean"] for w in wins], "win_rate_ci95": [w["ci95"] for w in wins]}
+                      "gold_ci95": [g["ci95"] or [g["mean"], g["mean"]] for g in golds]}
+        if all("win_rate" in ev["bon"][proxy] for ev in evals):
+            wins = [across_seeds(list(w)) for w in zip(*[ev["bon"][proxy]["win_rate"] for ev in evals])]
+            out[proxy].update({"win_rate": [w["mean"] for w in wins], "win_rate_ci95": [w["ci95"] for w in wins]})
     return out
 
 
@@ -159,9 +160,13 @@ def report(ev: dict, unc: dict, rm_metrics: dict, s: dict, host: dict, seeds: li
              "| reward | " + " | ".join(f"N={n}" for n in ns) + " | win rate vs SFT at N=" + str(ns[-1]) + " |",
              "|---|" + "---|" * (len(ns) + 1)]
     for name, b in bon.items():
+        win = f"{b['win_rate'][-1]:.3f}" if "win_rate" in b else "–"
         lines.append(f"| {name} | " + " | ".join(f"{g:.3f} [{lo:.3f}, {hi:.3f}]" for g, (lo, hi)
-                                                 in zip(b["gold"], b["gold_ci95"])) + f" | {b['win_rate'][-1]:.3f} |")
+                                                 in zip(b["gold"], b["gold_ci95"])) + f" | {win} |")
     pol = ev["policies"]
+    lines += ["", "The `length` rows are the control: Best-of-N from the same pools with the response's token "
+              "count as the reward (longest or shortest first), which a reward model that only tracked length "
+              "would match."]
     lines += ["", f"First seed: pi_0 {pol['init']['gold']:.3f}, SFT {pol['sft']['gold']:.3f} (±{pol['sft']['gold_ci95']:.3f}), "
               f"demonstrations {pol['demonstrations']['gold']:.3f}.", "",
               "## Per-token reward standard deviation (AVA-d)", "",
@@ -197,7 +202,7 @@ def main() -> None:
         results = run(pipeline(str(out), files, s, seed),
                       report=lambda name, m: print(f"[seed {seed}: {name}] done in {m.get('seconds', 0):.0f} s",
                                                    flush=True))
-        evals.append(results["eval_ava"])
+        evals.append(with_length_controls(results["eval_ava"], out / "sample_sft" / "pool.jsonl"))
         rms.append({k: results[k] for k in ("rm_ava_d", "rm_init_sft_smollm2", "rm_init_sft")})
         uncs.append(uncertainty(str(out / "rm_ava_d" / "model"), sources(out, files, s["n_unc"])))
     bon, unc = over_seeds(evals), uncertainty_over_seeds(uncs)

@@ -31,7 +31,8 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE))
-from common import RESULTS, cut_shares, aggregate, ci, machine, rm_figures, rm_table, run_seeds, saves_result, seeds_arg  # noqa: E402
+from common import (LENGTH_CONTROLS, RESULTS, aggregate, ci, cut_shares, machine, rm_figures, rm_table,  # noqa: E402
+                    run_seeds, saves_result, seeds_arg, with_length_controls)
 from imdb_positive import NEW_TOKENS, eval_figures, make_data  # noqa: E402
 
 POLICY = "smollm2-135m-instruct"
@@ -95,12 +96,13 @@ METHODS = ("irl", "spin", "irft", "gail")
 ORDER = ["init", "sft", "irl_1", "irl_2", "irl_3", "irft_T1", "irft_T3", "gail"]
 
 
-def seed_figures(results: dict, s: dict) -> dict:
+def seed_figures(results: dict, s: dict, folder: Path) -> dict:
     """One seed's figures: policies (gold, KL to SFT) and AfD Best-of-N by the opening's
     sentiment; every reward model with its length-only control on the same split (init-sft,
     and each irl / gail iteration's); the loops' RL rewards; the share of samples cut at
     max_new_tokens in every pool."""
-    out = {"positive_openings": eval_figures(results["eval"]),
+    out = {"positive_openings": with_length_controls(eval_figures(results["eval"]),
+                                                     folder / "sample_sft" / "pool.jsonl"),
            "reward_models": {"init-sft": rm_figures(results["rm_init_sft"])},
            "cut_at_max_new_tokens": {k: 1 - v["finished_by_eos"] for k, v in results.items()
                                      if isinstance(v, dict) and "finished_by_eos" in v},
@@ -135,6 +137,10 @@ def policy_table(agg: dict, s: dict, title: str) -> list[str]:
         if name == "sft":
             lines.append(f"| AfD BoN-{int(ns[i])} (init-sft RM) | {ci(bon['gold'][i])} | {ci(bon['kl'][i], 2)} | "
                          f"{ci(bon['gap_closed'][i])} |")
+            for control in LENGTH_CONTROLS:  # Best-of-N by length alone, from the same pool
+                if control in agg["bon"]:
+                    lines.append(f"| control: BoN-{int(ns[i])} by {control} | {ci(agg['bon'][control]['gold'][i])} | "
+                                 f"{ci(bon['kl'][i], 2)} | – |")
     return lines + [""]
 
 
@@ -204,7 +210,7 @@ def main() -> None:
     args.quick = args.quick or args.smoke
     per_seed = run_seeds(args.out, args.seeds, lambda out, seed: seed_data(out, s, seed),
                          lambda out, files, seed: pipeline(out, files, s, seed),
-                         lambda results: seed_figures(results, s))
+                         lambda results, out: seed_figures(results, s, out))
     agg = aggregate(list(per_seed.values()))
     host = machine()
     table = report(agg, s, args.seeds, host)

@@ -32,7 +32,8 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
-from common import RESULTS, cut_shares, SHARED_DATA, aggregate, ci, machine, rm_figures, rm_table, run_seeds, saves_result, seeds_arg  # noqa: E402
+from common import (RESULTS, SHARED_DATA, aggregate, ci, cut_shares, machine, rm_figures, rm_table,  # noqa: E402
+                    run_seeds, saves_result, seeds_arg, with_length_controls)
 
 INSTRUCTION = "Continue this movie review:\n\n"
 # Sample cap of every pool: long enough that most samples end with EOS (chosen on a validation
@@ -149,11 +150,13 @@ def eval_figures(ev: dict) -> dict:
                     for k, v in ev["bon"].items()}}
 
 
-def seed_figures(results: dict, s: dict) -> dict:
-    """One seed's figures: policies and Best-of-N by the opening's sentiment, reward models
-    with their controls, and the share of each pool's samples cut at max_new_tokens."""
+def seed_figures(results: dict, s: dict, folder: Path) -> dict:
+    """One seed's figures: policies and Best-of-N by the opening's sentiment (with Best-of-N by
+    length as the control), reward models with their controls, and the share of each pool's
+    samples cut at max_new_tokens."""
     t = tag(s)
-    out = {"positive_openings": eval_figures(results[f"eval{t}"]),
+    out = {"positive_openings": with_length_controls(eval_figures(results[f"eval{t}"]),
+                                                     folder / "sample_sft" / "pool.jsonl"),
            "reward_models": {k: rm_figures(results[k + t]) for k in RMS if k + t in results},
            "cut_at_max_new_tokens": {k: 1 - v["finished_by_eos"] for k, v in results.items()
                                      if isinstance(v, dict) and "finished_by_eos" in v}}
@@ -212,7 +215,7 @@ def main() -> None:
                          lambda out, seed: make_data(Path(out) / "data", s["n_demos"], s["n_rm"], s["n_eval"], 24,
                                                      48, seed, s["n_eval_negative"]),
                          lambda out, files, seed: pipeline(out, files, s, seed),
-                         lambda results: seed_figures(results, s))
+                         lambda results, out: seed_figures(results, s, out))
     agg = aggregate(list(per_seed.values()))
     host = machine()
     policy = s.get("policy", "smollm2-135m-instruct")
