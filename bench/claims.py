@@ -171,8 +171,12 @@ def zeng_claims() -> list[dict]:
         d = diff(per_seed(imdb_it, lambda s: s["positive_openings"]["policies"][name]["gold"]),
                  per_seed(imdb_it, lambda s: s["positive_openings"]["policies"]["sft"]["gold"]))
         kl = across_seeds(per_seed(imdb_it, lambda s: s["positive_openings"]["policies"][name]["kl_to_reference"]))
+        length = [across_seeds(per_seed(imdb_it, lambda s, p=p: s["positive_openings"]["policies"][p].get("mean_tokens")))
+                  for p in (name, "sft")]
+        lengths = (f"; mean sample length {ci(length[0], 1)} tokens (SFT {ci(length[1], 1)})"
+                   if length[0].get("mean") is not None else "")
         rows.append({"claim": f"{method} improves on SFT (imdb-iterated)", "paper": paper,
-                     "afd": f"VADER minus SFT's: {ci(d)}; KL to SFT {ci(kl, 2)} nats",
+                     "afd": f"VADER minus SFT's: {ci(d)}; KL to SFT {ci(kl, 2)} nats{lengths}",
                      "seeds": len(imdb_it["seeds"]), "verdict": verdict(d),
                      "why": "per-seed difference on held-out positive-review openings (the demonstrations' prompts)"})
     return rows

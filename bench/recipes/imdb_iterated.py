@@ -109,6 +109,12 @@ def seed_figures(results: dict, s: dict, folder: Path) -> dict:
            "iterations": {}}
     if "eval_negative" in results:
         out["negative_openings"] = eval_figures(results["eval_negative"])
+    # each policy's mean sample length beside its golden reward: VADER rises with length (the
+    # Best-of-N length control), so a policy can gain by writing longer
+    for key, suffix in (("positive_openings", ""), ("negative_openings", "_neg")):
+        for name, p in out.get(key, {}).get("policies", {}).items():
+            if f"sample_{name}{suffix}" in results:
+                p["mean_tokens"] = results[f"sample_{name}{suffix}"].get("mean_num_tokens")
     for method in ("irl", "gail"):
         for it in results.get(method, {}).get("iterations", []):
             rm = json.loads((Path(it["reward_model"]).parent / "metrics.json").read_text())
@@ -127,20 +133,21 @@ def policy_table(agg: dict, s: dict, title: str) -> list[str]:
     pol, bon = agg["policies"], agg["bon"]["init-sft"]
     ns = [x["mean"] if isinstance(x, dict) else x for x in bon["n"]]
     i = ns.index(s["k_bon"]) if s["k_bon"] in ns else len(ns) - 1
-    lines = [f"**{title}**", "", "| policy | golden reward (VADER) | KL to SFT (nats) | gap closed (pi_0 → demos) |",
-             "|---|---|---|---|"]
+    lines = [f"**{title}**", "", "| policy | golden reward (VADER) | KL to SFT (nats) | gap closed (pi_0 → demos) "
+             "| mean sample length (tokens) |", "|---|---|---|---|---|"]
     for name in ORDER + ["demonstrations"]:
         if name not in pol:
             continue
         p = pol[name]
-        lines.append(f"| {name} | {ci(p['gold'])} | {ci(p.get('kl_to_reference'), 2)} | {ci(p.get('gap_closed'))} |")
+        lines.append(f"| {name} | {ci(p['gold'])} | {ci(p.get('kl_to_reference'), 2)} | {ci(p.get('gap_closed'))} "
+                     f"| {ci(p.get('mean_tokens'), 1)} |")
         if name == "sft":
             lines.append(f"| AfD BoN-{int(ns[i])} (init-sft RM) | {ci(bon['gold'][i])} | {ci(bon['kl'][i], 2)} | "
-                         f"{ci(bon['gap_closed'][i])} |")
+                         f"{ci(bon['gap_closed'][i])} | – |")
             for control in LENGTH_CONTROLS:  # Best-of-N by length alone, from the same pool
                 if control in agg["bon"]:
                     lines.append(f"| control: BoN-{int(ns[i])} by {control} | {ci(agg['bon'][control]['gold'][i])} | "
-                                 f"{ci(bon['kl'][i], 2)} | – |")
+                                 f"{ci(bon['kl'][i], 2)} | – | – |")
     return lines + [""]
 
 
