@@ -192,7 +192,9 @@ def preallocated_cache(extra_tokens: int):
 class HFEngine:
     """Batched sampling from a transformers causal LM, one prefill per prompt."""
 
-    WARM_UP_TOKENS = 8
+    # decode steps after the first share one shape (the batch's rows), so 2 steps create every
+    # kernel the batch needs; more only add time (bench/results/first-batch-cpu.md)
+    WARM_UP_TOKENS = 2
 
     def __init__(self, model, tokenizer, stop_ids: list[int], warm_up: bool = True):
         self.model = model
@@ -208,8 +210,11 @@ class HFEngine:
 
         The first call of an engine with ``warm_up`` first decodes WARM_UP_TOKENS tokens on the
         same batch shapes (its result thrown away; no random state is touched, so samples are
-        the same as without it): a fresh process's first batch otherwise runs at about half
-        speed while oneDNN creates its kernels for each new shape (bench/results/sampling-cpu.md)."""
+        the same as without it), so that oneDNN creates its kernels for the batch's shapes before
+        the timed work. Measured on a quiet 2-core machine at 256 sequences x 64 tokens (bf16),
+        a fresh process's first batch ran at 0.79-0.94 of steady state without it and 0.87-0.91
+        with a 2-token warm-up (0.81-0.90 with 8; bench/results/first-batch-cpu.md): the cost it
+        removes is small here."""
         if self.warm_up:
             self.warm_up = False
             self._generate(prompts, seeds, min(max_new_tokens, self.WARM_UP_TOKENS), temperature, top_k, top_p,
