@@ -60,8 +60,8 @@ def pipeline(out: str, files: dict, seed: int, smoke: bool) -> dict:
     return config
 
 
-def seed_figures(results: dict, out: Path) -> dict:
-    ev = with_length_controls(eval_figures(results["eval"]), out / "sample_sft" / "pool.jsonl")
+def seed_figures(results: dict, folder: Path) -> dict:
+    ev = with_length_controls(eval_figures(results["eval"]), folder / "sample_sft" / "pool.jsonl")
     sft = ev["policies"]["sft"]["gold"]
     out = {**ev, "reward_model": rm_figures(results["reward"]), "bon_minus_sft": {}, "bon_beats_sft": {}}
     for proxy, b in ev["bon"].items():
