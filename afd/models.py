@@ -276,6 +276,22 @@ def render_raw(messages: list[dict]) -> str:
     return turns + "\n\nAssistant:"
 
 
+def left_padded(seqs: list[list[int]], pad: int, device):
+    """Token-id sequences as one left-padded batch, so that every sequence ends in the last
+    column: ``(input_ids, attention_mask, position_ids)`` on ``device``, positions counting
+    each sequence's own tokens from 0 (pads get 0)."""
+    import torch
+
+    width = max(map(len, seqs))
+    ids = torch.full((len(seqs), width), pad, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for row, s in enumerate(seqs):
+        ids[row, width - len(s):] = torch.tensor(s, dtype=torch.long)
+        mask[row, width - len(s):] = 1
+    ids, mask = ids.to(device), mask.to(device)
+    return ids, mask, (mask.cumsum(-1) - 1).clamp(min=0)
+
+
 def encode_prompt(tokenizer, messages: list[dict], template: str = "auto") -> list[int]:
     """Token ids of a prompt, ending where the assistant's reply begins."""
     if uses_chat_template(tokenizer, template):

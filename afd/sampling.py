@@ -226,14 +226,7 @@ class HFEngine:
         k = len(seeds[0])
         assert all(len(s) == k for s in seeds), "every prompt needs the same number of samples"
         dev = self.device
-        width = max(map(len, prompts))
-        ids = torch.full((len(prompts), width), self.pad_id, dtype=torch.long)
-        mask = torch.zeros((len(prompts), width), dtype=torch.long)
-        for i, p in enumerate(prompts):  # left padding: every prompt ends at the last column
-            ids[i, width - len(p):] = torch.tensor(p)
-            mask[i, width - len(p):] = 1
-        ids, mask = ids.to(dev), mask.to(dev)
-        pos = (mask.cumsum(-1) - 1).clamp(min=0)
+        ids, mask, pos = models.left_padded(prompts, self.pad_id, dev)  # every prompt ends at the last column
         out = self.model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True,
                          **models.kv_cache(self.model, preallocated_cache(max_new_tokens)), logits_to_keep=1)
         cache = models.returned_cache(out)

@@ -45,16 +45,9 @@ def response_logprobs(model, tokenizer, items: list[tuple[list[dict], str | list
     tokens: list[list[float]] = [[] for _ in encoded]
     for start in tqdm(range(0, len(order), batch_size), desc=progress, disable=progress is None):
         batch = order[start:start + batch_size]
-        seqs = [encoded[i][0] + encoded[i][1] for i in batch]
-        width = max(map(len, seqs))
         keep = max(len(encoded[i][1]) for i in batch) + 1
-        ids = torch.full((len(batch), width), pad, dtype=torch.long)
-        mask = torch.zeros_like(ids)
-        for row, s in enumerate(seqs):
-            ids[row, width - len(s):] = torch.tensor(s)
-            mask[row, width - len(s):] = 1
-        ids, mask = ids.to(device), mask.to(device)
-        pos = (mask.cumsum(-1) - 1).clamp(min=0)
+        ids, mask, pos = models.left_padded([encoded[i][0] + encoded[i][1] for i in batch], pad, device)
+        width = ids.shape[1]
         logits = model(input_ids=ids, attention_mask=mask, position_ids=pos, logits_to_keep=keep).logits
         # logits[:, j] predicts token width - keep + j + 1
         logp = logits[:, :-1].float().log_softmax(-1)
@@ -104,14 +97,7 @@ def _shared_prompt_logprobs(model, encoded, pad: int, batch_size: int, per_token
     tokens: list[list[float]] = [[] for _ in encoded]
     bar = tqdm(total=len(encoded), desc=progress, disable=progress is None)
     for chunk in chunks:
-        width = len(chunk[0][0])  # the longest prompt of the chunk (sorted)
-        ids = torch.full((len(chunk), width), pad, dtype=torch.long)
-        mask = torch.zeros_like(ids)
-        for g, (p, _) in enumerate(chunk):  # left padding: every prompt ends at the last column
-            ids[g, width - len(p):] = torch.tensor(p)
-            mask[g, width - len(p):] = 1
-        ids, mask = ids.to(device), mask.to(device)
-        pos = (mask.cumsum(-1) - 1).clamp(min=0)
+        ids, mask, pos = models.left_padded([list(p) for p, _ in chunk], pad, device)  # prompts end at the last column
         kv, first = [], []
         for s in range(0, len(chunk), batch_size):  # prefill, batch_size prompts at a time
             out = model(input_ids=ids[s:s + batch_size], attention_mask=mask[s:s + batch_size],

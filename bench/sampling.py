@@ -216,7 +216,7 @@ def kv_gib(config, seqs: int, seq_len: int, dtype: str) -> int:
 
 def start_peers(args, config, ordered: list[list[int]], max_seq_len: int, logs: Path) -> tuple[dict, dict]:
     """The peers' arms that start, and the reason for each that does not: (arms, absent)."""
-    arms, absent, meta_env = {}, {}, {}
+    arms, absent = {}, {}
     wanted = set(PEERS) if args.peers == "all" else set() if args.peers == "none" else set(args.peers.split(","))
     common = ["--threads", str(args.threads), "--batch-size", str(args.batch_size), "--max-seq-len", str(max_seq_len)]
     threads_env = {"OMP_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads)}
@@ -236,10 +236,11 @@ def start_peers(args, config, ordered: list[list[int]], max_seq_len: int, logs: 
                 preload = vllm_preload(py) if args.vllm_preload == "auto" else ""
                 if preload:
                     env["LD_PRELOAD"] = preload
-                meta_env[f"vllm_{short}"] = {"LD_PRELOAD": preload or None}
-                arms[f"vllm_{short}"] = start_worker(py, ["--engine", "vllm", "--model", models.resolve(MODEL),
-                                                          "--dtype", dtype, *common], env, logs / f"vllm-{short}.log",
-                                                     "vllm", absent, f"vllm_{short}")
+                arm = start_worker(py, ["--engine", "vllm", "--model", models.resolve(MODEL), "--dtype", dtype,
+                                        *common], env, logs / f"vllm-{short}.log", "vllm", absent, f"vllm_{short}")
+                if arm is not None:
+                    arm["env"] = {"LD_PRELOAD": preload or None}  # recorded with its figures
+                arms[f"vllm_{short}"] = arm
         if "llamacpp" in wanted:
             if not gguf[short].exists():
                 absent[f"llamacpp_{short}"] = f"no GGUF file {gguf[short]} (make peers; --gguf-dir)"
@@ -260,11 +261,7 @@ def start_peers(args, config, ordered: list[list[int]], max_seq_len: int, logs: 
                 absent[key] = f"no GGUF file {gguf[short]} (make peers; --gguf-dir)"
             else:
                 arms[key] = bench_arm(binary_dir / "llama-batched-bench", str(gguf[short]), dtype, args, ordered)
-    arms = {k: v for k, v in arms.items() if v is not None}
-    for k, e in meta_env.items():
-        if k in arms:
-            arms[k]["env"] = e
-    return arms, absent
+    return {k: v for k, v in arms.items() if v is not None}, absent
 
 
 def start_worker(python, argv, env, log, engine, absent, key):
