@@ -67,7 +67,7 @@ objective trains: ``last`` for AVA-p (the paper ranks by the reward its contrast
 trains), ``weighted`` for AVA-d, whose last-step reward no term of Eq. 5 trains.
 
 **Eq. 19, RL.** ``J = E_y~pi [ sum_(t=1..|y|-1) E_q[R(y_1:t+1)] ]``: RL takes the per-token
-rewards ``mu_t`` (:meth:`AVARewardModel.dense_rewards`) and, as a sequence reward, their plain
+rewards ``mu_t`` (:meth:`afd.rewards.AVAReward.dense_rewards`) and, as a sequence reward, their plain
 sum (``afd rl`` with an AVA reward model; ``--dense-rewards`` credits each token by its
 reward-to-go).
 
@@ -88,9 +88,10 @@ is a w-weighted mean over tokens where Eq. 5 is a sum; w carries no gradient. (4
 likelihood, not Eq. 13's (above). (5) The reward head is one Gaussian per position, not one per
 vocabulary entry as AVRIL's discrete-action encoder would have it.
 
-**Uses.** (a) a reward model: ``afd reward --variant ava-d|ava-p``; :class:`AVARewardModel`
-implements the reward-model interface of :mod:`afd.scorers` (``score``, ``dense_rewards``) and
-gives per-token means, standard deviations and weights. (b) dense rewards for RL: ``afd rl
+**Uses.** (a) a reward model: ``afd reward --variant ava-d|ava-p``; :class:`afd.rewards.AVAReward`
+is the reward-model interface over it (``score``, ``dense_rewards``, ``token_rewards``: per-token
+means, standard deviations and weights, :func:`token_rewards`), reading its input as trained
+(template and max_length, saved in ``ava.json``). (b) dense rewards for RL: ``afd rl
 --dense-rewards`` and ``afd irl --reward-variant ava-p --dense-rewards``. (c) direct
 optimisation: ``afd ava`` trains the policy itself with the objective and saves the LM (as the
 last token has no likelihood term, the demonstrations' EOS is not trained).
@@ -113,7 +114,9 @@ from afd import dist, models
 from afd.config import check_choice, opt, options_of
 from afd.errors import AfdError
 from afd.runs import DataOptions, StageDir, StageOptions
-from afd.training import TokenRate, TrainOptions, loss_plot, merged, train_resuming, training_arguments
+from afd.stats import pair_accuracy
+from afd.training import (Collator, TrainOptions, finish_training, load_for_training, loss_trainer_class,
+                          make_trainer, merged, pad_id, train_resuming)
 
 OBJECTIVES = ("ava-d", "ava-p")
 HEADS_FILE, CONFIG_FILE = "ava_heads.safetensors", "ava.json"
@@ -313,64 +316,43 @@ def score_key(objective: str, opts: AVAOptions) -> str:
 
 
 def encode(tok, prompt: list[dict], response, cfg) -> dict | None:
-    """``input_ids`` and the response's first position; a response may be given as token ids
-    (scored exactly). None for an over-long prompt (dropped and counted)."""
+    """``input_ids`` and the response's first position ``start``; a response may be given as
+    token ids (scored exactly). An over-long input loses prompt tokens from its left first
+    (:func:`afd.models.fit`), never the response's end. None for a prompt over
+    ``max_prompt_length`` (dropped and counted)."""
     p = models.encode_prompt_within(tok, prompt, cfg.template, cfg.max_prompt_length, cfg.long_prompts,
                                     "an AVA prompt")
     if p is None:
         return None
     r = list(response) if isinstance(response, list) else models.encode_response(tok, prompt, response, cfg.template)
-    return {"input_ids": (p + r)[: cfg.max_length], "start": len(p)}
-
-
-class AVACollator:
-    """Right-padded rows with the response mask; pairs as chosen rows then rejected rows."""
-
-    def __init__(self, pad_id: int):
-        self.pad_id = pad_id
-
-    def pad(self, rows: list[dict]) -> dict[str, torch.Tensor]:
-        width = max(len(r["input_ids"]) for r in rows)
-        ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
-        mask = torch.zeros_like(ids)
-        response = torch.zeros_like(ids, dtype=torch.bool)
-        for i, r in enumerate(rows):
-            n = len(r["input_ids"])
-            ids[i, :n] = torch.tensor(r["input_ids"])
-            mask[i, :n] = 1
-            response[i, r["start"]:n] = True
-        return {"input_ids": ids, "attention_mask": mask, "response": response}
-
-    def __call__(self, batch: list[dict]) -> dict[str, torch.Tensor]:
-        if "chosen" in batch[0]:
-            return self.pad([b["chosen"] for b in batch] + [b["rejected"] for b in batch])
-        return self.pad(batch)
+    ids = models.fit(p, r, cfg.max_length)
+    return {"input_ids": ids, "start": len(ids) - min(len(r), len(ids))}
 
 
 def training_rows(cfg, objective: str, tok) -> tuple[list[dict], list[dict], int]:
     """(train rows, held-out rows, prompts dropped): demonstrations for AVA-d, pairs for AVA-p,
     held out by prompt."""
-    from afd.data import load_demos, load_pairs, split
+    from afd.data import load_demos, load_pairs, prompt_key, split
 
     if objective == "ava-d":
-        items = [(d.id, d.prompt, d.response) for d in load_demos(cfg.data_config())[0]]
+        items = [(d.prompt, d.response) for d in load_demos(cfg.data_config())[0]]
     else:
-        items = [(p.id, p.prompt, (p.chosen, p.rejected)) for p in load_pairs(cfg.data_config())[0]]
+        items = [(p.prompt, (p.chosen, p.rejected)) for p in load_pairs(cfg.data_config())[0]]
     if not items:
         raise AfdError(f"{objective} has no training examples in {cfg.data}")
-    groups = sorted({json.dumps(p, sort_keys=True) for _, p, _ in items})
-    held = set(split(groups, cfg.eval_fraction, cfg.seed)[1]) if cfg.eval_fraction > 0 and len(groups) > 1 else set()
-    train, evals, dropped = [], [], 0
-    for _, prompt, resp in items:
-        if objective == "ava-d":
-            row = encode(tok, prompt, resp, cfg)
-        else:
-            c, r = encode(tok, prompt, resp[0], cfg), encode(tok, prompt, resp[1], cfg)
-            row = None if c is None or r is None else {"chosen": c, "rejected": r}
-        if row is None:
-            dropped += 1
-            continue
-        (evals if json.dumps(prompt, sort_keys=True) in held else train).append(row)
+    parts = split(items, cfg.eval_fraction, cfg.seed, key=lambda item: prompt_key(item[0]))
+    (train, evals), dropped = ([], []), 0
+    for part, out in zip(parts, (train, evals)):
+        for prompt, resp in part:
+            if objective == "ava-d":
+                row = encode(tok, prompt, resp, cfg)
+            else:
+                c, r = encode(tok, prompt, resp[0], cfg), encode(tok, prompt, resp[1], cfg)
+                row = None if c is None or r is None else {"chosen": c, "rejected": r}
+            if row is None:
+                dropped += 1
+            else:
+                out.append(row)
     if not train:
         raise AfdError(f"{objective} has no training examples after filtering {cfg.data}")
     return train, evals, dropped
@@ -381,19 +363,12 @@ def training_rows(cfg, objective: str, tok) -> tuple[list[dict], list[dict], int
 
 
 def _trainer_class(objective: str, opts: AVAOptions):
-    from transformers import Trainer
-
-    class AVATrainer(Trainer):
+    class AVATrainer(loss_trainer_class()):
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             response = inputs.pop("response")
             terms = sequence_terms(token_terms(model, inputs["input_ids"], inputs["attention_mask"], response, opts))
             loss = ava_loss(terms, objective, opts)
             return (loss, terms) if return_outputs else loss
-
-        def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
-            with torch.no_grad():
-                loss = self.compute_loss(model, dict(inputs))
-            return loss.detach(), None, None
 
         def create_optimizer(self, *args, **kw):
             """Trainer's optimizer, with the heads in their own group at ``ava_head_lr``."""
@@ -411,8 +386,10 @@ def _trainer_class(objective: str, opts: AVAOptions):
     return AVATrainer
 
 
-def save(model, tok, folder: Path, opts: AVAOptions, objective: str) -> None:
-    """The LM with ``save_pretrained`` (a policy any tool loads), the heads beside it."""
+def save(model, tok, folder: Path, cfg, objective: str) -> None:
+    """The LM with ``save_pretrained`` (a policy any tool loads), the heads beside it, and
+    ``ava.json``: the objective's options and how the model reads its input (template,
+    max_length), which :class:`afd.rewards.AVAReward` restores."""
     from safetensors.torch import save_file
 
     model = _unwrap(merged(model))
@@ -424,8 +401,9 @@ def save(model, tok, folder: Path, opts: AVAOptions, objective: str) -> None:
         model.ava_heads = heads
     tok.save_pretrained(folder)
     save_file({k: v.detach().cpu().contiguous() for k, v in heads.state_dict().items()}, str(folder / HEADS_FILE))
-    (folder / CONFIG_FILE).write_text(json.dumps({"objective": objective, "template": getattr(opts, "template", "auto"),
-                                                  **AVAOptions.ava_options(opts)}, indent=1))
+    (folder / CONFIG_FILE).write_text(json.dumps({"objective": objective, "template": getattr(cfg, "template", "auto"),
+                                                  "max_length": getattr(cfg, "max_length", None),
+                                                  **AVAOptions.ava_options(cfg)}, indent=1))
 
 
 def train(cfg, stage: StageDir, objective: str) -> tuple[dict, object, object]:
@@ -435,12 +413,7 @@ def train(cfg, stage: StageDir, objective: str) -> tuple[dict, object, object]:
 
     tok = models.load_tokenizer(cfg.model)
     train_rows, eval_rows, dropped = training_rows(cfg, objective, tok)
-    dev = models.pick_device(cfg.device)
-    dtype = torch.float32 if cfg.dtype == "auto" else models.pick_dtype(cfg.dtype, dev)
-    try:
-        model = AutoModelForCausalLM.from_pretrained(models.resolve(cfg.model), dtype=dtype)
-    except (OSError, ValueError) as e:
-        raise models._load_error(cfg.model, e) from None
+    model = load_for_training(AutoModelForCausalLM, cfg.model, cfg)
     if not (-model.config.num_hidden_layers <= cfg.ava_attention_layer
                                            < model.config.num_hidden_layers):
         raise AfdError(f"option 'ava_attention_layer' is {cfg.ava_attention_layer} but {cfg.model} has "
@@ -455,26 +428,18 @@ def train(cfg, stage: StageDir, objective: str) -> tuple[dict, object, object]:
         lc = lora_config(cfg)
         lc.modules_to_save = ["ava_heads"]
         model = apply_lora(model, cfg, config=lc)
-    checkpoints = stage.path / "checkpoints"
-    rate = TokenRate()
-    trainer = _trainer_class(objective, cfg)(
-        # the heads run outside the model's forward, where DDP's search for unused parameters
-        # would count them twice; every trainable parameter has a gradient, so it needs none
-        model=model, args=training_arguments(cfg, checkpoints, bool(eval_rows), ddp_find_unused_parameters=False),
-        train_dataset=train_rows,
-        eval_dataset=eval_rows or None, data_collator=AVACollator(tok.pad_token_id), processing_class=tok,
-        callbacks=[rate])
-    result, resume = train_resuming(trainer, checkpoints)
+    # the heads run outside the model's forward, where DDP's search for unused parameters
+    # would count them twice; every trainable parameter has a gradient, so it needs none
+    trainer = make_trainer(stage, cfg, model, tok, train_rows, eval_rows, _trainer_class(objective, cfg),
+                           ddp_find_unused_parameters=False)
+    result, resume = train_resuming(trainer)
     trained = merged(trainer.model).eval()
     metrics = {"objective": objective, "train_examples": len(train_rows), "eval_examples": len(eval_rows),
                "prompts_dropped_too_long": dropped, "train_loss": dist.reduce_mean(result.training_loss),
-               "steps": trainer.state.global_step, "resumed": resume, "train_tokens_per_second": rate.rate,
+               "steps": trainer.state.global_step, "resumed": resume, "train_tokens_per_second": trainer.afd_rate.rate,
                **held_out(trained, tok, eval_rows, objective, cfg)}
-    if trainer.is_world_process_zero():
-        save(trained, tok, stage.path / "model", cfg, objective)
-    if dist.is_main():
-        (stage.path / "log_history.json").write_text(json.dumps(trainer.state.log_history, indent=1))
-        loss_plot(trainer.state.log_history, stage.path / "loss.png", "minus the AVA objective", f"{objective} training")
+    finish_training(stage, trainer, tok, f"{objective} training", "minus the AVA objective",
+                    save=lambda m, t, folder: save(m, t, folder, cfg, objective))
     return metrics, trained, tok
 
 
@@ -484,7 +449,7 @@ def held_out(model, tok, rows: list[dict], objective: str, opts) -> dict:
     ranking reward (ties half)."""
     if not rows:
         return {}
-    collate = AVACollator(tok.pad_token_id)
+    collate = Collator(pad_id(tok))
     device = next(model.parameters()).device
     sums: dict[str, list[float]] = {}
     for s in range(0, len(rows), opts.batch_size):
@@ -497,12 +462,11 @@ def held_out(model, tok, rows: list[dict], objective: str, opts) -> dict:
         return means
     scores = sums[score_key(objective, opts)]
     n = len(scores) // 2
-    right = sum(1.0 if c > r else 0.5 if c == r else 0.0 for c, r in zip(scores[:n], scores[n:]))
-    return {"eval_pair_accuracy": right / n, **means}
+    return {"eval_pair_accuracy": pair_accuracy(scores[:n], scores[n:]), **means}
 
 
 # ---------------------------------------------------------------------------------------
-# the trained model as a reward
+# the trained model's rewards (afd.rewards.AVAReward is the reward-model interface over them)
 
 
 @dataclass
@@ -519,84 +483,36 @@ class TokenRewards:
     reward: float
 
 
-class AVARewardModel:
-    """A trained AVA model as a reward (the reward-model interface of :mod:`afd.scorers`)::
-
-        rm = AVARewardModel.from_pretrained("runs/x/reward/model")
-        rm.score(prompts, responses)               # sequence rewards that rank responses
-        rm.dense_rewards(prompts, responses)       # per-token rewards E_q[R] for RL (Eq. 19)
-        rm.token_rewards(prompts, responses)       # per-token mean, std, weight (TokenRewards)
-
-    Prompts are message lists, responses text (tokenised as in training, EOS included) or
-    token ids (scored exactly as given)."""
-
-    def __init__(self, model, tokenizer, opts: AVAOptions, template: str = "auto", max_length: int = 4096,
-                 objective: str = "ava-d", batch_size: int = 16):
-        self.model, self.tokenizer, self.opts = model.eval(), tokenizer, opts
-        self.template, self.max_length, self.objective, self.batch_size = template, max_length, objective, batch_size
-
-    @staticmethod
-    def is_ava(path: str) -> bool:
-        return (Path(path) / CONFIG_FILE).is_file()
-
-    @classmethod
-    def from_pretrained(cls, path: str, device: str = "auto", dtype: str = "auto", template: str | None = None,
-                        batch_size: int = 16):
-        from safetensors.torch import load_file
-
-        folder = Path(path)
-        if not (folder / CONFIG_FILE).is_file():
-            raise AfdError(f"{path} is not an AVA model (no {CONFIG_FILE}); train one with afd reward --variant ava-d")
-        saved = json.loads((folder / CONFIG_FILE).read_text())
-        opts = AVAOptions(**{k: v for k, v in saved.items() if k in AVAOptions.__dataclass_fields__})
-        model, tok = models.load_causal_lm(str(folder), device, dtype)
-        heads = attach(model, opts)
-        heads.load_state_dict(load_file(str(folder / HEADS_FILE)))
-        heads.to(dtype=next(model.parameters()).dtype)
-        return cls(model, tok, opts, template or saved.get("template", "auto"), objective=saved.get("objective", "ava-d"),
-                   batch_size=batch_size)
-
-    @torch.no_grad()
-    def token_rewards(self, prompts: list[list[dict]], responses: list, batch_size: int | None = None
-                      ) -> list[TokenRewards]:
-        cfg = _EncodeOptions(self.template, self.max_length)
-        rows = [encode(self.tokenizer, p, r, cfg) for p, r in zip(prompts, responses)]
-        collate = AVACollator(self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None
-                              else self.tokenizer.eos_token_id)
-        device = next(self.model.parameters()).device
-        order = sorted(range(len(rows)), key=lambda i: len(rows[i]["input_ids"]))
-        out: list[TokenRewards | None] = [None] * len(rows)
-        size = batch_size or self.batch_size
-        key = score_key(self.objective, self.opts)
-        for s in range(0, len(order), size):
-            idx = order[s:s + size]
-            batch = {k: v.to(device) for k, v in collate.pad([rows[i] for i in idx]).items()}
-            t = token_terms(self.model, batch["input_ids"], batch["attention_mask"], batch["response"], self.opts)
-            reward = sequence_terms(t)[key].tolist()
-            for b, i in enumerate(idx):
-                start, n = rows[i]["start"], len(rows[i]["input_ids"])
-                ids = rows[i]["input_ids"][start:n]
-                out[i] = TokenRewards(self.tokenizer.convert_ids_to_tokens(ids), ids,
-                                      t["mean"][b, start:n].tolist(), t["std"][b, start:n].tolist(),
-                                      t["w"][b, start:n].tolist(), reward[b])
-        return out  # type: ignore[return-value]
-
-    def score(self, prompts: list[list[dict]], responses: list) -> list[float]:
-        """Sequence rewards that rank responses (Best-of-N, evaluation, pair accuracy)."""
-        return [t.reward for t in self.token_rewards(prompts, responses)]
-
-    def dense_rewards(self, prompts: list[list[dict]], responses: list) -> list[list[float]]:
-        """Per-token rewards for RL, E_q[R(y_1:t+1)] = mu_t for every response token (Eq. 19: RL
-        maximises their plain sum)."""
-        return [t.mean for t in self.token_rewards(prompts, responses)]
-
-
 @dataclass
-class _EncodeOptions:
+class _InputOptions:
     template: str
-    max_length: int
+    max_length: int | None
     max_prompt_length: int = 10 ** 9
     long_prompts: str = "drop"
+
+
+@torch.no_grad()
+def token_rewards(model, tok, opts: AVAOptions, objective: str, prompts: list[list[dict]], responses: list,
+                  template: str = "auto", max_length: int | None = None, batch_size: int = 16) -> list[TokenRewards]:
+    """Per response, its :class:`TokenRewards` under a trained AVA model (``model`` with heads).
+    Responses are text (tokenised as in training, EOS included) or token ids (scored exactly)."""
+    rows = [encode(tok, p, r, _InputOptions(template, max_length)) for p, r in zip(prompts, responses)]
+    collate = Collator(pad_id(tok))
+    device = next(model.parameters()).device
+    order = sorted(range(len(rows)), key=lambda i: len(rows[i]["input_ids"]))
+    out: list[TokenRewards | None] = [None] * len(rows)
+    key = score_key(objective, opts)
+    for s in range(0, len(order), batch_size):
+        idx = order[s:s + batch_size]
+        batch = {k: v.to(device) for k, v in collate([rows[i] for i in idx]).items()}
+        t = token_terms(model, batch["input_ids"], batch["attention_mask"], batch["response"], opts)
+        reward = sequence_terms(t)[key].tolist()
+        for b, i in enumerate(idx):
+            start, n = rows[i]["start"], len(rows[i]["input_ids"])
+            ids = rows[i]["input_ids"][start:n]
+            out[i] = TokenRewards(tok.convert_ids_to_tokens(ids), ids, t["mean"][b, start:n].tolist(),
+                                  t["std"][b, start:n].tolist(), t["w"][b, start:n].tolist(), reward[b])
+    return out  # type: ignore[return-value]
 
 
 # ---------------------------------------------------------------------------------------

@@ -24,6 +24,7 @@ from afd import dist
 from afd.config import opt
 from afd.errors import AfdError
 from afd.runs import StageDir, StageOptions
+from afd.stats import tie_groups
 
 
 def bon_kl(n: int) -> float:
@@ -43,17 +44,12 @@ def bon_weights(m: int, n: int) -> list[float]:
 
 def bon_expectation(proxy: list[float], gold: list[float], n: int) -> float:
     """Unbiased E[gold of the best-of-n under proxy], from one prompt's m >= n samples."""
-    m = len(proxy)
-    order = sorted(range(m), key=lambda i: proxy[i])
-    weights = bon_weights(m, n)
+    weights = bon_weights(len(proxy), n)
     total, start = 0.0, 0
-    while start < m:  # walk groups of tied proxy values
-        end = start
-        while end + 1 < m and proxy[order[end + 1]] == proxy[order[start]]:
-            end += 1
-        group = order[start:end + 1]
-        total += sum(weights[start:end + 1]) * sum(gold[i] for i in group) / len(group)
-        start = end + 1
+    for group in tie_groups(proxy):  # tied proxy values share their positions' weights
+        end = start + len(group)
+        total += sum(weights[start:end]) * sum(gold[i] for i in group) / len(group)
+        start = end
     return total
 
 
@@ -91,7 +87,8 @@ def bon_curve(rows: list[dict], proxy_key: str, gold_key: str, ns: list[int] | N
 @dataclass
 class BonConfig(StageOptions):
     pool: str = opt("", "sample pool (pool.jsonl / pool.parquet, or a sample stage folder)")
-    scorer: str = opt("", "reward: a reward-model folder, density-ratio:POLICY,REFERENCE, vader, python:MODULE:FN")
+    scorer: str = opt("", "reward: a reward-model folder, density-ratio:POLICY,REFERENCE, vader, gold:NAME, "
+                               "python:MODULE:FN, random or length (afd.rewards)")
     n: int = opt(0, "N: choose among each prompt's first N samples (0: all of them)")
     template: str = opt("auto", "prompt rendering for model-based scorers: auto, chat, raw")
     device: str = opt("auto", "auto, cpu, cuda, cuda:N or mps")
@@ -104,21 +101,19 @@ class BonConfig(StageOptions):
             raise AfdError(f"option 'n' must be 0 (all samples) or positive; got {self.n}")
 
 
-def score_pool(rows: list[dict], scorer_spec: str, key: str, device: str = "auto", batch_size: int = 16,
+def score_pool(rows: list[dict], reward, key: str, device: str = "auto", batch_size: int = 16,
                template: str = "auto") -> None:
-    """Add ``row[key]`` = the scorer's reward, for every row."""
-    from afd.scorers import make_scorer
+    """Add ``row[key]`` = the reward of every row; ``reward`` is a :class:`afd.rewards.RewardModel`
+    or its name. A pool's sampled tokens (``token_ids``) go with the text, for the models that
+    score them exactly."""
+    from afd import rewards
 
-    scorer = make_scorer(scorer_spec, device=device, batch_size=batch_size, template=template)
-    prompts, responses = [r["prompt"] for r in rows], [r["response"] for r in rows]
-    if getattr(scorer, "takes_token_ids", False) and all("token_ids" in r for r in rows):
-        values = scorer(prompts, responses, token_ids=[r["token_ids"] for r in rows])  # the sampled tokens
-    else:
-        values = scorer(prompts, responses)
-    if len(values) != len(rows):
-        raise AfdError(f"scorer '{scorer_spec}' returned {len(values)} scores for {len(rows)} responses")
+    rm = rewards.load(reward, device=device, batch_size=batch_size, template=template) \
+        if isinstance(reward, str) else reward
+    token_ids = [r["token_ids"] for r in rows] if all("token_ids" in r for r in rows) else None
+    values = rm.score([r["prompt"] for r in rows], [r["response"] for r in rows], token_ids)
     for r, v in zip(rows, values):
-        r[key] = float(v)
+        r[key] = v
 
 
 @dist.main_process_stage

@@ -34,7 +34,8 @@ METHODS = {
 
 def _load_snippet(kind: str, variant: str) -> str:
     if kind == "ava" or variant.startswith("ava"):
-        return ("```python\nfrom afd.ava import AVARewardModel\n\nrm = AVARewardModel.from_pretrained(\"PATH\")\n```\n"
+        return ("```python\nfrom afd import rewards\n\nrm = rewards.load(\"PATH\")  # rm.score(prompts, responses), "
+                "rm.dense_rewards(...)\n```\n"
                 "It is also a causal LM: `AutoModelForCausalLM.from_pretrained(\"PATH\")` loads the policy.")
     if kind == "reward":
         return ("```python\nfrom transformers import AutoModelForSequenceClassification, pipeline\n\n"
@@ -54,12 +55,12 @@ def write_card(folder: Path, kind: str, base_model: str, cfg: Any, metrics: dict
     """Write ``folder/README.md`` for the model a stage of ``kind`` saved there."""
     from huggingface_hub import ModelCard, ModelCardData
 
-    from afd.config import options_of
+    from afd.config import to_dict
 
     folder = Path(folder)
     variant = str(getattr(cfg, "variant", ""))
     is_reward = kind == "reward" and not variant.startswith("ava")
-    options = {k: v for k, v in options_of(cfg, type(cfg)).items() if k != "out"} if cfg is not None else {}
+    options = {k: v for k, v in to_dict(cfg).items() if k != "out"} if cfg is not None else {}
     data = {k: v for k, v in options.items()
             if v and (k in ("data", "prompts", "pool") or k.endswith(("_pool", "_pairs", "_demos")))}
     base_on_hub = bool(base_model) and "/" in base_model and not Path(base_model).exists()

@@ -115,8 +115,15 @@ def options_of(cfg: Any, group: type) -> dict[str, Any]:
     return {f.name: getattr(cfg, f.name) for f in dataclasses.fields(group)}
 
 
+def unused(cfg: Any) -> set[str]:
+    return set(cfg.unused_options()) if hasattr(cfg, "unused_options") else set()
+
+
 def to_dict(cfg: Any) -> dict[str, Any]:
-    return dataclasses.asdict(cfg)
+    """The options of ``cfg`` as a mapping, without those its own values make meaningless
+    (``cfg.unused_options()``, where it has one: AVA's options of a classifier reward model)."""
+    drop = unused(cfg)
+    return {k: v for k, v in dataclasses.asdict(cfg).items() if k not in drop}
 
 
 def read_yaml(path: str | Path) -> dict[str, Any]:

@@ -1,10 +1,11 @@
 """Loading demonstrations, preference pairs and prompts.
 
-Every stage reads its data through three loaders:
+Every stage reads its data through four loaders:
 
-- ``load_demos``   -> ``Demo(id, prompt, response)``            (SFT, the expert in AfD methods)
-- ``load_pairs``   -> ``Pair(id, prompt, chosen, rejected)``    (reward models, DPO)
-- ``load_prompts`` -> ``Prompt(id, prompt)``                    (sampling, evaluation)
+- ``load_demos``     -> ``Demo(id, prompt, response)``          (SFT, the expert in AfD methods)
+- ``load_negatives`` -> ``Demo(id, prompt, response)``          (a labelled file's false rows)
+- ``load_pairs``     -> ``Pair(id, prompt, chosen, rejected)``  (reward models, DPO)
+- ``load_prompts``   -> ``Prompt(id, prompt)``                  (sampling, evaluation)
 
 A prompt is always a list of chat messages ``{"role", "content"}`` whose last message is a user
 turn (system turns and earlier user/assistant turns may come first).
@@ -62,8 +63,6 @@ from pathlib import Path
 from typing import Any, Iterator, NamedTuple
 
 from afd.errors import DataError
-
-Message = dict  # {"role": "system" | "user" | "assistant", "content": str}
 
 FORMATS = ("prompt-completion", "messages", "preference", "hh", "alpaca", "sharegpt", "sharegpt-preference",
            "prompt")
@@ -211,20 +210,21 @@ def load_prompts(cfg: DataConfig) -> tuple[list[Prompt], LoadStats]:
     return [Prompt(key, p.prompt) for key, p in parsed], stats
 
 
-def pairs_to_demos(pairs: list[Pair]) -> list[Demo]:
-    """Each pair's chosen reply as a demonstration, with the pair's id."""
-    return [Demo(p.id, p.prompt, p.chosen) for p in pairs]
+def prompt_key(prompt: list[dict]) -> str:
+    """A prompt as one string: the key by which samples, pairs and splits are grouped by prompt."""
+    return json.dumps(prompt, sort_keys=True, ensure_ascii=False)
 
 
 def split(items: list, eval_fraction: float, seed: int, key=None) -> tuple[list, list]:
     """(train, eval): a random eval subset of round(n * eval_fraction) items, at least 1 when
     eval_fraction > 0 and n >= 2, chosen by `seed` alone; both keep the input order. With
     ``key`` (e.g. a pair's prompt), items of one key are held out together: the fraction is of
-    the distinct keys, so no key is on both sides."""
+    the distinct keys (taken in sorted order, so the split does not depend on the rows' order),
+    so no key is on both sides."""
     if not 0 <= eval_fraction < 1:
         raise DataError(f"eval_fraction must be at least 0 and below 1, not {eval_fraction!r}")
     if key is not None:
-        keys = list(dict.fromkeys(key(x) for x in items))
+        keys = sorted({key(x) for x in items})
         held = set(split(keys, eval_fraction, seed)[1])
         return [x for x in items if key(x) not in held], [x for x in items if key(x) in held]
     n = len(items)
@@ -658,14 +658,6 @@ def parse_hh_transcript(text: str) -> tuple[list[dict], str]:
 
 # ---------------------------------------------------------------------------------------------
 # Readers: (row number, dict), or (row number, _RowError) for an unreadable row.
-
-
-def read_rows(path: str, split: str = "train") -> Iterator[tuple[int, dict]]:
-    """Raw rows with 1-based row numbers; an unreadable row raises DataError."""
-    for n, row in _rows(path, split):
-        if isinstance(row, _RowError):
-            raise DataError(f"{_where(path, n)}: {row.problem}")
-        yield n, row
 
 
 def _is_local(path: str) -> bool:

@@ -1,6 +1,6 @@
 """``afd eval``: golden evaluation of policies and of Best-of-N (METHODS §1, "Evaluation").
 
-A golden scorer (VADER, a reward model, or a Python function; see ``afd.scorers``) scores
+A golden scorer (VADER, the gold, a reward model, or a Python function; see ``afd.rewards``) scores
 sample pools. For each policy pool it reports the mean golden reward with a 95% interval
 (over prompts), the reward normalised so that the demonstrations score 1.0 (as in the paper),
 and the fraction of the gap from the initial policy to the demonstrations that is closed.
@@ -36,6 +36,7 @@ from afd.bon import bon_curve, bon_kl, group_by_prompt, powers_of_two, score_poo
 from afd.config import opt
 from afd.errors import AfdError
 from afd.runs import StageDir, StageOptions
+from afd.stats import mean_ci, spearman
 
 
 @dataclass
@@ -61,52 +62,8 @@ class EvalConfig(StageOptions):
                            f"({', '.join(self.pools)})")
 
 
-def mean_ci(values: list[float]) -> tuple[float, float]:
-    """Mean and the half-width of its normal 95% interval."""
-    n = len(values)
-    mean = sum(values) / n
-    if n < 2:
-        return mean, float("nan")
-    var = sum((v - mean) ** 2 for v in values) / (n - 1)
-    return mean, 1.96 * math.sqrt(var / n)
-
-
-def wilson_interval(p: float, n: int) -> tuple[float, float]:
-    """95% Wilson score interval for a proportion p observed on n trials."""
-    if n <= 0:
-        return float("nan"), float("nan")
-    z = 1.96
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return centre - half, centre + half
-
-
 def per_prompt_means(rows: list[dict], key: str) -> list[float]:
     return [sum(r[key] for r in g) / len(g) for g in group_by_prompt(rows).values()]
-
-
-def spearman(x: list[float], y: list[float]) -> float | None:
-    def ranks(v):
-        order = sorted(range(len(v)), key=lambda i: v[i])
-        r = [0.0] * len(v)
-        i = 0
-        while i < len(v):
-            j = i
-            while j + 1 < len(v) and v[order[j + 1]] == v[order[i]]:
-                j += 1
-            for k in range(i, j + 1):
-                r[order[k]] = (i + j) / 2
-            i = j + 1
-        return r
-
-    if len(x) < 3:
-        return None
-    rx, ry = ranks(x), ranks(y)
-    mx, my = sum(rx) / len(rx), sum(ry) / len(ry)
-    cov = sum((a - mx) * (b - my) for a, b in zip(rx, ry))
-    sx = math.sqrt(sum((a - mx) ** 2 for a in rx))
-    sy = math.sqrt(sum((b - my) ** 2 for b in ry))
-    return cov / (sx * sy) if sx > 0 and sy > 0 else None
 
 
 def win_values(rows: list[dict], baseline_rows: list[dict], key: str = "gold", same_pool: bool = False) -> None:
@@ -167,7 +124,7 @@ def evaluate(cfg: EvalConfig) -> dict:
     if cfg.kl_reference:
         from afd import models
 
-        reference = models.load_causal_lm(cfg.kl_reference, cfg.device)
+        reference = models.load_causal_lm(cfg.kl_reference, cfg.device, "float32")  # differenced: fp32
         for name, rows in pools.items():
             policies[name].update(kl_to_reference(rows, cfg.pools[name], reference, cfg))
         del reference
@@ -217,16 +174,14 @@ def kl_to_reference(rows: list[dict], pool_path: str, reference: tuple, cfg: Eva
     ``log pi_ref`` is teacher-forced on the very tokens sampled (the pool's ``token_ids``), so
     the estimate is exact per sample. It holds for pools drawn from pi itself at temperature 1
     without top-k or top-p (afd's defaults) and a reference with the policy's vocabulary;
-    otherwise (per the pool stage's config.yaml) the policy gets None rather than a wrong figure.
-    ``reference`` is the (model, tokenizer) of ``cfg.kl_reference``."""
-    import yaml
-
+    otherwise (per the pool's own record of its sampling, ``afd.sampling.read_pool_meta``) the
+    policy gets None rather than a wrong figure. ``reference`` is the (model, tokenizer) of
+    ``cfg.kl_reference``."""
     from afd import models
+    from afd.sampling import read_pool_meta
     from afd.scoring import response_logprobs
 
-    folder = Path(pool_path) if Path(pool_path).is_dir() else Path(pool_path).parent
-    config = folder / "config.yaml"
-    sampled = yaml.safe_load(config.read_text()) if config.is_file() else {}
+    sampled = read_pool_meta(pool_path)
     none = {"kl_to_reference": None, "kl_to_reference_ci95": None}
     if (not sampled.get("model") or sampled.get("temperature", 1.0) != 1.0 or sampled.get("top_p", 1.0) != 1.0
             or sampled.get("top_k", 0) or sampled.get("system_prompt") or any("token_ids" not in r for r in rows)):
@@ -238,18 +193,16 @@ def kl_to_reference(rows: list[dict], pool_path: str, reference: tuple, cfg: Eva
     model, tok = reference
     if tok.get_vocab() != models.load_tokenizer(sampled["model"]).get_vocab():
         return none
-    ref = response_logprobs(model, tok, [(r["prompt"], r["token_ids"]) for r in rows],
-                            sampled.get("template", cfg.template), cfg.batch_size,
+    template = sampled.get("template", cfg.template)
+    ref = response_logprobs(model, tok, [(r["prompt"], r["token_ids"]) for r in rows], template, cfg.batch_size,
                             progress=f"log-probs under {Path(cfg.kl_reference).name}")
     # log pi and log pi_ref in the same dtype: a pool sampled in bf16 (dtype=auto on a CPU with
     # native bf16) has bf16 log-probs, off by ~1 nat a sequence (bench/results/bf16-cpu.md), the
     # size of the KL itself; then log pi is teacher-forced again in the reference's dtype
-    sampled_dtype = models.pick_dtype(str(sampled.get("dtype", "auto")),
-                                      models.pick_device(str(sampled.get("device", "auto"))), "sample")
-    if sampled_dtype != next(model.parameters()).dtype:
-        policy, ptok = models.load_causal_lm(sampled["model"], cfg.device)
-        own = response_logprobs(policy, ptok, [(r["prompt"], r["token_ids"]) for r in rows],
-                                sampled.get("template", cfg.template), cfg.batch_size)
+    if sampled.get("dtype") != str(next(model.parameters()).dtype).replace("torch.", ""):
+        policy, ptok = models.load_causal_lm(sampled["model"], cfg.device, "float32")
+        own = response_logprobs(policy, ptok, [(r["prompt"], r["token_ids"]) for r in rows], template,
+                                cfg.batch_size)
         del policy
     else:
         own = [r["logprob"] for r in rows]

@@ -31,8 +31,8 @@ from afd import dist, models
 from afd.config import opt
 from afd.errors import AfdError
 from afd.runs import DataOptions, StageDir, StageOptions, link_final, write_demo_files
-from afd.training import (PadCollator, TokenRate, TrainOptions, apply_lora, loss_plot, save_model, train_resuming,
-                          training_arguments)
+from afd.training import (TrainOptions, apply_lora, finish_training, load_for_training, make_trainer,
+                          train_resuming)
 
 
 @dataclass
@@ -68,23 +68,12 @@ def sequence_logprobs(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tenso
     return (picked * mask).sum(-1)
 
 
-class PairCollator(PadCollator):
-    """Chosen rows then rejected rows in one right-padded batch, with the opponent's log-probs."""
-
-    def __call__(self, batch: list[dict]) -> dict[str, torch.Tensor]:
-        rows = [b["chosen"] for b in batch] + [b["rejected"] for b in batch]
-        out = super().__call__(rows)
-        out["opponent_logps"] = torch.tensor([b["opp_chosen"] for b in batch] + [b["opp_rejected"] for b in batch],
-                                             dtype=torch.float64)
-        return out
-
-
 def _trainer_class(beta: float):
     from transformers import Trainer
 
     class IRFTTrainer(Trainer):
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-            opp = inputs.pop("opponent_logps").float()
+            opp = inputs.pop("opponent_logp")  # chosen rows then rejected rows (afd.training.Collator)
             labels = inputs.pop("labels")
             logps = sequence_logprobs(model(**inputs).logits, labels)
             pc, pr = logps.chunk(2)
@@ -142,47 +131,39 @@ def train_step(cfg: StepConfig) -> dict:
             rows.append({"chosen": c, "rejected": r, "prompt": d.prompt})  # a cut response is left out
     if not rows:
         raise AfdError(f"no IRFT pair fits max_length={cfg.max_length}")
-    # the opponent scores the very tokens the policy trains on
-    opponent, _ = models.load_causal_lm(cfg.model, cfg.device, cfg.dtype)
+    # the opponent scores the very tokens the policy trains on, in fp32 (its log-probs are differenced)
+    opponent, _ = models.load_causal_lm(cfg.model, cfg.device, "float32")
     for side in ("chosen", "rejected"):
         items = [(row["prompt"], response_ids(row[side])) for row in rows]
         # each rank scores a share of the rows; every rank gets them all
         for row, lp in zip(rows, dist.map_sharded(lambda part: response_logprobs(
                 opponent, tok, part, cfg.template, cfg.batch_size, progress=f"opponent log-probs ({side})"), items)):
-            row[f"opp_{side}"] = lp
+            row[side]["opponent_logp"] = lp
     del opponent
     for row in rows:
         del row["prompt"]
 
-    dtype = torch.float32 if cfg.dtype == "auto" else models.pick_dtype(cfg.dtype, models.pick_device(cfg.device))
-    policy = AutoModelForCausalLM.from_pretrained(models.resolve(cfg.model), dtype=dtype)
+    policy = load_for_training(AutoModelForCausalLM, cfg.model, cfg)
     if cfg.lora_r > 0:
         policy = apply_lora(policy, cfg)
-    checkpoints = stage.path / "checkpoints"
-    rate = TokenRate()
-    trainer = _trainer_class(cfg.beta)(model=policy, args=training_arguments(cfg, checkpoints, False),
-                                       train_dataset=rows, data_collator=PairCollator(tok.pad_token_id),
-                                       processing_class=tok, callbacks=[rate])
-    result, resume = train_resuming(trainer, checkpoints)
-    dist.save_trained(trainer, tok, stage.path / "model", save_model)  # rank 0 writes
-    if dist.is_main():
-        (stage.path / "log_history.json").write_text(json.dumps(trainer.state.log_history, indent=1))
-        loss_plot(trainer.state.log_history, stage.path / "loss.png", "IRFT loss", "IRFT stage")
+    trainer = make_trainer(stage, cfg, policy, tok, rows, None, _trainer_class(cfg.beta))
+    result, resume = train_resuming(trainer)
+    finish_training(stage, trainer, tok, "IRFT stage", "IRFT loss")
     acc = getattr(trainer, "accuracies", [])  # this rank's batches
     tail = acc[-max(1, len(acc) // 4):]
     return stage.finish({"model": str(stage.path / "model"), "pairs": len(rows),
                          "pairs_too_long": len(pairs) - len(rows),
                          "train_loss": dist.reduce_mean(result.training_loss), "steps": trainer.state.global_step, "resumed": resume,
                          "implicit_reward_accuracy_last_quarter": dist.reduce_mean(sum(tail) / len(tail) if tail else None),
-                         "opponent_logp_chosen": sum(r["opp_chosen"] for r in rows) / len(rows),
-                         "opponent_logp_rejected": sum(r["opp_rejected"] for r in rows) / len(rows),
-                         "train_tokens_per_second": rate.rate})
+                         "opponent_logp_chosen": sum(r["chosen"]["opponent_logp"] for r in rows) / len(rows),
+                         "opponent_logp_rejected": sum(r["rejected"]["opponent_logp"] for r in rows) / len(rows),
+                         "train_tokens_per_second": trainer.afd_rate.rate})
 
 
 def irft(cfg: IRFTConfig) -> dict:
     """Run the stage; the final policy is OUT/irft/stage_{T-1}/train/model."""
     from afd.data import load_demos
-    from afd.sampling import POOL, SampleConfig, sample
+    from afd.sampling import POOL, SampleConfig, derive_seed, sample
 
     stage = StageDir(cfg, "irft")
     if not stage.begin():
@@ -204,7 +185,7 @@ def irft(cfg: IRFTConfig) -> dict:
         samples = sample(SampleConfig(
             out=str(stage.path), stage_name=f"stage_{t}/samples", model=policy, data=prompts_path,
             data_format="prompt", template=cfg.template, num_samples=cfg.num_samples,
-            max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, seed=cfg.seed + 1000 * t,
+            max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, seed=derive_seed(cfg.seed, "irft-stage", t),
             batch_size=cfg.sample_batch_size, max_prompt_length=cfg.max_prompt_length, long_prompts="error",
             device=cfg.device, dtype=cfg.dtype))
         step = train_step(StepConfig(**train_opts, out=str(stage.path), stage_name=f"stage_{t}/train", model=policy,

@@ -91,7 +91,7 @@ def iterate(cfg: IRLConfig, method: str) -> dict:
     from afd.data import load_demos
     from afd.reward import RewardConfig, reward
     from afd.rl import RLConfig, rl
-    from afd.sampling import POOL, SampleConfig, sample
+    from afd.sampling import POOL, SampleConfig, derive_seed, sample
 
     stage = StageDir(cfg, method)
     if not stage.begin():
@@ -110,7 +110,7 @@ def iterate(cfg: IRLConfig, method: str) -> dict:
         samples = sample(SampleConfig(
             out=out, stage_name=f"{it}/samples", model=policy, data=prompts_path, data_format="prompt",
             template=cfg.template, num_samples=cfg.num_samples, max_new_tokens=cfg.max_new_tokens,
-            temperature=cfg.temperature, seed=cfg.seed + 1000 * t, batch_size=cfg.sample_batch_size,
+            temperature=cfg.temperature, seed=derive_seed(cfg.seed, "irl-iteration", t), batch_size=cfg.sample_batch_size,
             max_prompt_length=cfg.max_prompt_length, long_prompts=cfg.long_prompts, device=cfg.device,
             dtype=cfg.dtype))
         pool = str(stage.path / it / "samples" / POOL)

@@ -16,19 +16,21 @@ is negative:
     kto         responses labelled true responses labelled false (a KTO / unpaired-preference file)
 
 ``ava-d`` (demonstrations) and ``ava-p`` (pairs) train AVA's token-level Bayesian reward
-model instead (METHODS §3, :mod:`afd.ava`), saved as a causal-LM folder with its heads.
+model instead (METHODS §3, :mod:`afd.ava`), saved as a causal-LM folder with its heads. Either
+kind is read back as a :class:`afd.rewards.RewardModel` (``afd.rewards.load(folder)``), with the
+input settings it was trained with.
 
 ``loss: bt`` trains any of the first four variants with the pairwise Bradley-Terry loss
 ``-log sigma(r(x, y+) - r(x, y-))`` instead, pairing positives and negatives of the same
 prompt; ``bt`` always uses it. The model is an ``AutoModelForSequenceClassification`` with one
 label (default backbone: the initial policy), saved with ``save_pretrained`` so that
 ``pipeline("text-classification")`` loads it. Its input is the prompt rendered exactly as in
-SFT and sampling, followed by the response and EOS.
+SFT and sampling, followed by the response and EOS (:func:`afd.rewards.classifier_input`); the
+settings of that rendering are saved in its ``config.json`` (``afd``) and restored when it scores.
 """
 
 from __future__ import annotations
 
-import json
 import random
 from dataclasses import dataclass
 
@@ -37,12 +39,16 @@ import torch
 from afd import dist, models
 from afd.ava import AVAOptions
 from afd.config import check_choice, opt
+from afd.data import prompt_key
 from afd.errors import AfdError
+from afd.rewards import Classifier, InputSettings, classifier_input
 from afd.runs import DataOptions, StageDir, StageOptions
-from afd.training import (TokenRate, TrainOptions, apply_lora, loss_plot, merged, save_model, train_resuming,
-                          training_arguments)
+from afd.stats import auc, pair_accuracy
+from afd.training import (TrainOptions, apply_lora, finish_training, load_for_training, loss_trainer_class,
+                          make_trainer, merged, train_resuming)
 
 VARIANTS = ("init-sft", "init-demo", "sft-demo", "bt", "kto", "ava-d", "ava-p")
+AVA_VARIANTS = ("ava-d", "ava-p")
 
 
 @dataclass
@@ -74,6 +80,14 @@ class RewardConfig(StageOptions, DataOptions, TrainOptions, AVAOptions):
             if not getattr(self, name):
                 raise AfdError(f"variant '{self.variant}' needs option '{name}'")
 
+    def unused_options(self) -> tuple[str, ...]:
+        """AVA's options mean nothing to a classifier: they are left out of its config.yaml,
+        fingerprint and model card."""
+        return () if self.variant in AVA_VARIANTS else tuple(AVAOptions.__dataclass_fields__)
+
+    def input_settings(self) -> InputSettings:
+        return InputSettings(self.template, self.max_length, self.response_tokens)
+
 
 @dataclass
 class Example:
@@ -83,10 +97,6 @@ class Example:
     group: str    # the prompt, as a key: examples of one prompt share a split and form BT pairs
     pair: str = ""      # pair data: the pair's id (its two sides form one BT pair)
     ended: bool = True  # the response ended by itself (EOS), not cut at max_new_tokens
-
-
-def prompt_key(prompt: list[dict]) -> str:
-    return json.dumps(prompt, sort_keys=True, ensure_ascii=False)
 
 
 def examples(cfg: RewardConfig) -> list[Example]:
@@ -130,10 +140,7 @@ def split_groups(items: list[Example], fraction: float, seed: int) -> tuple[list
     """Held-out examples by prompt, so no prompt is both trained and evaluated on."""
     from afd.data import split
 
-    groups = sorted({e.group for e in items})
-    _, held = split(groups, fraction, seed) if fraction > 0 and len(groups) > 1 else (groups, [])
-    held = set(held)
-    return [e for e in items if e.group not in held], [e for e in items if e.group in held]
+    return split(items, fraction, seed, key=lambda e: e.group)
 
 
 def bt_pairs(items: list[Example], seed: int) -> list[tuple[Example, Example]]:
@@ -152,52 +159,11 @@ def bt_pairs(items: list[Example], seed: int) -> list[tuple[Example, Example]]:
     return pairs
 
 
-def encode(tokenizer, prompt, response, cfg) -> list[int] | None:
+def encode(tokenizer, prompt, response, cfg: RewardConfig) -> list[int] | None:
     """Classifier input ids, or None when the prompt is over-long (dropped, or an error)."""
     p = models.encode_prompt_within(tokenizer, prompt, cfg.template, cfg.max_prompt_length, cfg.long_prompts,
                                     "a reward-model prompt")
-    if p is None:
-        return None
-    return fit(p, response_ids(tokenizer, prompt, response, cfg.template, cfg.response_tokens), cfg.max_length)
-
-
-def response_ids(tokenizer, prompt, response: str, template: str, limit: int | None) -> list[int]:
-    """The response's tokens and EOS, or only its first ``limit`` tokens when it is longer."""
-    ids = models.encode_response(tokenizer, prompt, response, template)
-    return ids[:limit] if limit and len(ids) > limit else ids
-
-
-def fit(prompt_ids: list[int], response_ids: list[int], max_length: int | None) -> list[int]:
-    """``prompt + response`` in at most ``max_length`` tokens: the prompt loses tokens from its
-    left first, so the response, and the end of the prompt next to it, stay whole; only a
-    response longer than ``max_length`` is cut (at its end). Cutting the joined sequence at its
-    end instead would make two replies to a long prompt identical inputs (a tie)."""
-    if max_length is None or len(prompt_ids) + len(response_ids) <= max_length:
-        return prompt_ids + response_ids
-    keep = max(max_length - len(response_ids), 0)
-    return prompt_ids[len(prompt_ids) - keep:] + response_ids[:max_length - keep]
-
-
-class RewardCollator:
-    """Right-padded classifier inputs; BT batches hold the chosen rows then the rejected ones."""
-
-    def __init__(self, pad_id: int):
-        self.pad_id = pad_id
-
-    def pad(self, seqs: list[list[int]]) -> dict[str, torch.Tensor]:
-        width = max(map(len, seqs))
-        ids = torch.full((len(seqs), width), self.pad_id, dtype=torch.long)
-        mask = torch.zeros_like(ids)
-        for i, s in enumerate(seqs):
-            ids[i, : len(s)] = torch.tensor(s)
-            mask[i, : len(s)] = 1
-        return {"input_ids": ids, "attention_mask": mask}
-
-    def __call__(self, batch: list[dict]) -> dict[str, torch.Tensor]:
-        if "chosen" in batch[0]:
-            return self.pad([b["chosen"] for b in batch] + [b["rejected"] for b in batch])
-        return {**self.pad([b["input_ids"] for b in batch]),
-                "labels": torch.tensor([b["label"] for b in batch], dtype=torch.float32)}
+    return None if p is None else classifier_input(tokenizer, prompt, response, cfg.input_settings(), p)
 
 
 def reward_loss(rewards: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
@@ -209,100 +175,14 @@ def reward_loss(rewards: torch.Tensor, labels: torch.Tensor | None) -> torch.Ten
 
 
 def _trainer_class():
-    from transformers import Trainer
-
-    class RewardTrainer(Trainer):
+    class RewardTrainer(loss_trainer_class()):
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-            labels = inputs.pop("labels", None)
+            labels = inputs.pop("label", None)
             rewards = model(**inputs).logits.squeeze(-1).float()
             loss = reward_loss(rewards, labels)
             return (loss, {"rewards": rewards}) if return_outputs else loss
 
-        def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
-            with torch.no_grad():
-                loss = self.compute_loss(model, dict(inputs))
-            return loss.detach(), None, None
-
     return RewardTrainer
-
-
-def load_reward_model(path: str, device: str = "auto", dtype: str = "auto"):
-    from transformers import AutoModelForSequenceClassification
-
-    dev = models.pick_device(device)
-    try:
-        model = AutoModelForSequenceClassification.from_pretrained(models.resolve(path),
-                                                                   dtype=models.pick_dtype(dtype, dev))
-    except (OSError, ValueError) as e:
-        raise models._load_error(path, e) from None
-    tok = models.load_tokenizer(path)
-    model.config.pad_token_id = tok.pad_token_id
-    return model.to(dev).eval(), tok
-
-
-@torch.inference_mode()
-def score_texts(model, tokenizer, prompts: list[list[dict]], responses: list[str], template: str = "auto",
-                batch_size: int = 16, max_length: int | None = None, response_tokens: int | None = None) -> list[float]:
-    """Reward (the classifier logit) of each response to its prompt (``response_tokens``: the
-    model's own cut, by default the one it was trained with)."""
-    device = next(model.parameters()).device
-    collate = RewardCollator(tokenizer.pad_token_id)
-    if response_tokens is None:
-        response_tokens = (getattr(model.config, "afd", None) or {}).get("response_tokens")
-    seqs = [fit(models.encode_prompt(tokenizer, p, template), response_ids(tokenizer, p, r, template, response_tokens),
-                max_length) for p, r in zip(prompts, responses)]
-    order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))
-    out = [0.0] * len(seqs)
-    for s in range(0, len(order), batch_size):
-        idx = order[s:s + batch_size]
-        batch = {k: v.to(device) for k, v in collate.pad([seqs[i] for i in idx]).items()}
-        for i, r in zip(idx, model(**batch).logits.squeeze(-1).float().tolist()):
-            out[i] = r
-    return out
-
-
-class ClassifierReward:
-    """A sequence classifier as a reward (the reward-model interface of :mod:`afd.scorers`):
-    ``score`` gives its logit; it has no per-token rewards (``dense_rewards`` is None)."""
-
-    dense_rewards = None
-
-    def __init__(self, model, tokenizer, template: str = "auto", batch_size: int = 16, max_length: int | None = None):
-        self.model, self.tokenizer = model, tokenizer
-        self.template, self.batch_size, self.max_length = template, batch_size, max_length
-
-    @classmethod
-    def from_pretrained(cls, path: str, device: str = "auto", dtype: str = "auto", template: str = "auto",
-                        batch_size: int = 16):
-        return cls(*load_reward_model(path, device, dtype), template, batch_size)
-
-    def score(self, prompts: list[list[dict]], responses: list[str]) -> list[float]:
-        return score_texts(self.model, self.tokenizer, prompts, responses, self.template, self.batch_size,
-                           self.max_length)
-
-
-def auc(scores: list[float], labels: list[float]) -> float | None:
-    """Area under the ROC curve = P(score of a positive > score of a negative), ties half."""
-    pos = [s for s, l in zip(scores, labels) if l > 0.5]
-    neg = [s for s, l in zip(scores, labels) if l <= 0.5]
-    if not pos or not neg:
-        return None
-    ranked = sorted((s, l > 0.5) for s, l in zip(scores, labels))
-    # average ranks for ties (Mann-Whitney U)
-    rank_sum, i = 0.0, 0
-    while i < len(ranked):
-        j = i
-        while j + 1 < len(ranked) and ranked[j + 1][0] == ranked[i][0]:
-            j += 1
-        avg = (i + j) / 2 + 1
-        rank_sum += avg * sum(1 for k in range(i, j + 1) if ranked[k][1])
-        i = j + 1
-    return (rank_sum - len(pos) * (len(pos) + 1) / 2) / (len(pos) * len(neg))
-
-
-def pair_accuracy(chosen: list[float], rejected: list[float]) -> float:
-    """Share of pairs ranked right (ties count half)."""
-    return sum(1.0 if c > r else 0.5 if c == r else 0.0 for c, r in zip(chosen, rejected)) / len(chosen)
 
 
 def threshold_rule(values: list[float], labels: list[float]) -> tuple[float, float]:
@@ -344,7 +224,7 @@ def controls(train: list[Example], held: list[Example], length, seed: int = 0, e
         out[f"{name}_accuracy"] = sum((s > 0) == (l > 0.5) for s, l in zip(scores, labels)) / len(held)
         out[f"{name}_auc"] = auc(scores, labels)
         out[f"{name}_pair_accuracy"] = pair_accuracy([sign * values[id(c)] for c, _ in pairs],
-                                                     [sign * values[id(r)] for _, r in pairs]) if pairs else None
+                                                     [sign * values[id(r)] for _, r in pairs])
     for label, side in ((1.0, "positive"), (0.0, "negative")):
         part = [e for e in held if e.label == label]
         out[f"eval_truncated_share_{side}"] = sum(not e.ended for e in part) / len(part) if part else None
@@ -358,14 +238,15 @@ def reward(cfg: RewardConfig) -> dict:
     stage = StageDir(cfg, "reward")
     if not stage.begin():
         return stage.metrics()
-    if cfg.variant in ("ava-d", "ava-p"):
+    if cfg.variant in AVA_VARIANTS:
         from afd import ava
+        from afd.rewards import AVAReward
 
         metrics, model, tok = ava.train(cfg, stage, cfg.variant)
         metrics["variant"] = cfg.variant
         if cfg.eval_pairs:
-            rm = ava.AVARewardModel(model, tok, cfg, cfg.template, cfg.max_length, cfg.variant, cfg.batch_size)
-            metrics.update(preference_metrics(rm.score, cfg))
+            rm = AVAReward(model, tok, cfg, InputSettings(cfg.template, cfg.max_length), cfg.variant, cfg.batch_size)
+            metrics.update(preference_metrics(rm, cfg))
         return stage.finish(metrics)
     items = examples(cfg)
     train, held = split_groups(items, cfg.eval_fraction, cfg.seed)
@@ -381,7 +262,7 @@ def reward(cfg: RewardConfig) -> dict:
                 if a is None or b is None:
                     dropped += 1
                 else:
-                    out.append({"chosen": a, "rejected": b})
+                    out.append({"chosen": {"input_ids": a}, "rejected": {"input_ids": b}})
             return out, dropped
         out = []
         for e in part:
@@ -397,79 +278,63 @@ def reward(cfg: RewardConfig) -> dict:
     if not train_rows:
         raise AfdError(f"variant '{cfg.variant}' has no training examples after filtering")
 
-    dev = models.pick_device(cfg.device)
-    dtype = torch.float32 if cfg.dtype == "auto" else models.pick_dtype(cfg.dtype, dev)
-    try:
-        model = AutoModelForSequenceClassification.from_pretrained(models.resolve(cfg.model), num_labels=1,
-                                                                   dtype=dtype)
-    except (OSError, ValueError) as e:
-        raise models._load_error(cfg.model, e) from None
+    model = load_for_training(AutoModelForSequenceClassification, cfg.model, cfg, num_labels=1)
     model.config.pad_token_id = tok.pad_token_id
-    model.config.afd = {"variant": cfg.variant, "loss": "bt" if pairwise else "bce", "template": cfg.template,
-                        "response_tokens": cfg.response_tokens}
+    # how the model reads its input, restored by afd.rewards.Classifier.from_pretrained
+    model.config.afd = {"variant": cfg.variant, "loss": "bt" if pairwise else "bce",
+                        **vars(cfg.input_settings())}
     if cfg.lora_r > 0:
         model = apply_lora(model, cfg, task_type="SEQ_CLS")
 
-    checkpoints = stage.path / "checkpoints"
-    rate = TokenRate()
-    trainer = _trainer_class()(model=model, args=training_arguments(cfg, checkpoints, bool(eval_rows)),
-                               train_dataset=train_rows, eval_dataset=eval_rows or None,
-                               data_collator=RewardCollator(tok.pad_token_id), processing_class=tok,
-                               callbacks=[rate])
-    result, resume = train_resuming(trainer, checkpoints)
-    trained = merged(trainer.model).eval()
+    trainer = make_trainer(stage, cfg, model, tok, train_rows, eval_rows, _trainer_class())
+    result, resume = train_resuming(trainer)
+    trained = Classifier(merged(trainer.model), tok, cfg.input_settings(), cfg.batch_size)
 
     metrics = {"variant": cfg.variant, "loss": "bt" if pairwise else "bce", "train_examples": len(train_rows),
                "eval_examples": len(eval_rows), "prompts_dropped_too_long": dropped,
                "train_loss": dist.reduce_mean(result.training_loss), "steps": trainer.state.global_step, "resumed": resume,
-               "train_tokens_per_second": rate.rate}
-    metrics.update(held_out_metrics(trained, tok, held, cfg))
+               "train_tokens_per_second": trainer.afd_rate.rate}
+    metrics.update(held_out_metrics(trained, held, cfg.seed))
     # each response's whole length, tokenised once: the model sees min(n, N) tokens of it, and its
-    # EOS only when the whole response fits in N (response_ids keeps the first N of a longer one)
-    n = {id(e): len(response_ids(tok, e.prompt, e.response, cfg.template, None)) for e in train + held}
+    # EOS only when the whole response fits in N (the input keeps the first N of a longer one)
+    n = {id(e): len(models.encode_response(tok, e.prompt, e.response, cfg.template)) for e in train + held}
     limit = cfg.response_tokens
     metrics.update(controls(train, held, lambda e: min(n[id(e)], limit or n[id(e)]), cfg.seed,
                             ended=lambda e: e.ended and (not limit or n[id(e)] <= limit)))
     if cfg.eval_pairs:
-        metrics.update(preference_metrics(
-            ClassifierReward(trained, tok, cfg.template, cfg.batch_size, cfg.max_length).score, cfg))
-    # rank 0 writes the scored model (LoRA already merged)
-    dist.save_trained(trainer, tok, stage.path / "model", lambda _, t, folder: save_model(trained, t, folder))
-    if dist.is_main():
-        (stage.path / "log_history.json").write_text(json.dumps(trainer.state.log_history, indent=1))
-        loss_plot(trainer.state.log_history, stage.path / "loss.png", "loss", f"reward model ({cfg.variant})")
+        metrics.update(preference_metrics(trained, cfg))
+    finish_training(stage, trainer, tok, f"reward model ({cfg.variant})")  # LoRA merged when saved
     return stage.finish(metrics)
 
 
-def held_out_metrics(model, tok, held: list[Example], cfg) -> dict:
+def held_out_metrics(rm: Classifier, held: list[Example], seed: int) -> dict:
     """On held-out prompts: accuracy (logit > 0 on positives, < 0 on negatives; meaningful for
     BCE, where the logit's offset is learnt), AUC, and the share of same-prompt
     (positive, negative) pairs ranked right."""
     if not held:
         return {}
-    scores = score_texts(model, tok, [e.prompt for e in held], [e.response for e in held], cfg.template,
-                         cfg.batch_size, cfg.max_length)
+    scores = rm.score([e.prompt for e in held], [e.response for e in held])
     labels = [e.label for e in held]
     pos = [s for s, l in zip(scores, labels) if l > 0.5]
     neg = [s for s, l in zip(scores, labels) if l <= 0.5]
     by_example = {id(e): s for e, s in zip(held, scores)}
-    pairs = bt_pairs(held, cfg.seed)
+    pairs = bt_pairs(held, seed)
     return {"eval_accuracy": sum((s > 0) == (l > 0.5) for s, l in zip(scores, labels)) / len(held),
             "eval_auc": auc(scores, labels),
             "eval_pair_accuracy": pair_accuracy([by_example[id(c)] for c, _ in pairs],
-                                                [by_example[id(r)] for _, r in pairs]) if pairs else None,
+                                                [by_example[id(r)] for _, r in pairs]),
             "eval_mean_reward_positive": sum(pos) / len(pos) if pos else None,
             "eval_mean_reward_negative": sum(neg) / len(neg) if neg else None}
 
 
-def preference_metrics(score, cfg) -> dict:
-    """Accuracy on human preference pairs (never trained on, unless they are the bt data) of
-    ``score(prompts, responses) -> rewards``."""
+def preference_metrics(rm, cfg) -> dict:
+    """Accuracy on human preference pairs (never trained on, unless they are the bt data) of a
+    :class:`afd.rewards.RewardModel`."""
     from afd.data import DataConfig, load_pairs
 
     pairs, stats = load_pairs(DataConfig(path=cfg.eval_pairs, on_invalid=cfg.on_invalid, limit=cfg.eval_pairs_max))
     prompts = [p.prompt for p in pairs]
-    chosen, rejected = score(prompts, [p.chosen for p in pairs]), score(prompts, [p.rejected for p in pairs])
+    chosen, rejected = rm.score(prompts, [p.chosen for p in pairs]), rm.score(prompts, [p.rejected for p in pairs])
     lengths = [(len(p.chosen), len(p.rejected)) for p in pairs]
     untied = [(c, r) for c, r in zip(chosen, rejected) if c != r]
     return {"pair_accuracy": pair_accuracy(chosen, rejected), "pairs": len(pairs),

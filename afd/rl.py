@@ -20,7 +20,7 @@ way each logged step records the raw reward's mean and standard deviation
 ``reward_std`` are of the reward as scaled), so the scale that ``kl_coef`` meets is visible.
 Checkpoints, resume and ``accelerate launch`` come from ``transformers.Trainer`` under it.
 
-afd supplies the reward: any scorer of :mod:`afd.scorers` (a reward-model folder, the density
+afd supplies the reward: any reward model of :mod:`afd.rewards` (a reward-model folder, the density
 ratio, ``python:MODULE:FN``, ...), called on the prompt messages and response text, so the
 reward model sees the prompt rendered exactly as it was trained on. The reference is the
 starting policy unless ``ref_model`` names another one (the iterated loops keep the SFT policy
@@ -51,8 +51,8 @@ from afd import dist, models
 from afd.config import check_choice, opt, options_of
 from afd.errors import AfdError
 from afd.runs import DataOptions, StageDir, StageOptions
-from afd.training import (TrainOptions, checkpointing_alias_quiet, lora_config, save_model, train_resuming,
-                          training_arguments)
+from afd.training import (TrainOptions, checkpointing_alias_quiet, finish_training, load_for_training, lora_config,
+                          train_resuming, training_arguments)
 
 
 @dataclass
@@ -117,24 +117,31 @@ def trl_prompts(tokenizer, prompts, template: str) -> list:
     return [models.render_raw(p.prompt) for p in prompts]
 
 
-def reward_function(scorer, batch_size: int, scaling: str = "none", store: dict | None = None):
-    """TRL reward function around an afd scorer: the original prompt messages travel in the
-    dataset's ``afd_prompt`` column (JSON), completions come back as text or messages. The raw
-    rewards' mean and standard deviation of each call (over every process's share of the batch)
-    go to ``store`` (see :class:`RawRewardLog`);
-    with ``scaling`` "standardize" the call's rewards are returned standardised (TRL then
-    subtracts the KL term from these)."""
+def reward_function(rm, batch_size: int, scaling: str = "none", store: dict | None = None, dense: bool = False):
+    """TRL reward function around an afd reward model (:class:`afd.rewards.RewardModel`): the
+    original prompt messages travel in the dataset's ``afd_prompt`` column (JSON), completions
+    come back as text or messages, and their sampled token ids go with them (for the models that
+    score exactly the tokens sampled). The reward is ``rm.rl_reward`` (for a model with per-token
+    rewards, their sum, Eq. 19); with ``dense`` the per-token rewards themselves are kept in
+    ``store["rewards"]`` for :func:`dense_advantages`. The raw rewards' mean and standard
+    deviation of each call (over every process's share of the batch) go to ``store`` (see
+    :class:`RawRewardLog`); with ``scaling`` "standardize" the call's rewards are returned
+    standardised (TRL then subtracts the KL term from these)."""
 
     def afd_reward(prompts, completions, afd_prompt, completion_ids=None, **_):
         messages = [json.loads(p) for p in afd_prompt]
         texts = [c[-1]["content"] if isinstance(c, list) else c for c in completions]
-        ids = [list(map(int, c)) for c in completion_ids] if completion_ids is not None and \
-            getattr(scorer, "takes_token_ids", False) else None  # the sampled tokens (density ratio)
-        out = []
+        ids = [list(map(int, c)) for c in completion_ids] if completion_ids is not None else None
+        out, per_token = [], []
         for s in range(0, len(texts), batch_size):
-            kw = {"token_ids": ids[s:s + batch_size]} if ids is not None else {}
-            out += scorer(messages[s:s + batch_size], texts[s:s + batch_size], **kw)
-        out = [float(x) for x in out]
+            part = (messages[s:s + batch_size], texts[s:s + batch_size], ids[s:s + batch_size] if ids else None)
+            if dense:
+                per_token += rm.dense_rewards(*part)
+            else:
+                out += rm.rl_reward(*part)
+        if dense:
+            store["rewards"] = per_token
+            out = [float(sum(r)) for r in per_token]
         # over the whole batch: under several processes each rank scores only its share
         n, total = dist.reduce_sum(len(out)), dist.reduce_sum(sum(out))
         mean = total / n
@@ -159,9 +166,8 @@ def _raw_reward_log(store: dict):
         def on_log(self, args, state, control, logs=None, **kw):
             if store.get("mean") and state.log_history:
                 n = len(store["mean"])
-                state.log_history[-1].update(raw_reward_mean=sum(store["mean"]) / n,
-                                             raw_reward_std=sum(store["std"]) / n)
-                store.clear()
+                state.log_history[-1].update(raw_reward_mean=sum(store.pop("mean")) / n,
+                                             raw_reward_std=sum(store.pop("std")) / n)
 
     return RawRewardLog()
 
@@ -184,23 +190,6 @@ def dense_advantages(rewards: torch.Tensor, kl: torch.Tensor, mask: torch.Tensor
         std = (((adv - mean) * mask) ** 2).sum().div(n).sqrt()
         adv = (adv - mean) / (std + 1e-4) * mask
     return adv
-
-
-def dense_reward_function(rm, batch_size: int, store: dict):
-    """TRL reward function around a reward model with per-token rewards (``rm.dense_rewards``):
-    scores the sampled token ids exactly, keeps the per-token rewards in ``store`` for the
-    advantages and returns their sums (Eq. 19's sequence reward, which TRL logs)."""
-
-    def afd_dense_reward(prompts, completions, completion_ids, afd_prompt, **_):
-        messages = [json.loads(p) for p in afd_prompt]
-        rewards = []
-        for s in range(0, len(messages), batch_size):
-            rewards += rm.dense_rewards(messages[s:s + batch_size],
-                                        [list(map(int, ids)) for ids in completion_ids[s:s + batch_size]])
-        store["rewards"] = rewards
-        return [float(sum(r)) for r in rewards]
-
-    return afd_dense_reward
 
 
 def _trainer_class():
@@ -351,45 +340,32 @@ def rl(cfg: RLConfig) -> dict:
     from datasets import Dataset
     from transformers import AutoModelForCausalLM
 
+    from afd import rewards
     from afd.data import load_prompts
-    from afd.scorers import rl_scorer
 
     stage = StageDir(cfg, "rl")
     if not stage.begin():
         return stage.metrics()
     prompts, stats = load_prompts(cfg.data_config())
     tok = models.load_tokenizer(cfg.model)
-    kept, dropped = [], 0
-    for p in prompts:
-        if models.encode_prompt_within(tok, p.prompt, cfg.template, cfg.max_prompt_length, cfg.long_prompts,
-                                       f"prompt '{p.id}' in {cfg.data}") is None:
-            dropped += 1
-        else:
-            kept.append(p)
-    if not kept:
-        raise AfdError(f"no prompt in {cfg.data} is within max_prompt_length={cfg.max_prompt_length} tokens")
-    dataset = Dataset.from_dict({"prompt": trl_prompts(tok, kept, cfg.template),
-                                 "afd_prompt": [json.dumps(p.prompt) for p in kept]})
+    kept, dropped = models.prompts_within(tok, prompts, cfg, cfg.data)
+    dataset = Dataset.from_dict({"prompt": trl_prompts(tok, [p for p, _ in kept], cfg.template),
+                                 "afd_prompt": [json.dumps(p.prompt) for p, _ in kept]})
 
     dev = models.pick_device(cfg.device)
-    dtype = torch.float32 if cfg.dtype == "auto" else models.pick_dtype(cfg.dtype, dev)
-    try:
-        policy = AutoModelForCausalLM.from_pretrained(models.resolve(cfg.model), dtype=dtype)
-    except (OSError, ValueError) as e:
-        raise models._load_error(cfg.model, e) from None
+    rm = rewards.load(cfg.reward, device=cfg.device, batch_size=cfg.reward_batch_size, template=cfg.template)
+    if cfg.dense_rewards:
+        check_dense_reward(rm, cfg.reward, tok)
+    policy = load_for_training(AutoModelForCausalLM, cfg.model, cfg)
     peft_config = lora_config(cfg) if cfg.lora_r > 0 else None
-    checkpoints = stage.path / "checkpoints"
+    raw: dict = {}
     with checkpointing_alias_quiet():  # TRL wraps the policy with PEFT when peft_config is given
-        if cfg.dense_rewards:
-            trainer = _dense_trainer(cfg, policy, tok, dataset, peft_config, checkpoints)
-        else:
-            scorer = rl_scorer(cfg.reward, device=cfg.device, template=cfg.template)
-            raw: dict = {}
-            trainer = _trainer_class()(model=policy, reward_funcs=reward_function(scorer, cfg.reward_batch_size,
-                                                                                  cfg.reward_scaling, raw),
-                                       args=_rloo_config(cfg, checkpoints, False), train_dataset=dataset,
-                                       processing_class=tok, peft_config=peft_config,
-                                       callbacks=[_raw_reward_log(raw)])
+        trainer = (_dense_trainer_class() if cfg.dense_rewards else _trainer_class())(
+            model=policy, reward_funcs=reward_function(rm, cfg.reward_batch_size, cfg.reward_scaling, raw,
+                                                       dense=cfg.dense_rewards),
+            args=_rloo_config(cfg, stage.path / "checkpoints", False), train_dataset=dataset, processing_class=tok,
+            peft_config=peft_config, callbacks=[_raw_reward_log(raw)])
+    trainer.dense_store = raw
     trainer.afd_generation = cfg.generation
     trainer.afd_generation_dtype = generation_dtype(cfg, dev, trainer)
     if cfg.ref_model and cfg.kl_coef > 0:
@@ -401,12 +377,10 @@ def rl(cfg: RLConfig) -> dict:
         except RuntimeError as e:
             raise AfdError(f"ref_model '{cfg.ref_model}' does not have the policy's architecture ({e})") from None
         del ref
-    result, resume = train_resuming(trainer, checkpoints)  # (it silences TRL's deprecated read)
-    dist.save_trained(trainer, tok, stage.path / "model", save_model)  # rank 0 writes
-    history = trainer.state.log_history
-    logged = [h for h in history if "reward" in h]
+    result, resume = train_resuming(trainer)  # (it silences TRL's deprecated read)
+    logged = [h for h in trainer.state.log_history if "reward" in h]
+    finish_training(stage, trainer, tok, "RL", ylabel="loss")
     if dist.is_main():
-        (stage.path / "log_history.json").write_text(json.dumps(history, indent=1))
         rl_plot(logged, stage.path / "reward_kl.png")
     return stage.finish({
         "model": str(stage.path / "model"), "prompts": len(kept), "prompts_dropped_too_long": dropped,
@@ -423,6 +397,16 @@ def rl(cfg: RLConfig) -> dict:
     })
 
 
+def check_dense_reward(rm, name: str, tokenizer) -> None:
+    """Dense rewards need a reward model with per-token rewards, read on the policy's tokens."""
+    if not rm.has_dense:
+        raise AfdError(f"dense_rewards needs an AVA reward model (afd reward --variant ava-d|ava-p), a reward model "
+                       f"with per-token rewards; '{name}' is not one")
+    if rm.tokenizer.get_vocab() != tokenizer.get_vocab():
+        raise AfdError(f"dense_rewards needs the AVA reward model '{name}' to share the policy's tokenizer "
+                       f"(its per-token rewards are read on the sampled tokens)")
+
+
 def generation_dtype(cfg: RLOptions, device: torch.device, trainer=None) -> torch.dtype | None:
     """The dtype afd's sampler draws RL's completions in, or None for the policy's own. ``auto``:
     bf16 on a CPU with native bf16 (models.pick_dtype's rule for sampling); on a GPU the
@@ -437,25 +421,6 @@ def generation_dtype(cfg: RLOptions, device: torch.device, trainer=None) -> torc
     if sharded:
         raise AfdError("option 'generation_dtype' other than auto is not supported with FSDP or DeepSpeed")
     return models.pick_dtype(cfg.generation_dtype, device)
-
-
-def _dense_trainer(cfg: RLConfig, policy, tok, dataset, peft_config, checkpoints):
-    from afd.scorers import load_reward, reward_model_path
-
-    path = reward_model_path(cfg.reward)
-    rm = load_reward(path, cfg.device, batch_size=cfg.reward_batch_size) if path else None
-    if rm is None or rm.dense_rewards is None:
-        raise AfdError(f"dense_rewards needs an AVA reward model (afd reward --variant ava-d|ava-p), a reward model "
-                       f"with per-token rewards; '{cfg.reward}' is not one")
-    if rm.tokenizer.get_vocab() != tok.get_vocab():
-        raise AfdError(f"dense_rewards needs the AVA reward model '{cfg.reward}' to share the policy's tokenizer "
-                       f"(its per-token rewards are read on the sampled tokens)")
-    store: dict = {}
-    trainer = _dense_trainer_class()(model=policy, reward_funcs=dense_reward_function(rm, cfg.reward_batch_size, store),
-                                     args=_rloo_config(cfg, checkpoints, False), train_dataset=dataset,
-                                     processing_class=tok, peft_config=peft_config)
-    trainer.dense_store = store
-    return trainer
 
 
 def rl_plot(logged: list[dict], path) -> None:

@@ -19,7 +19,7 @@ from typing import Any
 import yaml
 
 from afd import dist
-from afd.config import opt, to_dict
+from afd.config import opt, to_dict, unused
 from afd.errors import AfdError
 
 METRICS = "metrics.json"
@@ -132,7 +132,9 @@ class StageDir:
             shutil.rmtree(self.path)
         elif config_file.is_file():
             theirs = yaml.safe_load(config_file.read_text()) or {}
-            theirs = {k: v for k, v in theirs.items() if k not in IGNORED_IN_FINGERPRINT}
+            # ignored options, and options this config's values make meaningless (an older
+            # afd wrote them all)
+            theirs = {k: v for k, v in theirs.items() if k not in IGNORED_IN_FINGERPRINT | unused(self.cfg)}
             # an option the saved config lacks (added by a newer afd) is unchanged at its default
             theirs = {**{k: v for k, v in _defaults(type(self.cfg)).items() if k in mine and k not in theirs}, **theirs}
             changed = sorted(k for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k))

@@ -40,9 +40,11 @@ import torch
 from afd import dist, models
 from afd.config import check_choice, opt
 from afd.errors import AfdError
-from afd.runs import DataOptions, StageDir, StageOptions
+from afd.runs import DataOptions, StageDir, StageOptions, write_json
 
 POOL = "pool.jsonl"
+POOL_META = "pool.meta.json"  # beside the pool: how it was sampled (see sampling_meta)
+POOL_KEYS = ("prompt_id", "prompt", "sample_index", "response")  # what every consumer of a pool reads
 
 
 @dataclass
@@ -76,9 +78,16 @@ class SampleConfig(StageOptions, DataOptions):
             raise AfdError("options need temperature >= 0, 0 < top_p <= 1 and top_k >= 0")
 
 
-def row_seed(seed: int, prompt_id: str, sample_index: int) -> int:
-    digest = hashlib.blake2b(f"{seed}\x00{prompt_id}\x00{sample_index}".encode(), digest_size=8).digest()
+def derive_seed(seed: int, *parts) -> int:
+    """A seed derived from ``seed`` and ``parts`` by hashing: distinct parts give unrelated seeds,
+    and no derived seed equals another run's base seed plus an offset."""
+    digest = hashlib.blake2b("\x00".join(map(str, (seed, *parts))).encode(), digest_size=8).digest()
     return int.from_bytes(digest, "little") & ((1 << 63) - 1)
+
+
+def row_seed(seed: int, prompt_id: str, sample_index: int) -> int:
+    """The seed of one sample: each row's randomness is its own (see the module docstring)."""
+    return derive_seed(seed, prompt_id, sample_index)
 
 
 @dataclass
@@ -137,58 +146,6 @@ def draw(logits: torch.Tensor, uniforms: torch.Tensor, greedy: bool) -> tuple[to
     return token, (probs.gather(1, token[:, None]).squeeze(-1) / total).log()
 
 
-def preallocated_cache(extra_tokens: int):
-    """A ``DynamicCache`` whose layers write into buffers sized for the prompt plus
-    ``extra_tokens``, instead of concatenating on every step (a full copy of the cache per
-    token, ~8% of a decode step on a CPU). ``None`` where transformers has no cache layers
-    (older versions), in which case the model builds its default cache."""
-    try:
-        from transformers.cache_utils import DynamicCache, DynamicLayer
-    except ImportError:
-        return None
-
-    class Layer(DynamicLayer):
-        def update(self, key_states, value_states, *args, **kwargs):
-            if not self.is_initialized:
-                self.lazy_initialization(key_states, value_states)
-                self.buffers, self.length = None, 0
-            end = self.length + key_states.shape[-2]
-            if self.buffers is None or end > self.buffers[0].shape[-2]:
-                grown = []
-                for old, new in zip(self.buffers or (None, None), (key_states, value_states)):
-                    shape = (*new.shape[:2], end + extra_tokens, new.shape[-1])
-                    buf = new.new_empty(shape)
-                    if old is not None:
-                        buf[:, :, : self.length] = old[:, :, : self.length]
-                    grown.append(buf)
-                self.buffers = tuple(grown)
-            self.buffers[0][:, :, self.length:end] = key_states
-            self.buffers[1][:, :, self.length:end] = value_states
-            self.length = end
-            self.keys, self.values = (b[:, :, :end] for b in self.buffers)
-            return self.keys, self.values
-
-        def get_seq_length(self) -> int:
-            return self.length if self.is_initialized else 0
-
-        def _reindex(self, fn) -> None:
-            if self.is_initialized and self.buffers is not None:
-                self.buffers = tuple(fn(b) for b in self.buffers)
-                self.keys, self.values = (b[:, :, : self.length] for b in self.buffers)
-
-        def batch_repeat_interleave(self, repeats: int) -> None:
-            self._reindex(lambda b: b.repeat_interleave(repeats, dim=0))
-
-        def batch_select_indices(self, indices: torch.Tensor) -> None:
-            self._reindex(lambda b: b[indices])
-
-    cache = DynamicCache()
-    if not hasattr(cache, "layer_class_to_replicate"):
-        return None
-    cache.layer_class_to_replicate = Layer
-    return cache
-
-
 class HFEngine:
     """Batched sampling from a transformers causal LM, one prefill per prompt."""
 
@@ -199,6 +156,7 @@ class HFEngine:
     def __init__(self, model, tokenizer, stop_ids: list[int], warm_up: bool = True):
         self.model = model
         self.device = next(model.parameters()).device
+        self.dtype = next(model.parameters()).dtype
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stop_ids[0]
         self.stop_ids = torch.tensor(stop_ids, device=self.device)
         self.warm_up = warm_up  # before the first batch, a short decode on its shapes
@@ -228,7 +186,7 @@ class HFEngine:
         dev = self.device
         ids, mask, pos = models.left_padded(prompts, self.pad_id, dev)  # every prompt ends at the last column
         out = self.model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True,
-                         **models.kv_cache(self.model, preallocated_cache(max_new_tokens)), logits_to_keep=1)
+                         **models.kv_cache(self.model, models.preallocated_cache(max_new_tokens)), logits_to_keep=1)
         cache = models.returned_cache(out)
         if k > 1:
             cache.batch_repeat_interleave(k)
@@ -323,28 +281,57 @@ def _ends_cleanly(path: Path) -> bool:
 
 
 def read_pool(path: str | Path, tolerate_truncation: bool = False) -> list[dict]:
-    """Rows of a sample pool (``.jsonl`` or ``.parquet``)."""
-    path = Path(path)
-    if path.is_dir():
-        path = path / POOL
+    """Rows of a sample pool (``.jsonl`` or ``.parquet``, or a sample stage folder); a row
+    without one of :data:`POOL_KEYS` is named in one sentence."""
+    path = pool_file(path)
     if not path.is_file():
         raise AfdError(f"sample pool {path} does not exist")
     if path.suffix == ".parquet":
         import pyarrow.parquet as pq
 
-        return pq.read_table(path).to_pylist()
-    rows = []
-    lines = path.read_text().split("\n")
-    for n, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
-            if tolerate_truncation and n == len(lines):  # the last line of a killed run
-                break
-            raise AfdError(f"sample pool {path}, line {n}: not valid JSON") from None
+        rows = pq.read_table(path).to_pylist()
+    else:
+        rows = []
+        lines = path.read_text().split("\n")
+        for n, line in enumerate(lines, 1):
+            if not line.strip():
+                continue
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:
+                if tolerate_truncation and n == len(lines):  # the last line of a killed run
+                    break
+                raise AfdError(f"sample pool {path}, line {n}: not valid JSON") from None
+    for n, row in enumerate(rows, 1):
+        missing = [k for k in POOL_KEYS if not isinstance(row, dict) or k not in row]
+        if missing:
+            raise AfdError(f"sample pool {path}, row {n}: field '{missing[0]}' is missing (a pool row has "
+                           f"{', '.join(POOL_KEYS)})")
     return rows
+
+
+def pool_file(path: str | Path) -> Path:
+    path = Path(path)
+    return path / POOL if path.is_dir() else path
+
+
+def read_pool_meta(path: str | Path) -> dict:
+    """How a pool was sampled (:func:`sampling_meta`, written beside it by ``afd sample``), or
+    {} for a pool that has no such record (written by hand, or by an older afd)."""
+    meta = pool_file(path).parent / POOL_META
+    return json.loads(meta.read_text()) if meta.is_file() else {}
+
+
+def sampling_meta(cfg: SampleConfig, engine) -> dict:
+    """A pool's own record of its sampling: the policy, the prompt rendering and the sampling
+    distribution, and the dtype the weights actually sampled in, so a consumer (the KL estimate
+    of ``afd eval``) need not guess from options."""
+    dtype = getattr(engine, "dtype", None)
+    return {"model": cfg.model, "template": cfg.template, "system_prompt": cfg.system_prompt,
+            "temperature": cfg.temperature, "top_p": cfg.top_p, "top_k": cfg.top_k,
+            "max_new_tokens": cfg.max_new_tokens, "ignore_eos": cfg.ignore_eos, "seed": cfg.seed,
+            "num_samples": cfg.num_samples, "backend": type(engine).__name__,
+            "dtype": str(dtype).replace("torch.", "") if dtype is not None else cfg.dtype}
 
 
 # --------------------------------------------------------------------------- the stage
@@ -389,16 +376,7 @@ def sample(cfg: SampleConfig, kind: str = "sample") -> dict:
         seen.add(p.id)
 
     engine, tok = make_engine(cfg)
-    encoded, dropped = [], 0
-    for p in prompts:
-        ids = models.encode_prompt_within(tok, p.prompt, cfg.template, cfg.max_prompt_length,
-                                          cfg.long_prompts, f"prompt '{p.id}' in {cfg.data}")
-        if ids is None:
-            dropped += 1
-            continue
-        encoded.append((p, ids))
-    if not encoded:
-        raise AfdError(f"no prompt in {cfg.data} is within max_prompt_length={cfg.max_prompt_length} tokens")
+    encoded, dropped = models.prompts_within(tok, prompts, cfg, cfg.data)
 
     # Several processes: the main process alone holds the pool file. Batches go round-robin
     # to the ranks, a round at a time; the main process gathers each round's rows and writes
@@ -412,6 +390,7 @@ def sample(cfg: SampleConfig, kind: str = "sample") -> dict:
         return pool.complete, pool.resumed_rows
 
     complete, resumed_rows = dist.on_main(open_pool)
+    dist.on_main(write_json, stage.path / POOL_META, sampling_meta(cfg, engine))
     # Batches are fixed by the options alone (prompts sorted by length, then cut), so a
     # resumed run rebuilds exactly the batches of an uninterrupted one.
     order = sorted(range(len(encoded)), key=lambda i: (len(encoded[i][1]), i))

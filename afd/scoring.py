@@ -63,9 +63,7 @@ def response_logprobs(model, tokenizer, items: list[tuple[list[dict], str | list
 
 
 def _takes_cache(model) -> bool:
-    from afd.sampling import preallocated_cache
-
-    return preallocated_cache(0) is not None and getattr(model.config, "is_encoder_decoder", False) is False
+    return models.preallocated_cache(0) is not None and getattr(model.config, "is_encoder_decoder", False) is False
 
 
 def _shared_prompt_logprobs(model, encoded, pad: int, batch_size: int, per_token: bool, progress):
@@ -77,8 +75,6 @@ def _shared_prompt_logprobs(model, encoded, pad: int, batch_size: int, per_token
     response token's log-prob comes from the prefill's last logits, the others from the
     response pass."""
     from tqdm.auto import tqdm
-
-    from afd.sampling import preallocated_cache
 
     device = next(model.parameters()).device
     groups: dict[tuple, list[int]] = {}
@@ -102,7 +98,7 @@ def _shared_prompt_logprobs(model, encoded, pad: int, batch_size: int, per_token
         for s in range(0, len(chunk), batch_size):  # prefill, batch_size prompts at a time
             out = model(input_ids=ids[s:s + batch_size], attention_mask=mask[s:s + batch_size],
                         position_ids=pos[s:s + batch_size], use_cache=True,
-                        **models.kv_cache(model, preallocated_cache(0)), logits_to_keep=1)
+                        **models.kv_cache(model, models.preallocated_cache(0)), logits_to_keep=1)
             first.append(out.logits[:, -1].float().log_softmax(-1))
             kv.append([(layer.keys, layer.values) for layer in models.returned_cache(out).layers])
         first = torch.cat(first)
@@ -122,7 +118,7 @@ def _shared_prompt_logprobs(model, encoded, pad: int, batch_size: int, per_token
             resp = resp.to(device)
             picked = first[owner].gather(-1, resp[:, :1])
             if longest > 1:
-                cache = preallocated_cache(longest)
+                cache = models.preallocated_cache(longest)
                 for layer, (k, v) in enumerate(kv):
                     cache.update(k[owner], v[owner], layer)
                 rmask = (torch.arange(longest, device=device)[None] < torch.tensor(n, device=device)[:, None]).long()

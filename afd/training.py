@@ -8,6 +8,7 @@ options every such stage has and the few pieces around the Trainer that afd adds
 from __future__ import annotations
 
 import inspect
+import json
 import time
 from contextlib import contextmanager
 from functools import lru_cache
@@ -157,22 +158,103 @@ def use_postfix_progress(trainer) -> None:
     trainer.add_callback(cls())  # even where quiet library logging set args.disable_tqdm
 
 
-class PadCollator:
-    """Right-pads a batch; padded positions are masked and carry label -100."""
+class Collator:
+    """The one collator of afd's Trainer stages: right-padded rows. A row is a dict with
+    ``input_ids`` and optionally ``labels`` (a list; padded with -100), ``start`` (the response's
+    first position; gives a bool ``response`` mask) and any other numbers (stacked into a float
+    tensor under their own key). A pair ``{"chosen": row, "rejected": row}`` gives the chosen
+    rows, then the rejected rows (the pairwise losses chunk the batch in two)."""
 
     def __init__(self, pad_id: int):
         self.pad_id = pad_id
 
     def __call__(self, batch: list[dict]) -> dict[str, torch.Tensor]:
+        if "chosen" in batch[0]:
+            batch = [b["chosen"] for b in batch] + [b["rejected"] for b in batch]
         width = max(len(b["input_ids"]) for b in batch)
-        out = {k: torch.full((len(batch), width), v, dtype=torch.long)
-               for k, v in (("input_ids", self.pad_id), ("labels", -100), ("attention_mask", 0))}
+        ids = torch.full((len(batch), width), self.pad_id, dtype=torch.long)
+        out = {"input_ids": ids, "attention_mask": torch.zeros_like(ids)}
+        if "labels" in batch[0]:
+            out["labels"] = torch.full_like(ids, -100)
+        if "start" in batch[0]:
+            out["response"] = torch.zeros_like(ids, dtype=torch.bool)
         for i, b in enumerate(batch):
             n = len(b["input_ids"])
-            out["input_ids"][i, :n] = torch.tensor(b["input_ids"])
-            out["labels"][i, :n] = torch.tensor(b["labels"])
+            ids[i, :n] = torch.tensor(b["input_ids"])
             out["attention_mask"][i, :n] = 1
+            if "labels" in out:
+                out["labels"][i, :n] = torch.tensor(b["labels"])
+            if "response" in out:
+                out["response"][i, b["start"]:n] = True
+        for key, value in batch[0].items():
+            if key != "start" and isinstance(value, (int, float)) and not isinstance(value, bool):
+                out[key] = torch.tensor([float(b[key]) for b in batch], dtype=torch.float32)
         return out
+
+
+def pad_id(tokenizer) -> int:
+    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+
+
+@lru_cache(maxsize=None)
+def loss_trainer_class():
+    """``transformers.Trainer`` whose evaluation is its loss alone: the base of the stages whose
+    loss is the method's own (reward models, AVA, IRFT), each overriding ``compute_loss``."""
+    from transformers import Trainer
+
+    class LossTrainer(Trainer):
+        def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
+            with torch.no_grad():
+                loss = self.compute_loss(model, dict(inputs))
+            return loss.detach(), None, None
+
+    return LossTrainer
+
+
+def load_for_training(auto_class, name: str, cfg, **kw):
+    """The model a training stage starts from (``auto_class`` is AutoModelForCausalLM or
+    AutoModelForSequenceClassification), in the dtype of ``cfg.dtype`` (auto: fp32 weights;
+    Trainer adds mixed precision where the device has it), or one sentence if it cannot load.
+    Every random initialisation that follows (a new classification head, AVA's heads, LoRA
+    adapters) draws from ``cfg.seed``: two runs with the same options train the same model."""
+    from transformers import set_seed
+
+    set_seed(cfg.seed)
+    dtype = torch.float32 if cfg.dtype == "auto" else models.pick_dtype(cfg.dtype, models.pick_device(cfg.device))
+    try:
+        return auto_class.from_pretrained(models.resolve(name), dtype=dtype, **kw)
+    except (OSError, ValueError) as e:
+        raise models.load_error(name, e) from None
+
+
+def make_trainer(stage, cfg, model, tokenizer, train_rows: list, eval_rows: list | None = None, trainer_class=None,
+                 **args):
+    """A Trainer for a stage: checkpoints in ``STAGE/checkpoints``, afd's collator, a token-rate
+    callback (``trainer.afd_rate``) and TrainingArguments from the stage's options (``args``
+    adds to them)."""
+    if trainer_class is None:
+        from transformers import Trainer as trainer_class
+    rate = TokenRate()
+    trainer = trainer_class(model=model, args=training_arguments(cfg, stage.path / "checkpoints", bool(eval_rows),
+                                                                 **args),
+                            train_dataset=train_rows, eval_dataset=eval_rows or None,
+                            data_collator=Collator(pad_id(tokenizer)), processing_class=tokenizer, callbacks=[rate])
+    trainer.afd_rate = rate
+    return trainer
+
+
+def finish_training(stage, trainer, tokenizer, title: str, ylabel: str = "loss", save=None,
+                    history: list[dict] | None = None) -> None:
+    """The end of every Trainer stage: the trained model saved to ``STAGE/model`` (by
+    ``save(model, tokenizer, folder)``, default :func:`save_model`; gathered first when sharded),
+    ``log_history.json`` and the loss plot ``loss.png``."""
+    from afd import dist
+
+    dist.save_trained(trainer, tokenizer, stage.path / "model", save or save_model)
+    history = trainer.state.log_history if history is None else history
+    if dist.is_main():
+        (stage.path / "log_history.json").write_text(json.dumps(history, indent=1))
+        loss_plot(history, stage.path / "loss.png", ylabel, title)
 
 
 def lora_config(cfg: TrainOptions, task_type: str = "CAUSAL_LM"):
@@ -243,10 +325,10 @@ def training_arguments(cfg: TrainOptions, output_dir: Path, has_eval: bool, **ex
         dataloader_num_workers=0, include_num_input_tokens_seen="non_padding", **warmup, **extra)
 
 
-def train_resuming(trainer, checkpoints: Path):
-    """``trainer.train()``, resuming from the last checkpoint a killed run left in
-    ``checkpoints``; returns (the train output, whether it resumed)."""
-    resume = any(checkpoints.glob("checkpoint-*"))
+def train_resuming(trainer):
+    """``trainer.train()``, resuming from the last checkpoint a killed run left in its
+    ``output_dir``; returns (the train output, whether it resumed)."""
+    resume = any(Path(trainer.args.output_dir).glob("checkpoint-*"))
     use_postfix_progress(trainer)
     with checkpointing_alias_quiet():
         return trainer.train(resume_from_checkpoint=True if resume else None), resume

@@ -46,18 +46,18 @@ SCORES = ("weighted", "total", "last", "td_weighted", "td_sum", "loglik_mean", "
 @torch.no_grad()
 def response_scores(rm, prompts: list, responses: list, batch_size: int = 8) -> dict[str, list[float]]:
     """Every score above for each (prompt, response), from one forward pass a batch."""
-    from afd.ava import AVACollator, _EncodeOptions, encode, sequence_terms, token_terms
+    from afd.ava import _InputOptions, encode, sequence_terms, token_terms
+    from afd.training import Collator, pad_id
 
-    cfg = _EncodeOptions(rm.template, rm.max_length)
+    cfg = _InputOptions(rm.settings.template, rm.settings.max_length)
     rows = [encode(rm.tokenizer, p, r, cfg) for p, r in zip(prompts, responses)]
-    pad = rm.tokenizer.pad_token_id if rm.tokenizer.pad_token_id is not None else rm.tokenizer.eos_token_id
-    collate = AVACollator(pad)
+    collate = Collator(pad_id(rm.tokenizer))
     out = {k: [0.0] * len(rows) for k in ("weighted", "total", "last", "td_weighted", "td_sum", "loglik_mean",
                                           "loglik_sum")}
     order = sorted(range(len(rows)), key=lambda i: len(rows[i]["input_ids"]))
     for s in range(0, len(order), batch_size):
         idx = order[s:s + batch_size]
-        batch = collate.pad([rows[i] for i in idx])
+        batch = collate([rows[i] for i in idx])
         t = token_terms(rm.model, batch["input_ids"], batch["attention_mask"], batch["response"], rm.opts)
         seq = sequence_terms(t)
         step, w = t["step"].float(), t["w"]
@@ -79,20 +79,21 @@ def corr(a: list[float], b: list[float]) -> float:
 
 
 def seed_figures(model_dir: Path, pairs_path: Path, limit: int | None, base: str) -> dict:
-    from afd.ava import AVARewardModel, attach
+    from afd.ava import attach
     from afd import models
     from afd.data import DataConfig, load_pairs
-    from afd.reward import pair_accuracy
+    from afd.rewards import AVAReward
+    from afd.stats import pair_accuracy
 
     pairs, _ = load_pairs(DataConfig(path=str(pairs_path), limit=limit))
     prompts = [p.prompt for p in pairs]
-    rm = AVARewardModel.from_pretrained(str(model_dir), "cpu", "float32")
+    rm = AVAReward.from_pretrained(str(model_dir), "cpu", "float32")
     chosen = response_scores(rm, prompts, [p.chosen for p in pairs])
     rejected = response_scores(rm, prompts, [p.rejected for p in pairs])
     # the base LM with the same options: its pretrained Q head gives the TD targets before training
     lm, tok = models.load_causal_lm(base, "cpu", "float32")
     attach(lm, rm.opts)
-    base_rm = AVARewardModel(lm, tok, rm.opts, rm.template, rm.max_length, rm.objective)
+    base_rm = AVAReward(lm, tok, rm.opts, rm.settings, rm.objective)
     bc = response_scores(base_rm, prompts, [p.chosen for p in pairs])
     br = response_scores(base_rm, prompts, [p.rejected for p in pairs])
     for k in ("td_weighted", "td_sum", "loglik_mean"):

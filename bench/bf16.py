@@ -32,7 +32,7 @@ from common import SHARED_DATA, machine, save  # noqa: E402
 
 from afd import models  # noqa: E402
 from afd.sampling import HFEngine, row_seed  # noqa: E402
-from afd.scorers import make_scorer  # noqa: E402
+from afd import rewards  # noqa: E402
 
 SYSTEM = {"role": "system", "content": "You are a cheerful assistant who loves every film."}
 
@@ -109,7 +109,7 @@ def main() -> None:
             say(f"sampled {name}")
     tok_s = {n: v[0] / v[1] for n, v in speed.items()}
 
-    vader = make_scorer("vader")
+    vader = rewards.load("vader").score
     quality = {}
     for name, outs in pools.items():
         texts = [tok.decode(c.token_ids, skip_special_tokens=True) for row in outs for c in row]

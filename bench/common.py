@@ -185,10 +185,10 @@ def length_controls(pool_path, ns: list[int]) -> dict:
     that model only tracked length. Entries shaped like an eval stage's ``bon`` ones."""
     from afd.bon import bon_curve
     from afd.sampling import read_pool
-    from afd.scorers import make_scorer
+    from afd import rewards
 
     rows = read_pool(pool_path)
-    golds = make_scorer("vader")([r["prompt"] for r in rows], [r["response"] for r in rows])
+    golds = rewards.load("vader").score([r["prompt"] for r in rows], [r["response"] for r in rows])
     for r, g in zip(rows, golds):
         r["gold"], r["longest"], r["shortest"] = g, len(r["token_ids"]), -len(r["token_ids"])
     out = {}

@@ -352,9 +352,9 @@ def paired_delta(a: list[list[float]], b: list[list[float]]) -> dict:
 
 def gold(pools: dict[str, dict], tok, messages, stop_ids) -> dict:
     """VADER of afd's fp32 and bf16 pools (same seeds), each sample cut at its first stop token."""
-    from afd.scorers import make_scorer
+    from afd import rewards
 
-    vader = make_scorer("vader")
+    vader = rewards.load("vader").score
     order = sorted(pools["fp32"])
     scores, cut = {}, {}
     for dtype, pool in pools.items():

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from conftest import WORDS, say_demos, write_jsonl
+from afd.errors import AfdError
 
 
 def _opts(**kw):
@@ -31,14 +32,15 @@ def _model_with_heads(tiny, opts, seed=0):
 
 
 def _batch(tok):
-    from afd.ava import AVACollator, encode
+    from afd.ava import encode
+    from afd.training import Collator
 
     class Cfg:
         template, max_length, max_prompt_length, long_prompts = "auto", 64, 32, "error"
 
     prompt = [{"role": "user", "content": "Say cat"}]
     rows = [encode(tok, prompt, "cat!", Cfg), encode(tok, prompt, "a moon", Cfg)]
-    return rows, AVACollator(tok.pad_token_id).pad(rows)
+    return rows, Collator(tok.pad_token_id)(rows)
 
 
 @torch.no_grad()
@@ -210,9 +212,8 @@ def _pairs(n=32):
 def test_ava_p_reward_model_ranks_pairs_and_loads_everywhere(tmp_path):
     from transformers import AutoModelForCausalLM
 
-    from afd.ava import AVARewardModel
+    from afd import rewards
     from afd.reward import RewardConfig, reward
-    from afd.scorers import load_reward, make_scorer, rl_scorer
 
     pairs = write_jsonl(tmp_path / "pairs.jsonl", _pairs())
     m = reward(RewardConfig(out=str(tmp_path), variant="ava-p", data=pairs, eval_pairs=pairs, epochs=6, lr=2e-3,
@@ -220,7 +221,8 @@ def test_ava_p_reward_model_ranks_pairs_and_loads_everywhere(tmp_path):
     assert m["pair_accuracy"] >= 0.9, m
     folder = tmp_path / "reward" / "model"
     assert AutoModelForCausalLM.from_pretrained(folder) is not None  # a plain policy folder
-    rm = AVARewardModel.from_pretrained(str(folder), device="cpu")
+    rm = rewards.load(str(folder), device="cpu")
+    assert isinstance(rm, rewards.AVAReward)
     prompts = [[{"role": "user", "content": "Say cat"}]] * 2
     tokens = rm.token_rewards(prompts, ["cat!", "no bird at all"])
     assert tokens[0].tokens[-1] == rm.tokenizer.eos_token  # scored as trained: EOS last
@@ -230,16 +232,16 @@ def test_ava_p_reward_model_ranks_pairs_and_loads_everywhere(tmp_path):
         assert all(s > 0 for s in t.std)
         assert t.reward == pytest.approx(t.mean[-1], abs=1e-6)  # AVA-p ranks by the last step's reward (Eq. 18)
     assert tokens[0].reward > tokens[1].reward
-    assert make_scorer(str(folder))(prompts, ["cat!", "no bird at all"]) == pytest.approx(
+    assert rm.score(prompts, ["cat!", "no bird at all"]) == pytest.approx(
         [t.reward for t in tokens], abs=1e-5)
     # RL takes the per-token rewards, and as a sequence reward their plain sum (Eq. 19)
-    assert load_reward(str(folder)).dense_rewards(prompts, ["cat!", "no bird at all"])[1] == pytest.approx(
+    assert rm.dense_rewards(prompts, ["cat!", "no bird at all"])[1] == pytest.approx(
         tokens[1].mean, abs=1e-5)
-    assert rl_scorer(str(folder))(prompts, ["cat!", "no bird at all"]) == pytest.approx(
+    assert rm.rl_reward(prompts, ["cat!", "no bird at all"]) == pytest.approx(
         [sum(t.mean) for t in tokens], abs=1e-4)
     # token ids are scored exactly as given
     ids = tokens[0].ids
-    assert rm.token_rewards(prompts[:1], [ids])[0].mean == pytest.approx(tokens[0].mean, abs=1e-5)
+    assert rm.token_rewards(prompts[:1], ["cat!"], token_ids=[ids])[0].mean == pytest.approx(tokens[0].mean, abs=1e-5)
 
 
 def test_ava_d_reward_does_not_prefer_longer_replies(tmp_path):
@@ -253,8 +255,8 @@ def test_ava_d_reward_does_not_prefer_longer_replies(tmp_path):
     replaced scores 1.0 here (the hh-ava benchmark: 0.91)."""
     import random
 
+    from afd import rewards
     from afd.reward import RewardConfig, length_bias, reward
-    from afd.scorers import make_scorer
 
     rng = random.Random(0)
 
@@ -271,7 +273,7 @@ def test_ava_d_reward_does_not_prefer_longer_replies(tmp_path):
             prompts.append([{"role": "user", "content": f"Say {w}"}])
             chosen.append(reply(w))
             rejected.append(reply(WORDS[(i + 7) % len(WORDS)]))
-    score = make_scorer(str(tmp_path / "reward" / "model"), device="cpu")
+    score = rewards.load(str(tmp_path / "reward" / "model"), device="cpu").score
     c, r = score(prompts, chosen), score(prompts, rejected)
     assert max(c + r) - min(c + r) > 1e-4  # not a constant reward (which would pass trivially)
     lengths = [(len(a), len(b)) for a, b in zip(chosen, rejected)]
@@ -434,14 +436,12 @@ def test_heads_learn_at_their_own_rate(tmp_path):
 
 
 def test_a_classifier_and_an_ava_model_share_one_interface(tmp_path, tiny):
-    """load_reward gives either kind; both score, only AVA has per-token rewards, and RL takes a
+    """rewards.load gives either kind; both score, only AVA has per-token rewards, and RL takes a
     classifier's score as is (Eq. 19's sum is for per-token rewards)."""
     from transformers import AutoModelForSequenceClassification
 
-    from afd import models
-    from afd.ava import AVARewardModel, save
-    from afd.reward import ClassifierReward
-    from afd.scorers import load_reward, make_scorer, rl_scorer
+    from afd import models, rewards
+    from afd.ava import save
 
     clf = AutoModelForSequenceClassification.from_pretrained(models.resolve("tiny-random"), num_labels=1)
     clf.config.pad_token_id = tiny[1].pad_token_id
@@ -450,17 +450,41 @@ def test_a_classifier_and_an_ava_model_share_one_interface(tmp_path, tiny):
     opts = _opts()
     save(_model_with_heads(tiny, opts), tiny[1], tmp_path / "ava", opts, "ava-d")
     prompts, responses = [[{"role": "user", "content": "Say cat"}]] * 2, ["cat!", "a moon"]
-    c, a = load_reward(str(tmp_path / "clf"), "cpu"), load_reward(str(tmp_path / "ava"), "cpu")
-    assert isinstance(c, ClassifierReward) and isinstance(a, AVARewardModel)
-    assert c.dense_rewards is None and len(a.dense_rewards(prompts, responses)[0]) == len(
+    c, a = rewards.load(str(tmp_path / "clf"), "cpu"), rewards.load(str(tmp_path / "ava"), "cpu")
+    assert isinstance(c, rewards.Classifier) and isinstance(a, rewards.AVAReward)
+    assert not c.has_dense and a.has_dense and len(a.dense_rewards(prompts, responses)[0]) == len(
         a.token_rewards(prompts, responses)[0].ids)
-    for folder, rm in ((tmp_path / "clf", c), (tmp_path / "ava", a)):
-        assert make_scorer(str(folder), device="cpu")(prompts, responses) == pytest.approx(
-            rm.score(prompts, responses), abs=1e-5)
-    assert rl_scorer(str(tmp_path / "clf"), device="cpu")(prompts, responses) == pytest.approx(
-        c.score(prompts, responses), abs=1e-5)
-    assert rl_scorer(str(tmp_path / "ava"), device="cpu")(prompts, responses) == pytest.approx(
+    with pytest.raises(AfdError, match="no per-token rewards"):
+        c.dense_rewards(prompts, responses)
+    assert c.rl_reward(prompts, responses) == pytest.approx(c.score(prompts, responses), abs=1e-5)
+    assert a.rl_reward(prompts, responses) == pytest.approx(
         [sum(r) for r in a.dense_rewards(prompts, responses)], abs=1e-5)
     assert a.score(prompts, responses) == pytest.approx(  # AVA-d ranks by sum_t w_t mu_t over its TD steps
         [sum(w * m for w, m in zip(t.weight[:-1], t.mean[:-1])) for t in a.token_rewards(prompts, responses)],
         abs=1e-5)
+
+
+def test_ava_scores_as_trained_and_keeps_the_response_whole(tmp_path, tiny):
+    """An AVA model restores its template and max_length (afd scored at max_length 4096 with the
+    caller's template), and an over-long input loses prompt tokens, never the response's end
+    (afd cut the joined sequence at its end, which made two replies to a long prompt tie)."""
+    from afd import models, rewards
+    from afd.ava import encode, save
+
+    model, tok = tiny
+    opts = _opts()
+
+    class Cfg:
+        template, max_length, max_prompt_length, long_prompts = "raw", 24, 1000, "drop"
+
+    prompt = [{"role": "user", "content": "a long question " * 10}]
+    a, b = encode(tok, prompt, "yes, sure", Cfg), encode(tok, prompt, "no, never", Cfg)
+    assert len(a["input_ids"]) == 24 and a["input_ids"] != b["input_ids"]
+    reply = tok(models.raw_separator(prompt) + "yes, sure", add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+    assert a["input_ids"][a["start"]:] == reply
+    opts.template, opts.max_length = Cfg.template, Cfg.max_length
+    save(_model_with_heads(tiny, _opts()), tok, tmp_path / "ava", opts, "ava-d")
+    rm = rewards.load(str(tmp_path / "ava"), device="cpu", template="chat")
+    assert (rm.settings.template, rm.settings.max_length) == ("raw", 24)
+    t = rm.token_rewards([prompt], ["yes, sure"])[0]
+    assert t.ids == reply

@@ -169,9 +169,9 @@ def test_length_controls_pick_the_longest_and_shortest_sample(tmp_path):
     pool = tmp_path / "pool.jsonl"
     pool.write_text("".join(json.dumps(r) + "\n" for r in rows))
     out = common.length_controls(pool, [1, 2, 3])
-    from afd.scorers import make_scorer
+    from afd import rewards
 
-    g, b = make_scorer("vader")(["r", "r"], [good, bad])
+    g, b = rewards.load("vader").score(["r", "r"], [good, bad])
     assert out["length (longest)"]["gold"] == pytest.approx([(g + 2 * b) / 3, (g * 2 / 3 + b / 3), g])
     assert out["length (shortest)"]["gold"][-1] == pytest.approx(b)  # the two short ones tie; both are bad
     ev = {"bon": {"rm": {"n": [1, 2, 3], "gold": [(g + 2 * b) / 3, 0.0, 0.0]}}}

@@ -9,7 +9,7 @@ import pytest
 
 from conftest import assistant, system, user, write_jsonl
 from afd.data import (DataConfig, Demo, Pair, load_demos, load_pairs, load_prompts,
-                      pairs_to_demos, parse_hh_transcript, read_rows, split)
+                      parse_hh_transcript, split)
 from afd.errors import AfdError, DataError
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
@@ -141,11 +141,6 @@ def test_pairs_need_a_preference_format(tmp_path):
     assert "format 'prompt-completion', which has no chosen/rejected" in message
 
 
-def test_pairs_to_demos_keeps_chosen_and_id():
-    pair = Pair("x:1", [user("q")], "good", "bad")
-    assert pairs_to_demos([pair]) == [Demo("x:1", [user("q")], "good")]
-
-
 def test_column_mapping(tmp_path):
     rows = [{"question": "q", "answer": "a", "uid": 17}]
     path = write_jsonl(tmp_path / "qa.jsonl", rows)
@@ -222,11 +217,11 @@ def test_conversational_parquet(tmp_path):
     assert demos == [Demo("m.parquet:1", [user("a")], "b")]
 
 
-def test_read_rows_numbers_jsonl_lines(tmp_path):
+def test_rows_are_numbered_by_jsonl_line(tmp_path):
     path = tmp_path / "d.jsonl"
-    path.write_text('{"a": 1}\n\n{"a": 2}\n')
-    assert list(read_rows(str(path))) == [(1, {"a": 1}), (3, {"a": 2})]
-
+    path.write_text('{"prompt": "a", "completion": "b"}\n\n{"prompt": "c"}\n')
+    with pytest.raises(DataError, match=r"d.jsonl, row 3: field 'completion' is missing"):
+        load_demos(DataConfig(str(path), format="prompt-completion"))
 
 def test_imdb_csv_loads_as_prompts():
     if not IMDB_FILE.exists():

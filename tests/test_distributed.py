@@ -51,10 +51,11 @@ from afd.errors import AfdError
 def boom():
     raise AfdError("stopped on the main process")
 
+from afd.rewards import Function
 from afd.rl import reward_function
 
 # each rank scores its own share of the batch: rank 0 the rewards 1, 2 and rank 1 the rewards 3, 4
-scorer = lambda prompts, responses: [float(r) for r in responses]
+scorer = Function(lambda prompts, responses: [float(r) for r in responses])
 store = {}
 scaled = reward_function(scorer, 8, "standardize", store)([], [str(2 * dist.rank() + 1), str(2 * dist.rank() + 2)],
                                                          ["[]", "[]"])

@@ -12,7 +12,7 @@ import random
 import pytest
 import torch
 
-from conftest import write_jsonl
+from conftest import WORDS, write_jsonl
 
 
 def gold(prompts, responses):
@@ -51,6 +51,7 @@ def test_sequence_logprobs_match_teacher_forcing(tiny):
 
 
 def test_reward_function_passes_messages_and_text():
+    from afd.rewards import Function
     from afd.rl import reward_function
 
     seen = {}
@@ -59,7 +60,7 @@ def test_reward_function_passes_messages_and_text():
         seen["prompts"], seen["responses"] = prompts, responses
         return [len(r) for r in responses]
 
-    fn = reward_function(scorer, batch_size=2)
+    fn = reward_function(Function(scorer), batch_size=2)
     msgs = [{"role": "user", "content": "x"}]
     out = fn(prompts=[msgs] * 3, completions=[[{"role": "assistant", "content": c}] for c in ("a", "bb", "ccc")],
              afd_prompt=[json.dumps(msgs)] * 3)
@@ -67,24 +68,24 @@ def test_reward_function_passes_messages_and_text():
 
 
 def test_reward_function_can_standardise_the_raw_reward_and_records_its_scale():
+    from afd.rewards import Function
     from afd.rl import reward_function
 
     msgs = [{"role": "user", "content": "x"}]
     kw = dict(prompts=[msgs] * 3, completions=["a", "bbb", "ccccc"], afd_prompt=[json.dumps(msgs)] * 3)
     store = {}
-    out = reward_function(lambda p, r: [10.0 * len(x) for x in r], 2, "standardize", store)(**kw)
+    out = reward_function(Function(lambda p, r: [10.0 * len(x) for x in r]), 2, "standardize", store)(**kw)
     assert out == pytest.approx([-1.0, 0.0, 1.0])  # raw 10, 30, 50: mean 30, std 20
     assert store == {"mean": [30.0], "std": [pytest.approx(20.0)]}
-    assert reward_function(lambda p, r: [10.0 * len(x) for x in r], 2)(**kw) == [10.0, 30.0, 50.0]
-    # a scorer that takes token ids (the density ratio) gets the sampled ones
+    assert reward_function(Function(lambda p, r: [10.0 * len(x) for x in r]), 2)(**kw) == [10.0, 30.0, 50.0]
+    # a reward that takes token ids (the density ratio) gets the sampled ones
     seen = []
 
     def by_ids(p, r, token_ids=None):
         seen.extend(token_ids)
         return [float(len(t)) for t in token_ids]
 
-    by_ids.takes_token_ids = True
-    assert reward_function(by_ids, 2)(**kw, completion_ids=[[1], [2, 3], [4, 5, 6]]) == [1.0, 2.0, 3.0]
+    assert reward_function(Function(by_ids), 2)(**kw, completion_ids=[[1], [2, 3], [4, 5, 6]]) == [1.0, 2.0, 3.0]
     assert seen == [[1], [2, 3], [4, 5, 6]]
     with pytest.raises(Exception, match="reward_scaling"):
         from afd.config import from_dict
@@ -167,7 +168,7 @@ def test_each_method_raises_gold_above_pi0(tmp_path):
         assert pol[method]["kl_to_reference"] > 0.5, method  # it moved away from the SFT policy
     for method in ("irl", "spin", "irft"):  # and these beat the SFT policy they started from
         assert pol[method]["gold"] > sft + 0.1, method
-    assert abs(pol["sft"]["kl_to_reference"]) < 1e-3  # the reference against itself: exactly zero
+    assert pol["sft"]["kl_to_reference"] == 0.0  # the reference against itself: zero by its short cut (tested below)
     assert len(results["irl"]["iterations"]) == 2 and len(results["irft"]["stages"]) == 2
     assert (tmp_path / "run" / "eval" / "gold_vs_kl.png").is_file()
     # iteration 1's pairs hold both iterations' samples
@@ -316,15 +317,13 @@ def test_kl_of_a_pool_to_the_model_it_was_sampled_from_is_zero_without_a_forward
     SFT pool against the SFT policy) is 0 exactly: no teacher-forced pass over its samples."""
     from types import SimpleNamespace
 
-    import yaml
-
     from afd.eval import _same_model, kl_to_reference
 
     policy = tmp_path / "sft" / "model"
     policy.mkdir(parents=True)
     pool = tmp_path / "sample_sft"
     pool.mkdir()
-    (pool / "config.yaml").write_text(yaml.safe_dump({"model": str(policy), "temperature": 1.0}))
+    (pool / "pool.meta.json").write_text(json.dumps({"model": str(policy), "temperature": 1.0}))  # the pool's own record
     rows = [{"prompt": [{"role": "user", "content": "p"}], "token_ids": [5, 6], "logprob": -3.0, "prompt_id": "a"}]
 
     def no_forward(*args, **kwargs):
@@ -339,3 +338,31 @@ def test_kl_of_a_pool_to_the_model_it_was_sampled_from_is_zero_without_a_forward
     other = tmp_path / "init"
     other.mkdir()
     assert not _same_model(str(policy), str(other)) and not _same_model("tiny-random", str(policy))
+
+
+def test_kl_of_a_pool_to_its_own_policy_is_zero_by_teacher_forcing_too(tmp_path, monkeypatch):
+    """The estimator itself, without the short cut: a pool sampled from tiny-random (fp32), its
+    recorded log-probs against teacher forcing under the same model, gives KL 0 to 1e-4 per
+    prompt; a reference whose weights differ gives a KL well above it."""
+    import torch
+
+    from afd import models
+    from afd.eval import EvalConfig, kl_to_reference
+    from afd.sampling import SampleConfig, read_pool, sample
+
+    prompts = write_jsonl(tmp_path / "p.jsonl", [{"id": f"p{i}", "prompt": f"Say {w}"} for i, w in enumerate(WORDS[:4])])
+    sample(SampleConfig(out=str(tmp_path), model="tiny-random", data=prompts, num_samples=3, max_new_tokens=8,
+                        device="cpu", dtype="float32"))
+    rows = read_pool(tmp_path / "sample")
+    monkeypatch.setattr("afd.eval._same_model", lambda a, b: False)  # no short cut
+    cfg = EvalConfig(pools={"x": str(tmp_path / "sample")}, kl_reference="tiny-random", device="cpu")
+    got = kl_to_reference(rows, str(tmp_path / "sample" / "pool.jsonl"),
+                          models.load_causal_lm("tiny-random", "cpu", "float32"), cfg)
+    assert abs(got["kl_to_reference"]) < 1e-4 and all(abs(r["log_ratio"]) < 1e-3 for r in rows)
+    model, tok = models.load_causal_lm("tiny-random", "cpu", "float32")
+    torch.manual_seed(3)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.5 * torch.randn_like(p))
+    far = kl_to_reference(rows, str(tmp_path / "sample" / "pool.jsonl"), (model, tok), cfg)
+    assert far["kl_to_reference"] > 0.05

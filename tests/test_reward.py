@@ -7,8 +7,10 @@ import torch
 
 from conftest import WORDS, user, write_jsonl
 from afd.errors import AfdError
-from afd.reward import (Example, RewardConfig, auc, bt_pairs, controls, encode, examples, fit, pair_accuracy,
-                        preference_metrics, reward, reward_loss, split_groups)
+from afd.models import fit
+from afd.reward import (Example, RewardConfig, bt_pairs, controls, encode, examples, preference_metrics, reward,
+                        reward_loss, split_groups)
+from afd.stats import auc, pair_accuracy
 
 
 def test_bce_loss_by_hand():
@@ -112,7 +114,7 @@ def test_demo_variants_read_demonstrations(tmp_path, pools):
 
 
 def test_density_ratio_scorer_is_a_difference_of_log_probs(tiny, tmp_path):
-    from afd.scorers import make_scorer
+    from afd import rewards
     from afd.scoring import response_logprobs
     from afd.sampling import HFEngine, row_seed
     from afd import models
@@ -130,7 +132,7 @@ def test_density_ratio_scorer_is_a_difference_of_log_probs(tiny, tmp_path):
         manual = sum(logp[len(ids) - n - 1 + j, ids[len(ids) - n + j]].item() for j in range(n))
         assert value == pytest.approx(manual, abs=1e-4)
     # a policy against itself has density ratio 0
-    same = make_scorer("density-ratio:tiny-random,tiny-random", device="cpu")(prompts, responses)
+    same = rewards.load("density-ratio:tiny-random,tiny-random", device="cpu").score(prompts, responses)
     assert same == pytest.approx([0.0, 0.0], abs=1e-6)
     # and the sampler's recorded log-prob is what scoring computes for the same tokens
     engine = HFEngine(model, tok, models.stop_token_ids(model, tok))
@@ -141,17 +143,16 @@ def test_density_ratio_scorer_is_a_difference_of_log_probs(tiny, tmp_path):
 
 
 def test_unknown_scorer_is_one_sentence():
-    from afd.errors import AfdError
-    from afd.scorers import make_scorer
+    from afd import rewards
 
     with pytest.raises(AfdError, match="unknown scorer 'nonsense'"):
-        make_scorer("nonsense")
+        rewards.load("nonsense")
 
 
 def test_vader_scorer_ranks_sentiment():
-    from afd.scorers import make_scorer
+    from afd import rewards
 
-    good, bad = make_scorer("vader")([[user("q")]] * 2, ["What a wonderful, joyful film!", "Awful, boring and sad."])
+    good, bad = rewards.load("vader").score([[user("q")]] * 2, ["What a wonderful, joyful film!", "Awful, boring and sad."])
     assert good > 0.5 and bad < -0.5
 
 
@@ -231,7 +232,9 @@ def test_preference_metrics_count_ties(tmp_path):
     pairs = write_jsonl(tmp_path / "p.jsonl", [{"prompt": "q", "chosen": c, "rejected": r}
                                                for c, r in (("aa", "b"), ("c", "d"), ("e", "ff"))])
     cfg = RewardConfig(eval_pairs=pairs)
-    m = preference_metrics(lambda p, r: [float(len(x)) for x in r], cfg)
+    from types import SimpleNamespace
+
+    m = preference_metrics(SimpleNamespace(score=lambda p, r: [float(len(x)) for x in r]), cfg)
     assert m["pairs_tied"] == 1 and m["pair_accuracy"] == pytest.approx(1.5 / 3)
     assert m["pair_accuracy_untied"] == 0.5
 
@@ -271,13 +274,12 @@ def test_density_ratio_scores_the_sampled_tokens_without_an_eos_they_lack(tiny, 
 
 
 def test_response_tokens_cut_every_input_alike_in_training_and_scoring(tmp_path, pools):
-    from afd import models
-    from afd.scorers import make_scorer
+    from afd import models, rewards
 
     sft, init, _ = pools
     m = train(tmp_path, variant="init-sft", sft_pool=sft, init_pool=init, epochs=1, response_tokens=6)
     # length past 6 tokens is invisible: two responses that share their first 6 tokens score alike
-    score = make_scorer(str(tmp_path / "run" / "reward" / "model"), device="cpu")
+    score = rewards.load(str(tmp_path / "run" / "reward" / "model"), device="cpu").score
     a, b, c = score([[user("Talk about cat")]] * 3, ["Thank you so much", "Thank you, the cat", "Thank"])
     assert a == b and a != c
     assert m["length_only_accuracy"] is not None
@@ -312,3 +314,72 @@ def test_shared_prompts_score_as_each_item_whole(tiny, batch_size):
     plain = response_logprobs(model, tok, items, batch_size=batch_size, share_prompts=False)
     assert sums == pytest.approx(plain, abs=1e-4)
     assert sums[6] == 0.0  # the empty response
+
+
+def test_a_reward_model_is_scored_with_the_settings_it_was_trained_with(tmp_path, pools):
+    """A classifier trained with --template raw and max_length 40 reads its input that way when
+    loaded, whatever template the caller passes: its scores equal its logits on raw-rendered,
+    fitted inputs (afd used to score it with the caller's chat template)."""
+    from afd import models, rewards
+
+    sft, init, _ = pools
+    train(tmp_path, variant="init-sft", sft_pool=sft, init_pool=init, epochs=1, template="raw", max_length=40,
+          max_prompt_length=30)
+    rm = rewards.load(str(tmp_path / "run" / "reward" / "model"), device="cpu", template="chat")
+    assert (rm.settings.template, rm.settings.max_length) == ("raw", 40)
+    prompt, reply = [user("Talk about the cat " * 8)], "Thank you, the cat is lovely."
+    tok = rm.tokenizer
+    raw = models.fit(models.encode_prompt(tok, prompt, "raw"), models.encode_response(tok, prompt, reply, "raw"), 40)
+    chat = models.encode_prompt(tok, prompt, "chat") + models.encode_response(tok, prompt, reply, "chat")
+    with torch.no_grad():
+        want, other = (rm.model(torch.tensor([ids])).logits.item() for ids in (raw, chat))
+    assert rm.score([prompt], [reply]) == pytest.approx([want], abs=1e-5) and abs(want - other) > 1e-4
+
+
+def test_the_density_ratio_loads_its_two_models_once(monkeypatch):
+    from afd import models, rewards
+
+    calls = []
+    real = models.load_causal_lm
+    monkeypatch.setattr(models, "load_causal_lm", lambda *a, **k: calls.append(a[0]) or real(*a, **k))
+    rm = rewards.load("density-ratio:tiny-random,tiny-random", device="cpu")
+    for _ in range(3):  # as RL calls it, once per batch
+        assert rm.score([[user("hi")]], ["there"]) == pytest.approx([0.0], abs=1e-6)
+    assert calls == ["tiny-random", "tiny-random"]
+
+
+def test_scores_are_checked_one_sentence_each(tmp_path, monkeypatch):
+    """A Python scorer that returns the wrong count, a string, None or a non-finite number, or
+    that raises, is reported in one sentence naming it (never a traceback, never a null figure)."""
+    from afd import rewards
+
+    (tmp_path / "golds.py").write_text(
+        "def count(p, r): return [1.0]\n"
+        "def text(p, r): return ['good' for _ in r]\n"
+        "def none(p, r): return None\n"
+        "def nan(p, r): return [float('nan') if 'b' in x else 1.0 for x in r]\n"
+        "def boom(p, r): raise KeyError('label')\n"
+        "def fine(p, r): return [len(x) for x in r]\n")
+    monkeypatch.chdir(tmp_path)  # the current folder is importable, as the README says
+    prompts, responses = [[user("q")]] * 2, ["a", "b"]
+    for fn, message in (("count", "returned 1 scores for 2 responses"), ("text", "returned 'good' .* must be a number"),
+                        ("none", "returned NoneType"), ("nan", "returned nan for response 2 .* finite"),
+                        ("boom", "raised KeyError")):
+        with pytest.raises(AfdError, match=f"scorer 'python:golds:{fn}' {message}"):
+            rewards.load(f"python:golds:{fn}").score(prompts, responses)
+    assert rewards.load("python:golds:fine").score(prompts, responses) == [1.0, 1.0]
+    with pytest.raises(AfdError, match="should be python:MODULE:FUNCTION"):
+        rewards.load("python:golds")
+    with pytest.raises(AfdError, match="has no function 'missing'"):
+        rewards.load("python:golds:missing")
+
+
+def test_floors_random_and_length():
+    from afd import rewards
+
+    prompts, responses = [[user("q")]] * 4, ["a b c", "a", "a b", "a b c d"]
+    r = rewards.load("random:3").score(prompts, responses)
+    assert r == rewards.load("random:3").score(prompts, responses) != rewards.load("random:4").score(prompts, responses)
+    assert all(0 <= x < 1 for x in r)
+    assert rewards.load("length").score(prompts, responses) == [3.0, 1.0, 2.0, 4.0]
+    assert rewards.load("length").score(prompts, responses, token_ids=[[1], [1, 2], [1], [1, 2, 3]]) == [1, 2, 1, 3]

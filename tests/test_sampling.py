@@ -450,13 +450,18 @@ def test_read_pool_errors(tmp_path):
     with pytest.raises(AfdError, match="does not exist"):
         read_pool(tmp_path / "nothing.jsonl")
     bad = tmp_path / "bad.jsonl"
-    bad.write_text('{"a": 1}\n{"a": \n{"a": 3}\n')
+    row = {"prompt_id": "a", "prompt": [], "sample_index": 0, "response": "x"}
+    bad.write_text(json.dumps(row) + '\n{"a": \n' + json.dumps(row) + "\n")
     with pytest.raises(AfdError, match="line 2: not valid JSON"):
         read_pool(bad, tolerate_truncation=True)  # only a last line may be torn
-    bad.write_text('{"a": 1}\n{"a": ')
+    bad.write_text(json.dumps(row) + '\n{"a": ')
     with pytest.raises(AfdError, match="line 2"):
         read_pool(bad)
-    assert read_pool(bad, tolerate_truncation=True) == [{"a": 1}]
+    assert read_pool(bad, tolerate_truncation=True) == [row]
+    # a row without a field every consumer reads: one sentence naming it, not a KeyError later
+    bad.write_text(json.dumps(row) + "\n" + json.dumps({k: v for k, v in row.items() if k != "response"}) + "\n")
+    with pytest.raises(AfdError, match=r"bad.jsonl, row 2: field 'response' is missing"):
+        read_pool(bad)
 
 
 def long_prompt_data(make_jsonl):

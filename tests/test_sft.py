@@ -12,7 +12,8 @@ from safetensors.torch import load_file
 from afd import models
 from afd.data import DataConfig, load_demos, split
 from afd.errors import AfdError
-from afd.sft import PadCollator, SFTConfig, sft, tokenize_demos
+from afd.sft import SFTConfig, sft, tokenize_demos
+from afd.training import Collator
 from conftest import say_demos, user, write_jsonl
 
 # 24 train / 8 eval demonstrations, 3 steps an epoch: learnable in 15 steps at this rate.
@@ -35,7 +36,7 @@ def eval_loss_of(folder, cfg):
     rows, _ = tokenize_demos(tok, held_out, cfg)
     assert len(rows) <= cfg.batch_size
     with torch.no_grad():
-        return model(**PadCollator(tok.pad_token_id)(rows)).loss.item()
+        return model(**Collator(tok.pad_token_id)(rows)).loss.item()
 
 
 @pytest.fixture(scope="module")
@@ -106,7 +107,7 @@ def test_labels_are_ignored_exactly_on_prompt_tokens(tiny, make_jsonl, template)
 
 
 def test_pad_collator_masks_padding():
-    batch = PadCollator(pad_id=0)([{"input_ids": [5, 6, 7], "labels": [-100, 6, 7]},
+    batch = Collator(pad_id=0)([{"input_ids": [5, 6, 7], "labels": [-100, 6, 7]},
                                    {"input_ids": [8], "labels": [8]}])
     assert batch["input_ids"].tolist() == [[5, 6, 7], [8, 0, 0]]
     assert batch["labels"].tolist() == [[-100, 6, 7], [8, -100, -100]]

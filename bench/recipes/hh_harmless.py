@@ -116,7 +116,7 @@ def report(per_seed: dict, seeds: list[int], setup: dict, host: dict, save: bool
     """The results table (results.md), the figures (metrics.json) and a bar plot of pair
     accuracy, mean over seeds with its 95% t interval (one seed: Wilson interval)
     (pair_accuracy.png)."""
-    from afd.eval import wilson_interval
+    from afd.stats import wilson_interval
     from afd.plots import bar_plot
 
     agg = aggregate(list(per_seed.values()))

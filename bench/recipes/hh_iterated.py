@@ -73,7 +73,7 @@ def main() -> None:
     s["new_tokens"] = args.max_new_tokens
     if args.smoke:
         s.update(policy="tiny-random", rm_backbone="tiny-random", length_scale=4)
-    from afd.eval import wilson_interval
+    from afd.stats import wilson_interval
     from afd.plots import bar_plot
 
     per_seed = run_seeds(args.out, args.seeds,

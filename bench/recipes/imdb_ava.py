@@ -127,10 +127,10 @@ def sources(out: Path, files: dict, n: int) -> dict[str, tuple[list, list]]:
 
 
 def uncertainty(model_path: str, srcs: dict) -> dict:
-    from afd.ava import AVARewardModel
-    from afd.reward import auc
+    from afd.rewards import AVAReward
+    from afd.stats import auc
 
-    rm = AVARewardModel.from_pretrained(model_path, "cpu")
+    rm = AVAReward.from_pretrained(model_path, "cpu")
     result = {}
     for name, (prompts, responses) in srcs.items():
         tokens = rm.token_rewards(prompts, responses, batch_size=8)
