@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from afd import dist
 from afd.config import opt
 from afd.errors import AfdError
-from afd.runs import StageDir, StageOptions
+from afd.runs import ScoringOptions, StageDir, StageOptions
 from afd.stats import tie_groups
 
 
@@ -85,14 +85,11 @@ def bon_curve(rows: list[dict], proxy_key: str, gold_key: str, ns: list[int] | N
 
 
 @dataclass
-class BonConfig(StageOptions):
+class BonConfig(StageOptions, ScoringOptions):
     pool: str = opt("", "sample pool (pool.jsonl / pool.parquet, or a sample stage folder)")
     scorer: str = opt("", "reward: a reward-model folder, density-ratio:POLICY,REFERENCE, vader, gold:NAME, "
                                "python:MODULE:FN, random or length (afd.rewards)")
     n: int = opt(0, "N: choose among each prompt's first N samples (0: all of them)")
-    template: str = opt("auto", "prompt rendering for model-based scorers: auto, chat, raw")
-    device: str = opt("auto", "auto, cpu, cuda, cuda:N or mps")
-    batch_size: int = opt(16, "scoring batch size")
 
     def validate(self) -> None:
         if not self.pool or not self.scorer:
@@ -101,15 +98,18 @@ class BonConfig(StageOptions):
             raise AfdError(f"option 'n' must be 0 (all samples) or positive; got {self.n}")
 
 
-def score_pool(rows: list[dict], reward, key: str, device: str = "auto", batch_size: int = 16,
-               template: str = "auto") -> None:
-    """Add ``row[key]`` = the reward of every row; ``reward`` is a :class:`afd.rewards.RewardModel`
-    or its name. A pool's sampled tokens (``token_ids``) go with the text, for the models that
-    score them exactly."""
+def load_reward(spec: str, cfg: ScoringOptions):
+    """The reward model ``spec`` names (:func:`afd.rewards.load`), with a scoring stage's options."""
     from afd import rewards
 
-    rm = rewards.load(reward, device=device, batch_size=batch_size, template=template) \
-        if isinstance(reward, str) else reward
+    return rewards.load(spec, device=cfg.device, dtype=cfg.dtype, batch_size=cfg.batch_size, template=cfg.template)
+
+
+def score_pool(rows: list[dict], reward, key: str, **options) -> None:
+    """Add ``row[key]`` = the reward of every row; ``reward`` is a :class:`afd.rewards.RewardModel`
+    or its name (loaded with ``options``: device, dtype, batch_size, template). A pool's sampled
+    tokens (``token_ids``) go with the text, for the models that score them exactly."""
+    rm = load_reward(reward, ScoringOptions(**options)) if isinstance(reward, str) else reward
     token_ids = [r["token_ids"] for r in rows] if all("token_ids" in r for r in rows) else None
     values = rm.score([r["prompt"] for r in rows], [r["response"] for r in rows], token_ids)
     for r, v in zip(rows, values):
@@ -127,7 +127,7 @@ def bon(cfg: BonConfig) -> dict:
     rows = read_pool(cfg.pool)
     if not rows:
         raise AfdError(f"sample pool {cfg.pool} is empty")
-    score_pool(rows, cfg.scorer, "reward", cfg.device, cfg.batch_size, cfg.template)
+    score_pool(rows, load_reward(cfg.scorer, cfg), "reward")
     with (stage.path / "scores.jsonl").open("w") as f:
         f.writelines(json.dumps({"prompt_id": r["prompt_id"], "sample_index": r["sample_index"],
                                  "reward": r["reward"]}) + "\n" for r in rows)

@@ -26,21 +26,20 @@ demonstrations entry) says what share of them do.
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
 
 from afd import dist
-from afd.bon import bon_curve, bon_kl, group_by_prompt, powers_of_two, score_pool
+from afd.bon import bon_curve, bon_kl, group_by_prompt, load_reward, powers_of_two, score_pool
 from afd.config import opt
 from afd.errors import AfdError
-from afd.runs import StageDir, StageOptions
+from afd.runs import ScoringOptions, StageDir, StageOptions
 from afd.stats import mean_ci, spearman
 
 
 @dataclass
-class EvalConfig(StageOptions):
+class EvalConfig(StageOptions, ScoringOptions):
     golden: str = opt("vader", "golden scorer: vader, a reward-model folder, rm:ID, or python:MODULE:FN")
     pools: dict = opt({}, "policy name -> sample pool, e.g. init=runs/x/sample_init,sft=runs/x/sample_sft")
     proxies: dict = opt({}, "proxy reward name -> scorer for Best-of-N, e.g. init-sft=runs/x/reward/model")
@@ -50,9 +49,6 @@ class EvalConfig(StageOptions):
     demos: str = opt("", "demonstrations (any demo format): golden reward 1.0 of the normalisation")
     max_demos: int | None = opt(None, "use only the first N demonstrations")
     kl_reference: str = opt("", "policy (e.g. the SFT model) to estimate each pool's KL(policy || it) against")
-    template: str = opt("auto", "prompt rendering for model-based scorers")
-    device: str = opt("auto", "device for model-based scorers")
-    batch_size: int = opt(16, "scoring batch size")
 
     def validate(self) -> None:
         if not self.pools:
@@ -95,13 +91,13 @@ def evaluate(cfg: EvalConfig) -> dict:
     stage = StageDir(cfg, "eval")
     if not stage.begin():
         return stage.metrics()
-    kw = dict(device=cfg.device, batch_size=cfg.batch_size, template=cfg.template)
+    golden = load_reward(cfg.golden, cfg)  # loaded once for every pool
     pools = {}
     for name, path in cfg.pools.items():
         rows = read_pool(path)
         if not rows:
             raise AfdError(f"pool '{name}' ({path}) is empty")
-        score_pool(rows, cfg.golden, "gold", **kw)
+        score_pool(rows, golden, "gold")
         pools[name] = rows
 
     policies = {}
@@ -110,15 +106,15 @@ def evaluate(cfg: EvalConfig) -> dict:
         policies[name] = {"gold": mean, "gold_ci95": ci, "samples": len(rows)}
     demo_gold = None
     if cfg.demos:
-        from afd.data import DataConfig, load_demos
+        from afd.data import DataConfig, load_demos, prompt_key
 
         demos, _ = load_demos(DataConfig(path=cfg.demos, limit=cfg.max_demos, on_invalid="skip"))
         rows = [{"prompt_id": d.id, "prompt": d.prompt, "response": d.response, "sample_index": 0} for d in demos]
-        score_pool(rows, cfg.golden, "gold", **kw)
+        score_pool(rows, golden, "gold")
         demo_gold, ci = mean_ci([r["gold"] for r in rows])
         # the normalisation is meant on the evaluation prompts: say how many demonstrations are
-        pool_prompts = {json.dumps(r["prompt"], sort_keys=True) for rows_ in pools.values() for r in rows_}
-        on_pools = sum(json.dumps(d.prompt, sort_keys=True) in pool_prompts for d in demos) / max(len(demos), 1)
+        pool_prompts = {prompt_key(r["prompt"]) for rows_ in pools.values() for r in rows_}
+        on_pools = sum(prompt_key(d.prompt) in pool_prompts for d in demos) / max(len(demos), 1)
         policies["demonstrations"] = {"gold": demo_gold, "gold_ci95": ci, "samples": len(rows),
                                       "share_on_pool_prompts": on_pools}
     if cfg.kl_reference:
@@ -143,7 +139,7 @@ def evaluate(cfg: EvalConfig) -> dict:
         m = min(len(g) for g in group_by_prompt(rows).values())
         ns = powers_of_two(m)
         for name, spec in cfg.proxies.items():
-            score_pool(rows, spec, "proxy", **kw)
+            score_pool(rows, load_reward(spec, cfg), "proxy")
             gold = bon_curve(rows, "proxy", "gold", ns)
             proxy = bon_curve(rows, "proxy", "proxy", ns)
             entry = {

@@ -166,6 +166,16 @@ def irft(cfg: IRFTConfig) -> dict:
     from afd.sampling import POOL, SampleConfig, derive_seed, sample
 
     stage = StageDir(cfg, "irft")
+
+    def negatives(t: int, policy: str) -> SampleConfig:
+        return SampleConfig(
+            out=str(stage.path), stage_name=f"stage_{t}/samples", model=policy,
+            data=str(stage.path / f"stage_{t}" / "prompts.jsonl"), data_format="prompt", template=cfg.template,
+            num_samples=cfg.num_samples, max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
+            seed=derive_seed(cfg.seed, "irft-stage", t), batch_size=cfg.sample_batch_size,
+            max_prompt_length=cfg.max_prompt_length, long_prompts="error", device=cfg.device, dtype=cfg.dtype)
+
+    negatives(0, cfg.model).validate()  # the sampler's options too, before anything runs
     if not stage.begin():
         return stage.metrics()
     demos, _ = load_demos(cfg.data_config())
@@ -181,13 +191,8 @@ def irft(cfg: IRFTConfig) -> dict:
     policy, history = cfg.model, []
     for t, part in enumerate(parts):
         folder = stage.path / f"stage_{t}"
-        demos_path, prompts_path = dist.on_main(write_demo_files, folder, [demos[i] for i in part])
-        samples = sample(SampleConfig(
-            out=str(stage.path), stage_name=f"stage_{t}/samples", model=policy, data=prompts_path,
-            data_format="prompt", template=cfg.template, num_samples=cfg.num_samples,
-            max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, seed=derive_seed(cfg.seed, "irft-stage", t),
-            batch_size=cfg.sample_batch_size, max_prompt_length=cfg.max_prompt_length, long_prompts="error",
-            device=cfg.device, dtype=cfg.dtype))
+        demos_path, _ = dist.on_main(write_demo_files, folder, [demos[i] for i in part])
+        samples = sample(negatives(t, policy))
         step = train_step(StepConfig(**train_opts, out=str(stage.path), stage_name=f"stage_{t}/train", model=policy,
                                      data=demos_path, pool=str(folder / "samples" / POOL),
                                      beta=cfg.beta))

@@ -56,6 +56,10 @@ class IRLConfig(StageOptions, DataOptions, TrainOptions, RLOptions, AVAOptions):
     eval_pairs_max: int | None = opt(None, "use only the first N valid eval pairs")
     sample_batch_size: int = opt(256, "sequences decoded together when sampling pairs")
 
+    def unused_options(self) -> tuple[str, ...]:
+        """AVA's options mean something only to an ava-p reward (not to bt, nor to gail)."""
+        return () if self.reward_variant == "ava-p" else tuple(AVAOptions.__dataclass_fields__)
+
     def validate(self) -> None:
         self.validate_training()
         check_choice("reference", self.reference, ("start", "previous"))
@@ -89,53 +93,39 @@ def write_pairs(path: Path, demos: dict, pools: list[str]) -> int:
 def iterate(cfg: IRLConfig, method: str) -> dict:
     """The loop of both methods (``method`` "irl" or "gail"); returns the stage's metrics."""
     from afd.data import load_demos
-    from afd.reward import RewardConfig, reward
-    from afd.rl import RLConfig, rl
-    from afd.sampling import POOL, SampleConfig, derive_seed, sample
+    from afd.reward import reward
+    from afd.rl import rl
+    from afd.sampling import POOL, sample
 
+    if method == "gail" and (cfg.reward_variant != "bt" or cfg.dense_rewards):
+        raise AfdError("afd gail's reward is its discriminator's logit (a classifier, no per-token rewards): "
+                       "reward_variant and dense_rewards are afd irl's options")
     stage = StageDir(cfg, method)
+    configs = Iteration(cfg, method, stage.path)
+    for t in (0, cfg.iterations - 1):  # every option of every inner stage, before anything runs
+        for inner in configs.at(t, cfg.model, cfg.reward_model or cfg.model):
+            inner.validate()
     if not stage.begin():
         return stage.metrics()
     demos, _ = load_demos(cfg.data_config())
     if not demos:
         raise AfdError(f"no demonstration in {cfg.data}")
-    demos_path, prompts_path = dist.on_main(write_demo_files, stage.path, demos)
+    dist.on_main(write_demo_files, stage.path, demos)  # where configs.at reads them
     by_id = {d.id: d for d in demos}
-    out = str(stage.path)
-    # the RL step takes epochs / max_steps / lr; the reward model has its own
-    common = {k: v for k, v in cfg.train_options().items() if k not in ("epochs", "max_steps", "lr", "eval_fraction")}
     policy, reward_init, pools, history = cfg.model, cfg.reward_model or cfg.model, [], []
     for t in range(cfg.iterations):
         it = f"iter_{t}"
-        samples = sample(SampleConfig(
-            out=out, stage_name=f"{it}/samples", model=policy, data=prompts_path, data_format="prompt",
-            template=cfg.template, num_samples=cfg.num_samples, max_new_tokens=cfg.max_new_tokens,
-            temperature=cfg.temperature, seed=derive_seed(cfg.seed, "irl-iteration", t), batch_size=cfg.sample_batch_size,
-            max_prompt_length=cfg.max_prompt_length, long_prompts=cfg.long_prompts, device=cfg.device,
-            dtype=cfg.dtype))
-        pool = str(stage.path / it / "samples" / POOL)
-        pools.append(pool)
-        rm_opts = dict(common, out=out, stage_name=f"{it}/reward", epochs=cfg.reward_epochs, lr=cfg.reward_lr,
-                       eval_fraction=cfg.eval_fraction, eval_pairs=cfg.eval_pairs, eval_pairs_max=cfg.eval_pairs_max)
-        if method == "irl":
-            pairs = dist.on_main(write_pairs, stage.path / it / "pairs.jsonl", by_id, pools)
-            rm_cfg = RewardConfig(model=reward_init, variant=cfg.reward_variant, data_format="preference",
-                                  data=str(stage.path / it / "pairs.jsonl"), **rm_opts, **cfg.ava_options())
-        else:  # GAIL: demonstrations against this iteration's samples, BCE; warm start
-            pairs = None
-            rm_cfg = RewardConfig(model=reward_init, variant="sft-demo", loss="bce", data=demos_path,
-                                  data_format="prompt-completion", sft_pool=pool, **rm_opts)
-            reward_init = str(stage.path / it / "reward" / "model")
+        sample_cfg, rm_cfg, rl_cfg = configs.at(t, policy, reward_init)
+        samples = sample(sample_cfg)
+        pools.append(str(stage.path / it / "samples" / POOL))
+        pairs = dist.on_main(write_pairs, stage.path / it / "pairs.jsonl", by_id, pools) if method == "irl" else None
         rm = reward(rm_cfg)
-        rm_path = str(stage.path / it / "reward" / "model")
-        policy_metrics = rl(RLConfig(
-            **dict(common, out=out, stage_name=f"{it}/rl", model=policy, reward=rm_path,
-                   ref_model=cfg.model if cfg.reference == "start" and t > 0 else "",
-                   **cfg.rl_options(), data=prompts_path, data_format="prompt", epochs=cfg.epochs,
-                   max_steps=cfg.max_steps, lr=cfg.lr, eval_fraction=0.0)))
+        if method == "gail":  # the discriminator is warm-started from the previous iteration's
+            reward_init = str(stage.path / it / "reward" / "model")
+        policy_metrics = rl(rl_cfg)
         policy = policy_metrics["model"]
-        history.append({"iteration": t, "policy": policy, "reward_model": rm_path, "pool": pool, "pairs": pairs,
-                        "sample_mean_tokens": samples["mean_num_tokens"],
+        history.append({"iteration": t, "policy": policy, "reward_model": rl_cfg.reward, "pool": pools[-1],
+                        "pairs": pairs, "sample_mean_tokens": samples["mean_num_tokens"],
                         "reward_eval_accuracy": rm.get("eval_accuracy"), "reward_eval_auc": rm.get("eval_auc"),
                         "reward_eval_pair_accuracy": rm.get("eval_pair_accuracy"),
                         "reward_length_only_accuracy": rm.get("length_only_accuracy"),
@@ -149,6 +139,45 @@ def iterate(cfg: IRLConfig, method: str) -> dict:
     return stage.finish({"method": method, "model": str(stage.path / "model"), "final_policy": policy,
                          "demonstrations": len(demos),
                          "iterations": history})
+
+
+class Iteration:
+    """The configs of iteration t's three stages (samples, reward model, RL), from the loop's
+    options: built once here, so they can all be checked before anything runs."""
+
+    def __init__(self, cfg: IRLConfig, method: str, folder: Path):
+        self.cfg, self.method, self.folder = cfg, method, folder
+        self.demos_path, self.prompts_path = str(folder / "demos.jsonl"), str(folder / "prompts.jsonl")
+
+    def at(self, t: int, policy: str, reward_init: str) -> tuple:
+        from afd.reward import RewardConfig
+        from afd.rl import RLConfig
+        from afd.sampling import POOL, SampleConfig, derive_seed
+
+        cfg, it, out = self.cfg, f"iter_{t}", str(self.folder)
+        # the RL step takes epochs / max_steps / lr; the reward model has its own
+        common = {k: v for k, v in cfg.train_options().items() if k not in ("epochs", "max_steps", "lr", "eval_fraction")}
+        sample_cfg = SampleConfig(
+            out=out, stage_name=f"{it}/samples", model=policy, data=self.prompts_path, data_format="prompt",
+            template=cfg.template, num_samples=cfg.num_samples, max_new_tokens=cfg.max_new_tokens,
+            temperature=cfg.temperature, seed=derive_seed(cfg.seed, "irl-iteration", t),
+            batch_size=cfg.sample_batch_size, max_prompt_length=cfg.max_prompt_length, long_prompts=cfg.long_prompts,
+            device=cfg.device, dtype=cfg.dtype)
+        rm_opts = dict(common, out=out, stage_name=f"{it}/reward", epochs=cfg.reward_epochs, lr=cfg.reward_lr,
+                       eval_fraction=cfg.eval_fraction, eval_pairs=cfg.eval_pairs, eval_pairs_max=cfg.eval_pairs_max)
+        if self.method == "irl":
+            rm_cfg = RewardConfig(model=reward_init, variant=cfg.reward_variant, data_format="preference",
+                                  data=str(self.folder / it / "pairs.jsonl"), **rm_opts, **cfg.ava_options())
+        else:  # GAIL: demonstrations against this iteration's samples, BCE
+            rm_cfg = RewardConfig(model=reward_init, variant="sft-demo", loss="bce", data=self.demos_path,
+                                  data_format="prompt-completion", sft_pool=str(self.folder / it / "samples" / POOL),
+                                  **rm_opts)
+        rl_cfg = RLConfig(**dict(common, out=out, stage_name=f"{it}/rl", model=policy,
+                                 reward=str(self.folder / it / "reward" / "model"),
+                                 ref_model=cfg.model if cfg.reference == "start" and t > 0 else "",
+                                 **cfg.rl_options(), data=self.prompts_path, data_format="prompt", epochs=cfg.epochs,
+                                 max_steps=cfg.max_steps, lr=cfg.lr, eval_fraction=0.0))
+        return sample_cfg, rm_cfg, rl_cfg
 
 
 def irl(cfg: IRLConfig) -> dict:

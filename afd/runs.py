@@ -19,7 +19,7 @@ from typing import Any
 import yaml
 
 from afd import dist
-from afd.config import opt, to_dict, unused
+from afd.config import check_choice, opt, to_dict, unused
 from afd.errors import AfdError
 
 METRICS = "metrics.json"
@@ -185,6 +185,41 @@ def _link(folder: Path, target: str) -> None:
     if link.is_symlink() or link.exists():
         link.unlink()
     link.symlink_to(os.path.relpath(target, folder))
+
+
+@dataclass
+class ModelOptions:
+    """How a stage places its models and renders prompts for them (sampling, training, scoring)."""
+
+    template: str = opt("auto", "prompt rendering: auto (the chat template if the tokenizer has one), chat, raw")
+    device: str = opt("auto", "auto, cpu, cuda, cuda:N or mps (under accelerate launch: each process's own)")
+    dtype: str = opt("auto", "auto (afd.models.pick_dtype: bf16 where the device computes it natively, fp32 where "
+                             "log-probabilities are differenced), float32, bfloat16, float16")
+
+    def validate_model_options(self) -> None:
+        from afd.models import TEMPLATES
+
+        check_choice("template", self.template, TEMPLATES)
+
+
+@dataclass
+class PromptOptions:
+    """What a stage does with a prompt too long for it (sampling and training)."""
+
+    max_prompt_length: int = opt(512, "prompts longer than this many tokens follow long_prompts")
+    long_prompts: str = opt("drop", "over-long prompts: drop (and count them) or error")
+
+    def validate_prompt_options(self) -> None:
+        check_choice("long_prompts", self.long_prompts, ("drop", "error"))
+        if self.max_prompt_length < 1:
+            raise AfdError(f"option 'max_prompt_length' must be at least 1; got {self.max_prompt_length}")
+
+
+@dataclass
+class ScoringOptions(ModelOptions):
+    """The options of a stage that scores pools with reward models (bon, eval)."""
+
+    batch_size: int = opt(16, "responses scored together")
 
 
 @dataclass

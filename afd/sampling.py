@@ -40,7 +40,7 @@ import torch
 from afd import dist, models
 from afd.config import check_choice, opt
 from afd.errors import AfdError
-from afd.runs import DataOptions, StageDir, StageOptions, write_json
+from afd.runs import DataOptions, ModelOptions, PromptOptions, StageDir, StageOptions, write_json
 
 POOL = "pool.jsonl"
 POOL_META = "pool.meta.json"  # beside the pool: how it was sampled (see sampling_meta)
@@ -48,9 +48,8 @@ POOL_KEYS = ("prompt_id", "prompt", "sample_index", "response")  # what every co
 
 
 @dataclass
-class SampleConfig(StageOptions, DataOptions):
+class SampleConfig(StageOptions, DataOptions, ModelOptions, PromptOptions):
     model: str = opt("tiny-random", "policy: built-in name, local folder or hub id")
-    template: str = opt("auto", "prompt rendering: auto (chat template if the tokenizer has one), chat, raw")
     num_samples: int = opt(4, "K, samples per prompt")
     max_new_tokens: int = opt(128, "longest response, in tokens")
     temperature: float = opt(1.0, "sampling temperature (0 = greedy)")
@@ -58,20 +57,16 @@ class SampleConfig(StageOptions, DataOptions):
     top_k: int = opt(0, "sample among the k likeliest tokens only (0 = off)")
     seed: int = opt(0, "base seed; each row's seed is derived from it, the prompt id and the sample index")
     batch_size: int = opt(256, "sequences decoded together (prompts per batch = batch_size // K, at least 1)")
-    max_prompt_length: int = opt(1024, "prompts longer than this many tokens follow long_prompts")
-    long_prompts: str = opt("drop", "over-long prompts: drop (and count them) or error")
     ignore_eos: bool = opt(False, "keep generating past EOS (benchmarks: every response gets max_new_tokens)")
     backend: str = opt("auto", "auto (vllm if installed and on CUDA), hf, or vllm")
     output_format: str = opt("jsonl", "pool file: jsonl (always written) and, with parquet, also pool.parquet")
-    device: str = opt("auto", "auto, cpu, cuda, cuda:N or mps")
-    dtype: str = opt("auto", "auto (bf16 on CUDA and on CPUs with native bf16, else fp32), float32, bfloat16, float16")
 
     def validate(self) -> None:
-        check_choice("template", self.template, models.TEMPLATES)
-        check_choice("long_prompts", self.long_prompts, ("drop", "error"))
+        self.validate_model_options()
+        self.validate_prompt_options()
         check_choice("backend", self.backend, ("auto", "hf", "vllm"))
         check_choice("output_format", self.output_format, ("jsonl", "parquet"))
-        for name in ("num_samples", "max_new_tokens", "batch_size", "max_prompt_length"):
+        for name in ("num_samples", "max_new_tokens", "batch_size"):
             if getattr(self, name) < 1:
                 raise AfdError(f"option '{name}' must be at least 1; got {getattr(self, name)}")
         if self.temperature < 0 or not 0 < self.top_p <= 1 or self.top_k < 0:

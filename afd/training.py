@@ -21,14 +21,14 @@ from transformers import TrainerCallback
 from afd import models
 from afd.config import check_choice, opt, options_of
 from afd.errors import AfdError
+from afd.runs import ModelOptions, PromptOptions
 
 
 REPORT_TO = ("none", "tensorboard", "trackio", "wandb")
 
 
 @dataclass
-class TrainOptions:
-    template: str = opt("auto", "prompt rendering: auto (chat template if the tokenizer has one), chat, raw")
+class TrainOptions(ModelOptions, PromptOptions):
     eval_fraction: float = opt(0.05, "share of examples held out for evaluation")
     seed: int = opt(0, "seed for the train/eval split, initialisation of LoRA and data order")
     epochs: float = opt(1.0, "passes over the training demonstrations")
@@ -40,8 +40,6 @@ class TrainOptions:
     batch_size: int = opt(8, "sequences per device per step")
     grad_accum: int = opt(1, "gradient accumulation steps")
     max_length: int = opt(1024, "longest prompt + response in tokens; longer responses are cut (and counted)")
-    max_prompt_length: int = opt(512, "prompts longer than this many tokens follow long_prompts")
-    long_prompts: str = opt("drop", "over-long prompts: drop (and count them) or error")
     lora_r: int = opt(0, "LoRA rank (0: full fine-tuning)")
     lora_alpha: int = opt(32, "LoRA alpha")
     lora_dropout: float = opt(0.05, "LoRA dropout")
@@ -52,8 +50,6 @@ class TrainOptions:
                                         "finished; by default they are removed then, as they only serve resuming")
     logging_steps: int = opt(5, "log the training loss every N steps")
     eval_steps: int = opt(0, "evaluate every N steps (0: at the start and the end only)")
-    device: str = opt("auto", "auto, cpu, cuda, cuda:N or mps (ignored under accelerate launch)")
-    dtype: str = opt("auto", "auto (bf16 mixed precision on CUDA, else fp32), float32, bfloat16, float16")
     report_to: str = opt("none", "send the training logs to tensorboard (written to <stage>/logs), trackio, wandb or none")
 
 
@@ -62,12 +58,12 @@ class TrainOptions:
         return options_of(self, TrainOptions)
 
     def validate_training(self) -> None:
-        check_choice("template", self.template, models.TEMPLATES)
-        check_choice("long_prompts", self.long_prompts, ("drop", "error"))
+        self.validate_model_options()
+        self.validate_prompt_options()
         check_choice("report_to", self.report_to, REPORT_TO)
         if not 0 <= self.eval_fraction < 1:
             raise AfdError(f"option 'eval_fraction' must be in [0, 1); got {self.eval_fraction}")
-        for name in ("batch_size", "grad_accum", "max_length", "max_prompt_length"):
+        for name in ("batch_size", "grad_accum", "max_length"):
             if getattr(self, name) < 1:
                 raise AfdError(f"option '{name}' must be at least 1; got {getattr(self, name)}")
         if self.lora_r < 0:

@@ -10,6 +10,7 @@ Best-of-N with it must raise the golden reward above both pi_0 and SFT.
 import json
 import random
 
+import pytest
 import yaml
 
 from conftest import write_jsonl
@@ -56,7 +57,10 @@ def test_bon_with_init_sft_reward_beats_init_and_sft(tmp_path):
     assert bon["n"][-1] == 8 and abs(bon["gold"][0] - sft) < 1e-9  # N = 1 is the plain SFT sample
     assert bon["gold"][-1] > sft + 0.03 and bon["gold"][-1] > init
     assert bon["win_rate"][-1] > 0.55 and abs(bon["win_rate"][0] - 0.5) < 1e-9
-    assert ev["policies"]["demonstrations"]["normalised"] == 1.0
+    demo_gold = sum(gold(None, [d["completion"] for d in demos])) / len(demos)  # by hand, from the file
+    assert ev["policies"]["demonstrations"]["gold"] == pytest.approx(demo_gold)
+    assert ev["policies"]["sft"]["normalised"] == pytest.approx(sft / demo_gold)  # the paper's normalisation
+    assert ev["policies"]["sft"]["gap_closed"] == pytest.approx((sft - init) / (demo_gold - init))
     assert ev["policies"]["demonstrations"]["share_on_pool_prompts"] == 0.0  # demos on other prompts: said so
     assert results["reward"]["length_only_accuracy"] is not None  # the control beside the reward's accuracy
     for plot in ("bon_gold_vs_n.png", "bon_gold_vs_kl.png", "bon_win_rate.png", "proxy_vs_gold.png", "report.md"):

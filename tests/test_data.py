@@ -10,7 +10,7 @@ import pytest
 from conftest import assistant, system, user, write_jsonl
 from afd.data import (DataConfig, Demo, Pair, load_demos, load_pairs, load_prompts,
                       parse_hh_transcript, split)
-from afd.errors import AfdError, DataError
+from afd.errors import DataError
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 HH_FILE = SHARED_DATA / "hh-rlhf_harmless-base_test.jsonl.gz"
@@ -388,8 +388,14 @@ def test_unknown_hub_id_is_a_data_error(monkeypatch):
     assert "\n" not in message
 
 
-def test_data_error_is_an_afd_error():
-    assert issubclass(DataError, AfdError)
+def test_a_data_error_reaches_the_user_as_one_sentence(tmp_path, capsys):
+    from afd.cli import main
+
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"prompt": "p", "completion": "c"}\n{"prompt": "p", "completion": 3}\n')
+    assert main(["sft", "--data", str(bad), "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("afd sft: error: ") and "bad.jsonl, row 2" in err and len(err.splitlines()) == 1
 
 
 # ---------------------------------------------------------------------------------------------

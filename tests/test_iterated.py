@@ -366,3 +366,22 @@ def test_kl_of_a_pool_to_its_own_policy_is_zero_by_teacher_forcing_too(tmp_path,
             p.add_(0.5 * torch.randn_like(p))
     far = kl_to_reference(rows, str(tmp_path / "sample" / "pool.jsonl"), (model, tok), cfg)
     assert far["kl_to_reference"] > 0.05
+
+
+def test_iterated_stages_check_every_option_before_the_first_sample(tmp_path):
+    """An option only an inner stage checks (RL's num_generations, the sampler's temperature,
+    gail given irl's AVA reward) stops the loop before any sampling or training: no folder holds
+    work."""
+    from afd.errors import AfdError
+    from afd.irft import IRFTConfig, irft
+    from afd.irl import IRLConfig, gail, irl
+
+    demos, _ = task_files(tmp_path)
+    base = dict(out=str(tmp_path / "run"), data=demos, device="cpu", iterations=1)
+    with pytest.raises(AfdError, match="num_generations"):
+        irl(IRLConfig(**base, num_generations=3, batch_size=8))  # batch not a multiple: RL's own rule
+    with pytest.raises(AfdError, match="gail's reward is its discriminator"):
+        gail(IRLConfig(**base, reward_variant="ava-p", dense_rewards=True))
+    with pytest.raises(AfdError, match="temperature"):
+        irft(IRFTConfig(out=str(tmp_path / "run"), data=demos, device="cpu", temperature=-1.0))
+    assert not any(p.name not in ("config.yaml",) for p in (tmp_path / "run").rglob("*") if p.is_file())

@@ -95,9 +95,12 @@ def test_sft_on_a_kto_file_trains_on_the_true_rows_only_and_says_so(tmp_path):
 
 
 def test_kto_reward_model_takes_the_false_rows_as_negatives(tmp_path):
-    from afd.reward import RewardConfig, reward
+    from afd.reward import RewardConfig, examples, reward
 
     path = write_json(tmp_path / "kto.json", kto_rows(WORDS[:8]))
+    items = examples(RewardConfig(variant="kto", data=path))
+    assert sorted(e.response for e in items if e.label == 1.0) == sorted(f"Thank you, the {w} is lovely." for w in WORDS[:8])
+    assert sorted(e.response for e in items if e.label == 0.0) == sorted(f"{w} ugh bad" for w in WORDS[:8])
     m = reward(RewardConfig(out=str(tmp_path / "run"), model="tiny-random", device="cpu", variant="kto", data=path,
                             max_steps=2, batch_size=8, eval_fraction=0.25, max_length=96, max_prompt_length=64,
                             save_steps=1000))
