@@ -173,7 +173,7 @@ def save_trained(trainer, tokenizer, folder, save: Callable[..., None]) -> None:
     the main process. Under FSDP or DeepSpeed, whose weights are sharded across the ranks, the
     full weights are first gathered onto the main process (a collective) and saved with
     ``save_pretrained`` (a LoRA model is then saved as its PEFT adapter, not merged).
-    Untested here: no GPU."""
+    The sharded path has not run yet: FSDP and DeepSpeed are GPU paths (bench/README.md, GPU check)."""
     sharded = getattr(trainer, "is_fsdp_enabled", False) or getattr(trainer, "is_deepspeed_enabled", False)
     if not sharded:
         if is_main():

@@ -22,6 +22,7 @@ import inspect
 import os
 import shutil
 import tempfile
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
@@ -250,6 +251,18 @@ def stop_token_ids(model, tokenizer) -> list[int]:
     extra = getattr(gen, "eos_token_id", None) if gen is not None else None
     ids.update(extra if isinstance(extra, (list, tuple)) else [extra])
     return sorted(i for i in ids if i is not None)
+
+
+@dataclass
+class Completion:
+    """One sampled response, as every sampling engine returns it (afd.sampling.HFEngine,
+    afd.vllm_engine.VLLMEngine): its tokens without the stop token, their summed log-prob, why it
+    ended, and the stop token sampled."""
+
+    token_ids: list[int]
+    logprob: float
+    finish_reason: str  # "stop" | "length"
+    stop_id: int | None = None  # the stop token sampled, when finish_reason is "stop"
 
 
 # --------------------------------------------------------------------------- text -> tokens

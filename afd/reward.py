@@ -20,7 +20,8 @@ model instead (METHODS §3, :mod:`afd.ava`), saved as a causal-LM folder with it
 kind is read back as a :class:`afd.rewards.RewardModel` (``afd.rewards.load(folder)``), with the
 input settings it was trained with.
 
-``loss: bt`` trains any of the first four variants with the pairwise Bradley-Terry loss
+``loss: bt`` trains any classifier variant (init-sft, init-demo, sft-demo, kto) with the pairwise
+Bradley-Terry loss
 ``-log sigma(r(x, y+) - r(x, y-))`` instead, pairing positives and negatives of the same
 prompt; ``bt`` always uses it. The model is an ``AutoModelForSequenceClassification`` with one
 label (default backbone: the initial policy), saved with ``save_pretrained`` so that

@@ -228,7 +228,8 @@ class DataOptions:
 
     data: str = opt("", "data file (.jsonl/.json/.csv/.parquet) or hub dataset id")
     data_split: str = opt("train", "hub dataset split")
-    data_format: str = opt("auto", "auto, prompt-completion, messages, preference, hh, alpaca, sharegpt or prompt")
+    data_format: str = opt("auto", "auto, prompt-completion, messages, preference, hh, alpaca, sharegpt, "
+                                   "sharegpt-preference or prompt")
     columns: dict = opt({}, "column mapping, e.g. prompt=question,response=answer")
     on_invalid: str = opt("error", "malformed rows: error (stop, naming the row) or skip (count them)")
     max_examples: int | None = opt(None, "use only the first N valid examples")

@@ -38,6 +38,7 @@ from pathlib import Path
 import torch
 
 from afd import dist, models
+from afd.models import Completion
 from afd.config import check_choice, opt
 from afd.errors import AfdError
 from afd.runs import DataOptions, ModelOptions, PromptOptions, StageDir, StageOptions, write_json
@@ -83,14 +84,6 @@ def derive_seed(seed: int, *parts) -> int:
 def row_seed(seed: int, prompt_id: str, sample_index: int) -> int:
     """The seed of one sample: each row's randomness is its own (see the module docstring)."""
     return derive_seed(seed, prompt_id, sample_index)
-
-
-@dataclass
-class Completion:
-    token_ids: list[int]
-    logprob: float
-    finish_reason: str  # "stop" | "length"
-    stop_id: int | None = None  # the stop token sampled, when finish_reason is "stop"
 
 
 # --------------------------------------------------------------------------- the HF engine

@@ -9,7 +9,7 @@ temperature / top-k / top-p where the vLLM version supports ``logprobs_mode``.
 
 from __future__ import annotations
 
-from afd.sampling import Completion
+from afd.models import Completion
 
 
 def stop_ids(model_path: str, tokenizer) -> list[int]:

@@ -10,7 +10,8 @@ LM), the same training pairs, epochs, learning rate and batch size:
 
 Each is scored on the same held-out pairs (accuracy of ranking chosen over rejected), next to
 the paper's GPT-2 figures on the full data set (Harmless: BT 70.02, AVA-p 70.27, AVA-d 70.54),
-once per training seed (``--seeds``; the data split is the same for all): per-seed figures,
+once per seed (``--seeds``; each seed is its own split of training and held-out pairs, and its
+own training): per-seed figures,
 their mean with a 95% t-interval over seeds, ``prefers_longer`` (the share of unequal-length
 pairs in which the longer reply gets the higher reward), and ``length_only_accuracy``, the
 accuracy on the same held-out pairs of a length-only classifier: "the longer reply wins" or
