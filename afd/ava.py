@@ -335,7 +335,10 @@ def training_rows(cfg, objective: str, tok) -> tuple[list[dict], list[dict], int
     from afd.data import load_demos, load_pairs, prompt_key, split
 
     if objective == "ava-d":
-        items = [(d.prompt, d.response) for d in load_demos(cfg.data_config())[0]]
+        # a demonstration cut before its end is read as its tokens without EOS, as in SFT
+        items = [(d.prompt, d.response if d.ended else models.encode_response(tok, d.prompt, d.response, cfg.template,
+                                                                             False))
+                 for d in load_demos(cfg.data_config())[0]]
     else:
         items = [(p.prompt, (p.chosen, p.rejected)) for p in load_pairs(cfg.data_config())[0]]
     if not items:

@@ -58,7 +58,10 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Any]]:
              "irl": "iterated IRL: reward model on demonstrations vs policy samples, then RL, repeated",
              "irft": "implicit-reward fine-tuning from demonstrations (stages=1 is SPIN)",
              "gail": "GAIL: discriminator demonstrations vs policy samples, RL on its logit, repeated",
-             "ava": "AVA direct optimisation: train a policy with the AVA objective (ava-d or ava-p)"}
+             "ava": "AVA direct optimisation: train a policy with the AVA objective (ava-d or ava-p)",
+             "gold": "train a golden scorer on labelled texts (hidden from every method) and write its prompts",
+             "plant": "demonstrations from pi* = pi_0 exp(r*/beta) / Z of a hidden reward (rejection sampling, "
+                      "best-of-k, contamination)"}
     for kind, (cls, _, _) in stages.items():
         _add_options(sub.add_parser(kind, help=helps.get(kind), description=helps.get(kind)), cls)
     run = sub.add_parser("run", help="run the stages of a pipeline YAML, each cached in the run folder")

@@ -68,7 +68,7 @@ FORMATS = ("prompt-completion", "messages", "preference", "hh", "alpaca", "share
            "prompt")
 PAIR_FORMATS = ("preference", "hh", "sharegpt-preference")
 CANONICAL_COLUMNS = ("prompt", "response", "completion", "messages", "chosen", "rejected",
-                     "instruction", "input", "output", "conversations", "id", "label")
+                     "instruction", "input", "output", "conversations", "id", "label", "ended")
 EXTENSIONS = (".jsonl", ".jsonl.gz", ".json", ".csv", ".parquet")
 ROLES = ("system", "user", "assistant")
 SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
@@ -87,10 +87,13 @@ DETECT_ROWS = 20  # auto-detection looks at the columns of this many leading row
 
 @dataclass
 class Demo:
-    """One demonstration: a prompt and the demonstrated assistant reply."""
+    """One demonstration: a prompt and the demonstrated assistant reply. ``ended`` is False for a
+    reply cut before its end (an optional boolean ``ended`` column, as ``afd plant`` writes for a
+    sample cut at max_new_tokens): it is imitated without an end-of-sequence token."""
     id: str
     prompt: list[dict]
     response: str
+    ended: bool = True
 
 
 @dataclass
@@ -188,7 +191,7 @@ def load_demos(cfg: DataConfig) -> tuple[list[Demo], LoadStats]:
     """Demonstrations from any format with responses (preference data: its chosen replies;
     labelled data: the rows labelled true, the false ones counted in ``stats.undesirable``)."""
     parsed, stats = _load(cfg, "demo")
-    return [Demo(key, p.prompt, p.chosen) for key, p in parsed], stats
+    return [Demo(key, p.prompt, p.chosen, p.ended) for key, p in parsed], stats
 
 
 def load_negatives(cfg: DataConfig) -> tuple[list[Demo], LoadStats]:
@@ -246,6 +249,7 @@ class _Parsed(NamedTuple):
     chosen: str | None = None  # the response, for demonstrations
     rejected: str | None = None
     label: bool | None = None  # labelled data: is the response desirable
+    ended: bool = True  # the response is whole (an ``ended`` column may say it was cut)
 
 
 class _RowError(Exception):
@@ -288,7 +292,7 @@ def _load(cfg: DataConfig, need: str) -> tuple[list[tuple[str, _Parsed]], LoadSt
                 fmt = _detect(cfg.path, [row])
                 _check_format_fits(cfg.path, fmt, need)
             parsed = PARSERS[fmt](row, "demo" if need == "negative" else need)
-            parsed = parsed._replace(label=_label(row) if fmt in LABELLED_FORMATS else None)
+            parsed = parsed._replace(label=_label(row) if fmt in LABELLED_FORMATS else None, ended=_ended(row))
         except _RowError as e:
             reason = f"{_where(cfg.path, n)}: {e.describe(cfg.columns)}"
             if cfg.on_invalid == "error":
@@ -446,6 +450,18 @@ def _sharegpt_reply(row: dict, name: str) -> str:
 
 
 LABELLED_FORMATS = ("messages", "prompt-completion", "sharegpt")
+
+
+def _ended(row: dict) -> bool:
+    """The row's ``ended`` flag (default true): false marks a response cut before its end."""
+    value = row.get("ended")
+    if value is None:
+        return True
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().lower() in ("true", "false"):  # CSV cells
+        return value.strip().lower() == "true"
+    raise _RowError("ended", f"must be true or false, not {value!r}")
 
 
 def _label(row: dict) -> bool | None:

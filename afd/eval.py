@@ -35,7 +35,7 @@ from afd.bon import bon_curve, bon_kl, group_by_prompt, load_reward, powers_of_t
 from afd.config import opt
 from afd.errors import AfdError
 from afd.runs import ScoringOptions, StageDir, StageOptions
-from afd.stats import mean_ci, spearman
+from afd.stats import mean_ci, spearman, within_group_correlation
 
 
 @dataclass
@@ -148,6 +148,10 @@ def evaluate(cfg: EvalConfig) -> dict:
                 "gold_z": list(standardise(gold, [r["gold"] for r in rows]).values()),
                 "proxy_z": list(standardise(proxy, [r["proxy"] for r in rows]).values()),
                 "spearman_proxy_gold": spearman([r["proxy"] for r in rows], [r["gold"] for r in rows]),
+                # within each prompt (what Best-of-N uses: it ranks one prompt's samples), mean over prompts
+                **{f"{m}_within_prompts": within_group_correlation(
+                    [([r["proxy"] for r in g], [r["gold"] for r in g]) for g in group_by_prompt(rows).values()], m)
+                   for m in ("spearman", "pearson")},
             }
             if baseline is not None:
                 win = bon_curve(rows, "proxy", "win", ns)
@@ -274,7 +278,8 @@ def report(m: dict) -> str:
     if m["bon"]:
         lines += ["", f"## Best-of-N from the {m['bon_policy']} pool (one-pool unbiased estimates)", ""]
         for name, b in m["bon"].items():
-            lines += [f"### proxy: {name} (Spearman proxy/gold over the pool: {_f(b['spearman_proxy_gold'])})", "",
+            lines += [f"### proxy: {name} (Spearman proxy/gold over the pool: {_f(b['spearman_proxy_gold'])}; "
+                      f"within prompts: {_f(b.get('spearman_within_prompts'))})", "",
                       "| N | KL (nats) | golden reward | gap closed | win rate vs " + m["baseline"] +
                       " | proxy (sd) | gold (sd) |", "|---|---|---|---|---|---|---|"]
             for i, n in enumerate(b["n"]):

@@ -123,10 +123,12 @@ def train_step(cfg: StepConfig) -> dict:
     pool = read_pool(cfg.pool)
     # negatives are the opponent's samples as drawn: its tokens, EOS only where it stopped
     pairs = [(demos[r["prompt_id"]], r.get("token_ids", r["response"])) for r in pool if r["prompt_id"] in demos]
+    # (a demonstration cut before its end is imitated without EOS, as in SFT)
     tok = models.load_tokenizer(cfg.model)
     rows = []
     for d, y in pairs:
-        c, r = encode_side(tok, d.prompt, d.response, cfg), encode_side(tok, d.prompt, y, cfg)
+        chosen = d.response if d.ended else models.encode_response(tok, d.prompt, d.response, cfg.template, False)
+        c, r = encode_side(tok, d.prompt, chosen, cfg), encode_side(tok, d.prompt, y, cfg)
         if len(c["input_ids"]) <= cfg.max_length and len(r["input_ids"]) <= cfg.max_length:
             rows.append({"chosen": c, "rejected": r, "prompt": d.prompt})  # a cut response is left out
     if not rows:

@@ -30,7 +30,7 @@ import torch
 
 from afd.errors import AfdError
 
-BUILTINS = ("tiny-random", "smollm2-135m-instruct", "minilm-l6")
+BUILTINS = ("tiny-random", "tiny-ascii", "smollm2-135m-instruct", "minilm-l6")
 
 CHATML_TEMPLATE = (
     "{% for message in messages %}"
@@ -46,14 +46,20 @@ def cache_dir() -> Path:
 
 # --------------------------------------------------------------------------- built-ins
 
-def _build_tiny_random(folder: Path) -> None:
-    """A 2-layer Llama (hidden 64) over a byte-level tokenizer: well under a million params."""
+def _build_tiny_random(folder: Path, ascii_only: bool = False) -> None:
+    """A 2-layer Llama (hidden 64) over a byte-level tokenizer: well under a million params.
+    ``ascii_only`` (``tiny-ascii``): the vocabulary is the 95 printable ASCII characters and the
+    newline, so every token decodes to its own one-character text and back (a byte of a
+    multi-byte character would decode to U+FFFD): the exact toy of afd.toy needs that."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
     specials = ["<pad>", "<|im_start|>", "<|im_end|>"]
     vocab = {tok: i for i, tok in enumerate(specials)}
-    for ch in sorted(pre_tokenizers.ByteLevel.alphabet()):
+    byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    alphabet = [byte_level.pre_tokenize_str(chr(b))[0][0] for b in [0x0A, *range(0x20, 0x7F)]] if ascii_only \
+        else sorted(pre_tokenizers.ByteLevel.alphabet())
+    for ch in alphabet:
         vocab[ch] = len(vocab)
     tk = Tokenizer(models.BPE(vocab=vocab, merges=[]))
     tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
@@ -101,7 +107,8 @@ def _build_smollm2(folder: Path) -> None:
     tokenizer.save_pretrained(folder)
 
 
-_BUILDERS = {"tiny-random": _build_tiny_random, "smollm2-135m-instruct": _build_smollm2}
+_BUILDERS = {"tiny-random": _build_tiny_random, "tiny-ascii": lambda folder: _build_tiny_random(folder, True),
+             "smollm2-135m-instruct": _build_smollm2}
 
 
 def _packaged_folder(package: str, sub: str, install: str) -> Path:
@@ -351,15 +358,16 @@ def raw_separator(messages: list[dict]) -> str:
     return "" if len(messages) == 1 and messages[0]["role"] == "user" else " "
 
 
-def encode_response(tokenizer, messages: list[dict], response: str, template: str = "auto") -> list[int]:
+def encode_response(tokenizer, messages: list[dict], response: str, template: str = "auto",
+                    ended: bool = True) -> list[int]:
     """Token ids of a reply to ``messages`` followed by EOS (in a chat template, EOS is the
     token that closes the assistant turn; an encoder without EOS, such as BERT, ends with
-    its separator token)."""
+    its separator token); without it for a reply cut before its end (``ended`` False)."""
     if not uses_chat_template(tokenizer, template):
         response = raw_separator(messages) + response
     ids = tokenizer(response, add_special_tokens=False)["input_ids"]
     end = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else tokenizer.sep_token_id
-    return ids + ([end] if end is not None else [])
+    return ids + ([end] if end is not None and ended else [])
 
 
 def fit(prompt_ids: list[int], response_ids: list[int], max_length: int | None) -> list[int]:

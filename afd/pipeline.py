@@ -29,6 +29,8 @@ def registry() -> dict[str, tuple[type, Callable[[Any], dict], Callable[[Path], 
     from afd.bon import BonConfig, bon
     from afd.demonstrate import DEMOS, DemonstrateConfig, demonstrate
     from afd.eval import EvalConfig, evaluate
+    from afd.gold import GoldConfig, gold
+    from afd.plant import PlantConfig, plant
     from afd.irft import IRFTConfig, irft
     from afd.irl import IRLConfig, gail, irl
     from afd.reward import RewardConfig, reward
@@ -48,6 +50,8 @@ def registry() -> dict[str, tuple[type, Callable[[Any], dict], Callable[[Path], 
         "irft": (IRFTConfig, irft, lambda p: str(p / "model")),
         "gail": (IRLConfig, gail, lambda p: str(p / "model")),
         "ava": (AVAConfig, ava, lambda p: str(p / "model")),
+        "gold": (GoldConfig, gold, lambda p: str(p)),
+        "plant": (PlantConfig, plant, lambda p: str(p / "demos.jsonl")),
     }
 
 

@@ -110,7 +110,8 @@ def examples(cfg: RewardConfig) -> list[Example]:
                         ended=r.get("finish_reason") != "length") for r in read_pool(path)]
 
     def demos(label: float) -> list[Example]:
-        return [Example(d.prompt, d.response, label, prompt_key(d.prompt)) for d in load_demos(cfg.data_config())[0]]
+        return [Example(d.prompt, d.response, label, prompt_key(d.prompt), ended=d.ended)
+                for d in load_demos(cfg.data_config())[0]]
 
     if cfg.variant == "bt":
         out = []

@@ -36,6 +36,9 @@ Names (``load``):
   response: a floor that ranks at random.
 - ``length``: the response's length in tokens (the sampled tokens where given, EOS included
   where sampled; else its whitespace-separated words): the control a reward must beat.
+- ``z:MEAN,SD:NAME`` or ``z:POOL:NAME``: the reward ``NAME`` standardised, ``(r - MEAN) / SD``,
+  with the mean and standard deviation given, or measured over a pool of samples (Gao et al.
+  2022 standardise the gold to mean 0, sd 1 on pi_0's samples), for any reward.
 
 Every score is checked: one finite number per response, or one sentence naming the scorer and
 the row.
@@ -361,6 +364,30 @@ class Python(Function):
         super().__init__(function, name)
 
 
+class Standardised(RewardModel):
+    """``(r - mean) / sd`` of another reward model (``z:`` names)."""
+
+    def __init__(self, inner: RewardModel, mean: float, sd: float):
+        if not (math.isfinite(mean) and math.isfinite(sd) and sd > 0):
+            raise AfdError(f"standardising '{inner.name}' needs a finite mean and a positive sd; got {mean}, {sd}")
+        self.inner, self.mean, self.sd = inner, mean, sd
+        self.name = f"z:{mean:.6g},{sd:.6g}:{inner.name}"
+
+    @classmethod
+    def over_pool(cls, inner: RewardModel, pool: str) -> Standardised:
+        from afd.sampling import read_pool
+
+        rows = read_pool(pool)
+        token_ids = [r["token_ids"] for r in rows] if all("token_ids" in r for r in rows) else None
+        values = inner.score([r["prompt"] for r in rows], [r["response"] for r in rows], token_ids)
+        mean = sum(values) / len(values)
+        sd = (sum((v - mean) ** 2 for v in values) / max(len(values) - 1, 1)) ** 0.5
+        return cls(inner, mean, sd)
+
+    def _score(self, prompts, responses, token_ids=None) -> list[float]:
+        return [(v - self.mean) / self.sd for v in self.inner.score(prompts, responses, token_ids)]
+
+
 class Random(RewardModel):
     """A uniform number in [0, 1) fixed by (seed, prompt, response): the floor of a study."""
 
@@ -403,6 +430,18 @@ def load(spec: str, device: str = "auto", dtype: str = "auto", batch_size: int =
             return Random(int(spec.partition(":")[2] or 0))
         except ValueError:
             raise AfdError(f"scorer '{spec}' should be random or random:SEED (a whole number)") from None
+    if spec.startswith("z:"):
+        arg, sep, inner = spec[2:].partition(":")
+        if not sep or not arg or not inner:
+            raise AfdError(f"scorer '{spec}' should be z:MEAN,SD:NAME or z:POOL:NAME")
+        rm = load(inner, device, dtype, batch_size, template)
+        numbers = arg.split(",")
+        if len(numbers) == 2 and not Path(arg).exists():
+            try:
+                return Standardised(rm, float(numbers[0]), float(numbers[1]))
+            except ValueError:
+                pass
+        return Standardised.over_pool(rm, arg)
     if spec.startswith("gold:"):
         from afd.gold import Gold
 

@@ -74,8 +74,8 @@ def write_demo_files(folder: Path, demos: list) -> tuple[str, str]:
     prompts.jsonl (id, prompt), one prompt per demonstration with its id, so a sample pool of
     the prompts pairs each sample with its demonstration by ``prompt_id``."""
     folder.mkdir(parents=True, exist_ok=True)
-    return (write_jsonl(folder / "demos.jsonl", [{"id": d.id, "prompt": d.prompt, "completion": d.response}
-                                                 for d in demos]),
+    return (write_jsonl(folder / "demos.jsonl", [{"id": d.id, "prompt": d.prompt, "completion": d.response,
+                                                  **({} if d.ended else {"ended": False})} for d in demos]),
             write_jsonl(folder / "prompts.jsonl", [{"id": d.id, "prompt": d.prompt} for d in demos]))
 
 

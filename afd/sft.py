@@ -37,7 +37,7 @@ def tokenize_demos(tokenizer, demos, cfg, required: bool = True) -> tuple[list[d
     kept, dropped = models.prompts_within(tokenizer, demos, cfg, cfg.data, "demonstration", required)
     rows, truncated = [], 0
     for d, p in kept:
-        r = models.encode_response(tokenizer, d.prompt, d.response, cfg.template)
+        r = models.encode_response(tokenizer, d.prompt, d.response, cfg.template, d.ended)  # a cut reply: no EOS
         if len(p) + len(r) > cfg.max_length:
             r = r[: cfg.max_length - len(p)]
             truncated += 1
