@@ -357,12 +357,23 @@ def test_sample_killed_on_cuda_resumes_to_the_uninterrupted_pool(tmp_path, make_
 # torchrun on one GPU
 
 
-def launch(nproc: int, args: list[str], cwd, extra_env: dict | None = None, timeout: int = 120):
-    """``torchrun --nproc_per_node NPROC -m afd ARGS``; the finished process."""
+def launch(nproc: int, args: list[str], cwd, extra_env: dict | None = None, timeout: int = 90):
+    """``torchrun --nproc_per_node NPROC -m afd ARGS``, the finished process; one still running
+    after ``timeout`` seconds is killed with its ranks (in sessions of their own) and reads as failed."""
+    import psutil
+
     env = {**os.environ, "PYTHONPATH": str(REPO), **(extra_env or {})}
-    return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
-                           str(nproc), "-m", "afd", *args], cwd=cwd, env=env, capture_output=True, text=True,
-                          timeout=timeout)
+    proc = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
+                             str(nproc), "-m", "afd", *args], cwd=cwd, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        for p in [*psutil.Process(proc.pid).children(recursive=True), psutil.Process(proc.pid)]:
+            p.kill()
+        out, err = proc.communicate()
+        err += f"\nError: still running after {timeout} s"
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
 
 
 def first_error(done) -> str:
