@@ -235,9 +235,9 @@ def scoring_items():
 # bf16 weights round each logit's inputs to 8 significant bits: measured here (tiny-random,
 # responses of 6 to 25 tokens) at most 0.0028 nats a token and 0.0065 a sequence; tolerances 0.03
 # and 0.07. The density ratio differences two such sums under different weights, whose errors do
-# not cancel: measured 0.021, so 0.2 (the ratios themselves reach 4 nats). A wrong token alignment
+# not cancel: measured 0.021, so 0.25 (the ratios themselves reach 4 nats). A wrong token alignment
 # or a dtype mix-up moves a sequence by whole nats.
-SCORE_TOKEN_TOL, SCORE_SEQ_TOL, DENSITY_RATIO_TOL = 0.03, 0.07, 0.2
+SCORE_TOKEN_TOL, SCORE_SEQ_TOL, DENSITY_RATIO_TOL = 0.03, 0.07, 0.25
 
 
 def test_scoring_and_density_ratio_in_bf16_are_the_fp32_values(moved_policy, facts):
