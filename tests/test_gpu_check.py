@@ -6,6 +6,7 @@ figures on a tiny model and writes the report; only CUDA is left out."""
 import base64
 import hashlib
 import json
+import os
 import subprocess
 import sys
 import sysconfig
@@ -86,7 +87,8 @@ def test_dry_run_installs_offline_runs_the_gpu_tests_and_writes_the_report(tmp_p
     out = tmp_path / "out"
     done = subprocess.run([sys.executable, str(REPO / "bench" / "gpu_check.py"), "--dry-run", "--python", python,
                            "--wheels", str(folder), "--out", str(out), "--extra", "afd-gpu-probe", "pytest"],
-                          cwd=tmp_path, capture_output=True, text=True, timeout=400)
+                          cwd=tmp_path, capture_output=True, text=True, timeout=400,
+                          env={k: v for k, v in os.environ.items() if k != "AFD_GPU_TESTS_ON_CPU"})
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-3000:]
     report = json.loads((out / "gpu-dry-run.json").read_text())
     assert gpu_check.check_report(report) == []
