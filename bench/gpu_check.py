@@ -436,7 +436,8 @@ def fmt(x, spec: str = ".1f") -> str:
 
 def markdown(r: dict) -> str:
     m, figs, steps = r["machine"], r["figures"], r["steps"]
-    where = m.get("gpu") or f"CPU ({m.get('cpu')}), dry run"
+    where = m.get("gpu") or (f"CPU ({m['cpu']})" if m.get("cpu") else "a machine the figures did not describe")
+    where += ", dry run" if r["dry_run"] else ""
     lines = [f"# GPU check: {where}", "",
              f"`make gpu-check` (bench/gpu_check.py{' --dry-run' if r['dry_run'] else ''}) on {where}: torch "
              f"{m.get('torch')}" + (f" (CUDA {m['cuda']})" if m.get("cuda") else "") + f", transformers "
