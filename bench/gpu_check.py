@@ -195,8 +195,9 @@ def install(python: str, wheels: Path, extra: list[str], log: Path, limit: float
         if not env["writable"]:
             flags.append("--user")
         rc = 0
-        # setuptools first: the editable build below uses the machine's own (--no-build-isolation)
-        for args in (["setuptools>=64"], ["-e", str(REPO), *extra]):
+        # setuptools first: the editable build below uses the machine's own (--no-build-isolation),
+        # and before 70.1 it would also need the wheel package
+        for args in (["setuptools>=70.1"], ["-e", str(REPO), *extra]):
             left = limit - (time.time() - start)
             rc, _ = bounded([*pip_command(python), *flags, *args], log, left)
             if rc != 0:
