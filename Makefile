@@ -3,13 +3,15 @@
 #   make test   - the test suite
 #   make test-vllm - the vLLM backend against the real engine (vLLM's CPU build, in .venv-vllm)
 #   make peers     - llama.cpp and GGUF files for bench/sampling.py's peer arms (in .peers)
+#   make gpu-wheels - here (PyPI): the wheels a bare GPU machine lacks, into .gpu-wheels/
+#   make gpu-check  - there, with the working tree and .gpu-wheels/ only: install, gpu tests, figures (< 8 min)
 # GPU users: `make test TORCH=torch` (or install your own torch build into .venv first).
 
 VENV  ?= .venv
 PY    := $(VENV)/bin/python
 TORCH ?= torch==2.13.0
 
-.PHONY: install test test-vllm demo bench peers clean
+.PHONY: install test test-vllm demo bench peers gpu-wheels gpu-check clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -95,6 +97,17 @@ $(GGUF)-%.gguf: $(PEERS)/venv/.installed
 		"$$($(PY) -c "from afd import models; print(models.resolve('smollm2-135m-instruct'))")"
 
 peers: $(LLAMA_BUILD)/bin/llama-batched-bench $(GGUF)-fp32.gguf $(GGUF)-bf16.gguf
+
+# The GPU check (bench/README.md, "GPU check"): bench/gpu-wheels.txt's wheels for CPython 3.12 on
+# manylinux x86-64, packed to travel with the working tree (under 64 MiB together); then, on the GPU
+# machine, afd installed from them offline, the gpu tests and the figures, written to $$OUT.
+GPU_PY ?= python3
+
+gpu-wheels: $(VENV)/.installed
+	$(PY) bench/gpu_check.py wheels
+
+gpu-check:
+	$(GPU_PY) bench/gpu_check.py
 
 clean:
 	rm -rf $(VENV) $(VLLM_VENV) runs
