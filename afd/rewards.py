@@ -270,20 +270,22 @@ def load_trained(path: str, device: str = "auto", dtype: str = "auto", batch_siz
 
 class DensityRatio(RewardModel):
     """``log pi(y|x) - log pi_ref(y|x)`` (``normalise``: divided by the number of response
-    tokens), teacher-forced in fp32 (:mod:`afd.scoring`). The two models are loaded on the first
-    call and kept, so a stage that scores many batches (RL) loads them once; :meth:`close`
-    frees them."""
+    tokens), teacher-forced (:mod:`afd.scoring`) in fp32 unless ``dtype`` names another: a
+    difference of log-probabilities is not computed in bf16 by default (afd.models.pick_dtype).
+    The two models are loaded on the first call and kept, so a stage that scores many batches
+    (RL) loads them once; :meth:`close` frees them."""
 
     def __init__(self, policy: str, reference: str, normalise: bool = False, device: str = "auto",
-                 template: str = "auto", batch_size: int = 16):
+                 template: str = "auto", batch_size: int = 16, dtype: str = "auto"):
         self.names, self.normalise = (policy, reference), normalise
         self.device, self.template, self.batch_size = device, template, batch_size
+        self.dtype = "float32" if dtype == "auto" else dtype
         self.name = f"density-ratio{'-norm' if normalise else ''}:{policy},{reference}"
         self.loaded: list | None = None
 
     def _models(self) -> list:
         if self.loaded is None:
-            self.loaded = [models.load_causal_lm(n, self.device, "float32") for n in self.names]
+            self.loaded = [models.load_causal_lm(n, self.device, self.dtype) for n in self.names]
         return self.loaded
 
     def close(self) -> None:
@@ -453,7 +455,7 @@ def load(spec: str, device: str = "auto", dtype: str = "auto", batch_size: int =
             parts = spec[len(prefix):].split(",")
             if len(parts) != 2 or not all(parts):
                 raise AfdError(f"scorer '{spec}' should be {prefix}POLICY,REFERENCE")
-            return DensityRatio(parts[0], parts[1], normalise, device, template, batch_size)
+            return DensityRatio(parts[0], parts[1], normalise, device, template, batch_size, dtype)
     path = trained_path(spec)
     if path is not None:
         return load_trained(path, device, dtype, batch_size, template)

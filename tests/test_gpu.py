@@ -60,7 +60,7 @@ def bf16_where_cuda_has_it(monkeypatch):
         args = real(cfg, *a, **k)
         return dataclasses.replace(args, bf16=cfg.dtype in ("auto", "bfloat16", "bf16")) if args.use_cpu else args
 
-    for module in ("sft", "reward", "rl", "irft"):
+    for module in ("training", "rl"):  # every Trainer stage's arguments come from one of these
         monkeypatch.setattr(f"afd.{module}.training_arguments", cuda_like)
 
 
@@ -88,7 +88,7 @@ def both_dtypes(monkeypatch, module: str, run) -> dict:
     otherwise start from different heads."""
     import importlib
 
-    mod = importlib.import_module(f"afd.{module}")
+    mod = importlib.import_module("afd.rl" if module == "rl" else "afd.training")  # where the stage's args are made
     made, real = [], mod.training_arguments
     monkeypatch.setattr(mod, "training_arguments", lambda *a, **k: made.append(real(*a, **k)) or made[-1])
     out = {}
@@ -241,7 +241,7 @@ SCORE_TOKEN_TOL, SCORE_SEQ_TOL, DENSITY_RATIO_TOL = 0.03, 0.07, 0.25
 
 
 def test_scoring_and_density_ratio_in_bf16_are_the_fp32_values(moved_policy, facts):
-    from afd.scorers import make_scorer
+    from afd import rewards
     from afd.scoring import response_logprobs
 
     items = scoring_items()
@@ -254,8 +254,11 @@ def test_scoring_and_density_ratio_in_bf16_are_the_fp32_values(moved_policy, fac
     token_err = max(abs(x - y) for b, f in zip(bt, ft) for x, y in zip(b, f))
     seq_err = max(abs(x - y) for x, y in zip(bs, fs))
     prompts, responses = [p for p, _ in items], [r for _, r in items]
-    ratio = {dtype: make_scorer(f"density-ratio:{moved_policy},tiny-random", device=DEVICE, dtype=dtype)(prompts, responses)
-             for dtype in ("auto", "float32")}
+    # the density ratio is fp32 under auto (its log-probs are differenced); bf16 only when asked
+    ratio = {dtype: rewards.load(f"density-ratio:{moved_policy},tiny-random", device=DEVICE, dtype=dtype).score(
+        prompts, responses) for dtype in ("auto", "float32", "bfloat16")}
+    assert ratio["auto"] == ratio["float32"]
+    ratio["auto"] = ratio.pop("bfloat16")
     ratio_err = max(abs(x - y) for x, y in zip(ratio["auto"], ratio["float32"]))
     facts(max_token_logprob_error=token_err, max_sequence_logprob_error=seq_err, max_density_ratio_error=ratio_err,
           density_ratio_fp32=ratio["float32"], density_ratio_bf16=ratio["auto"])
