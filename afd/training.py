@@ -7,6 +7,7 @@ options every such stage has and the few pieces around the Trainer that afd adds
 
 from __future__ import annotations
 
+import importlib.util
 import inspect
 import time
 from contextlib import contextmanager
@@ -22,12 +23,13 @@ from afd.config import check_choice, opt, options_of
 from afd.errors import AfdError
 
 
-REPORT_TO = ("none", "tensorboard", "trackio", "wandb")
+REPORT_TO = ("none", "tensorboard", "trackio", "wandb")  # each but none is an optional extra of the same name
 
 
 @dataclass
 class TrainOptions:
-    template: str = opt("auto", "prompt rendering: auto (chat template if the tokenizer has one), chat, raw")
+    template: str = opt("auto", "prompt rendering: auto (chat template if the tokenizer has one), chat, raw, or an "
+                                "input template holding {} (OpenRLHF's input_template, e.g. 'User: {}\\nAssistant: ')")
     eval_fraction: float = opt(0.05, "share of examples held out for evaluation")
     seed: int = opt(0, "seed for the train/eval split, initialisation of LoRA and data order")
     epochs: float = opt(1.0, "passes over the training demonstrations")
@@ -39,7 +41,8 @@ class TrainOptions:
     batch_size: int = opt(8, "sequences per device per step")
     grad_accum: int = opt(1, "gradient accumulation steps")
     max_length: int = opt(1024, "longest prompt + response in tokens; longer responses are cut (and counted)")
-    max_prompt_length: int = opt(512, "prompts longer than this many tokens follow long_prompts")
+    max_prompt_length: int | None = opt(None, "prompts longer than this many tokens follow long_prompts (none: half "
+                                              "of max_length)")
     long_prompts: str = opt("drop", "over-long prompts: drop (and count them) or error")
     lora_r: int = opt(0, "LoRA rank (0: full fine-tuning)")
     lora_alpha: int = opt(32, "LoRA alpha")
@@ -53,17 +56,29 @@ class TrainOptions:
     eval_steps: int = opt(0, "evaluate every N steps (0: at the start and the end only)")
     device: str = opt("auto", "auto, cpu, cuda, cuda:N or mps (ignored under accelerate launch)")
     dtype: str = opt("auto", "auto (bf16 mixed precision on CUDA, else fp32), float32, bfloat16, float16")
-    report_to: str = opt("none", "send the training logs to tensorboard (written to <stage>/logs), trackio, wandb or none")
+    report_to: list = opt(["none"], "send the training logs to tensorboard (written to <stage>/logs), trackio, "
+                                    "wandb, several of them (tensorboard,wandb) or none")
 
+    def __post_init__(self) -> None:
+        if self.max_prompt_length is None:  # a prompt length consistent with any max_length
+            self.max_prompt_length = self.max_length // 2
 
     def train_options(self) -> dict:
         """These options as a mapping, to pass on to the stages a multi-step stage runs."""
         return options_of(self, TrainOptions)
 
     def validate_training(self) -> None:
-        check_choice("template", self.template, models.TEMPLATES)
+        models.check_template(self.template)
         check_choice("long_prompts", self.long_prompts, ("drop", "error"))
-        check_choice("report_to", self.report_to, REPORT_TO)
+        self.report_to = [self.report_to] if isinstance(self.report_to, str) else list(self.report_to)
+        for name in self.report_to:
+            check_choice("report_to", name, REPORT_TO)
+        if "none" in self.report_to and len(self.report_to) > 1:
+            raise AfdError(f"option 'report_to' is {','.join(self.report_to)}; 'none' cannot go with another")
+        missing = [name for name in self.report_to if name != "none" and importlib.util.find_spec(name) is None]
+        if missing:
+            raise AfdError(f"option 'report_to' names {missing[0]}, which is not installed; install it with "
+                           f"pip install 'afd[{missing[0]}]'")
         if not 0 <= self.eval_fraction < 1:
             raise AfdError(f"option 'eval_fraction' must be in [0, 1); got {self.eval_fraction}")
         for name in ("batch_size", "grad_accum", "max_length", "max_prompt_length"):
@@ -222,8 +237,9 @@ def training_arguments(cfg: TrainOptions, output_dir: Path, has_eval: bool, **ex
         name = "activation_checkpointing" if _supports(TrainingArguments, "activation_checkpointing") \
             else "gradient_checkpointing"
         extra[name] = True
-    report_to = getattr(cfg, "report_to", "none")
-    if report_to != "none":
+    report_to = getattr(cfg, "report_to", ["none"])
+    report_to = [report_to] if isinstance(report_to, str) else list(report_to)
+    if report_to != ["none"]:
         logs = str(Path(output_dir).parent / "logs")  # output_dir is <stage>/checkpoints
         if _supports(TrainingArguments, "logging_dir"):
             extra["logging_dir"] = logs
