@@ -46,7 +46,11 @@ class EvalConfig(StageOptions):
     bon_policy: str = opt("sft", "the policy (one of pools) whose pool Best-of-N draws from")
     baseline: str = opt("sft", "policy that win rates are measured against")
     init_policy: str = opt("init", "policy whose golden reward is the 0 of gap_closed")
-    demos: str = opt("", "demonstrations (any demo format): golden reward 1.0 of the normalisation")
+    demos: str = opt("", "demonstrations (any demo format: file, dataset folder or hub id): golden reward 1.0 of "
+                         "the normalisation")
+    demos_split: str = opt("train", "split of demos when it is a hub dataset or dataset folder")
+    demos_format: str = opt("auto", "format of demos (as data_format)")
+    demos_columns: dict = opt({}, "column mapping of demos, e.g. prompt=question,response=answer")
     max_demos: int | None = opt(None, "use only the first N demonstrations")
     kl_reference: str = opt("", "policy (e.g. the SFT model) to estimate each pool's KL(policy || it) against")
     template: str = opt("auto", "prompt rendering for model-based scorers")
@@ -139,6 +143,13 @@ def evaluate(cfg: EvalConfig) -> dict:
     if not stage.begin():
         return stage.metrics()
     kw = dict(device=cfg.device, batch_size=cfg.batch_size, template=cfg.template)
+    demos = None
+    if cfg.demos:  # read before any scoring, so a mistake in them costs none
+        from afd.data import DataConfig, load_demos
+
+        demos, _ = load_demos(DataConfig(path=cfg.demos, split=cfg.demos_split, format=cfg.demos_format,
+                                         columns=dict(cfg.demos_columns), limit=cfg.max_demos, on_invalid="skip",
+                                         option="demos"))
     pools = {}
     for name, path in cfg.pools.items():
         rows = read_pool(path)
@@ -152,10 +163,7 @@ def evaluate(cfg: EvalConfig) -> dict:
         mean, ci = mean_ci(per_prompt_means(rows, "gold"))
         policies[name] = {"gold": mean, "gold_ci95": ci, "samples": len(rows)}
     demo_gold = None
-    if cfg.demos:
-        from afd.data import DataConfig, load_demos
-
-        demos, _ = load_demos(DataConfig(path=cfg.demos, limit=cfg.max_demos, on_invalid="skip"))
+    if demos is not None:
         rows = [{"prompt_id": d.id, "prompt": d.prompt, "response": d.response, "sample_index": 0} for d in demos]
         score_pool(rows, cfg.golden, "gold", **kw)
         demo_gold, ci = mean_ci([r["gold"] for r in rows])

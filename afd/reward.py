@@ -38,7 +38,7 @@ from afd import dist, models
 from afd.ava import AVAOptions
 from afd.config import check_choice, opt
 from afd.errors import AfdError
-from afd.runs import DataOptions, StageDir, StageOptions
+from afd.runs import DataOptions, EvalPairsOptions, StageDir, StageOptions
 from afd.training import (TokenRate, TrainOptions, apply_lora, loss_plot, merged, save_model, train_resuming,
                           training_arguments)
 
@@ -46,7 +46,7 @@ VARIANTS = ("init-sft", "init-demo", "sft-demo", "bt", "kto", "ava-d", "ava-p")
 
 
 @dataclass
-class RewardConfig(StageOptions, DataOptions, TrainOptions, AVAOptions):
+class RewardConfig(StageOptions, DataOptions, EvalPairsOptions, TrainOptions, AVAOptions):
     model: str = opt("tiny-random", "backbone: built-in name, local folder or hub id (default: the initial policy)")
     variant: str = opt("init-sft", "init-sft, init-demo, sft-demo, ava-d (from demonstrations), bt, ava-p (from "
                                    "preference pairs) or kto (a file labelling each response true or false); ava-* is "
@@ -54,8 +54,6 @@ class RewardConfig(StageOptions, DataOptions, TrainOptions, AVAOptions):
     loss: str = opt("bce", "bce (classifier: logit = reward) or bt (pairwise Bradley-Terry on same-prompt pairs)")
     init_pool: str = opt("", "samples of the initial policy pi_0 (a pool file or a sample stage folder)")
     sft_pool: str = opt("", "samples of the SFT policy pi_sft (a pool file or a sample stage folder)")
-    eval_pairs: str = opt("", "preference pairs (any pair format) to report pair accuracy on; never trained on")
-    eval_pairs_max: int | None = opt(None, "use only the first N valid eval pairs")
     same_prompts: bool = opt(True, "train and evaluate only on prompts that have both positives and negatives, "
                                    "so the prompt alone cannot tell the classes apart (init-sft, init-demo, sft-demo, "
                                    "kto)")
@@ -358,6 +356,7 @@ def reward(cfg: RewardConfig) -> dict:
     stage = StageDir(cfg, "reward")
     if not stage.begin():
         return stage.metrics()
+    eval_pairs = load_eval_pairs(cfg)  # before any training, so a mistake in them costs none
     if cfg.variant in ("ava-d", "ava-p"):
         from afd import ava
 
@@ -365,7 +364,7 @@ def reward(cfg: RewardConfig) -> dict:
         metrics["variant"] = cfg.variant
         if cfg.eval_pairs:
             rm = ava.AVARewardModel(model, tok, cfg, cfg.template, cfg.max_length, cfg.variant, cfg.batch_size)
-            metrics.update(preference_metrics(rm.score, cfg))
+            metrics.update(preference_metrics(rm.score, cfg, eval_pairs))
         return stage.finish(metrics)
     items = examples(cfg)
     train, held = split_groups(items, cfg.eval_fraction, cfg.seed)
@@ -432,7 +431,7 @@ def reward(cfg: RewardConfig) -> dict:
                             ended=lambda e: e.ended and (not limit or n[id(e)] <= limit)))
     if cfg.eval_pairs:
         metrics.update(preference_metrics(
-            ClassifierReward(trained, tok, cfg.template, cfg.batch_size, cfg.max_length).score, cfg))
+            ClassifierReward(trained, tok, cfg.template, cfg.batch_size, cfg.max_length).score, cfg, eval_pairs))
     # rank 0 writes the scored model (LoRA already merged)
     dist.save_trained(trainer, tok, stage.path / "model", lambda _, t, folder: save_model(trained, t, folder))
     if dist.is_main():
@@ -462,12 +461,18 @@ def held_out_metrics(model, tok, held: list[Example], cfg) -> dict:
             "eval_mean_reward_negative": sum(neg) / len(neg) if neg else None}
 
 
-def preference_metrics(score, cfg) -> dict:
-    """Accuracy on human preference pairs (never trained on, unless they are the bt data) of
-    ``score(prompts, responses) -> rewards``."""
-    from afd.data import DataConfig, load_pairs
+def load_eval_pairs(cfg) -> tuple[list, object] | None:
+    """(pairs, load stats) of option ``eval_pairs``, read with its own split, format and columns
+    (None without it)."""
+    from afd.data import load_pairs
 
-    pairs, stats = load_pairs(DataConfig(path=cfg.eval_pairs, on_invalid=cfg.on_invalid, limit=cfg.eval_pairs_max))
+    return load_pairs(cfg.eval_pairs_config()) if cfg.eval_pairs else None
+
+
+def preference_metrics(score, cfg, loaded=None) -> dict:
+    """Accuracy on human preference pairs (never trained on, unless they are the bt data) of
+    ``score(prompts, responses) -> rewards``; ``loaded``: the pairs, if already loaded."""
+    pairs, stats = loaded or load_eval_pairs(cfg)
     prompts = [p.prompt for p in pairs]
     chosen, rejected = score(prompts, [p.chosen for p in pairs]), score(prompts, [p.rejected for p in pairs])
     lengths = [(len(p.chosen), len(p.rejected)) for p in pairs]

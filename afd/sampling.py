@@ -65,7 +65,7 @@ class SampleConfig(StageOptions, DataOptions):
     dtype: str = opt("auto", "auto (bf16 on CUDA and on CPUs with native bf16, else fp32), float32, bfloat16, float16")
 
     def validate(self) -> None:
-        check_choice("template", self.template, models.TEMPLATES)
+        models.check_template(self.template)
         check_choice("long_prompts", self.long_prompts, ("drop", "error"))
         check_choice("backend", self.backend, ("auto", "hf", "vllm"))
         check_choice("output_format", self.output_format, ("jsonl", "parquet"))
