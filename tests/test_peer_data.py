@@ -281,6 +281,7 @@ def test_sft_says_which_turns_it_trains_when_conversations_have_several(tmp_path
                        + [conversation("Say x", "x!")])
     base = dict(data=path, device="cpu", max_steps=1, eval_fraction=0.0, max_length=256)
     metrics = sft(SFTConfig(out=str(tmp_path / "default"), **base))
+    assert metrics["prompts_dropped_too_long"] == 0
     said = " ".join(notes(capsys))
     assert "8 of 9 demonstrations are conversations with several assistant turns: only the last" in said
     assert "--assistant-only-loss" in said and metrics["earlier_turns_trained"] == 0
@@ -402,3 +403,29 @@ def test_openrlhf_sft_keys_and_apply_chat_template():
     assert cli.parse(["sft"] + ["--input_key", "q", "--columns", "response=a"])[1].columns == {"prompt": "q",
                                                                                               "response": "a"}
     assert cli.parse(["sft", "--train_batch_size", "16", "--micro_train_batch_size", "4"])[1].grad_accum == 4
+
+
+# ---------------------------------------------------------------------------------------------
+# The README's commands for each peer's layout, on the example files (as from a fresh clone)
+
+
+@pytest.mark.parametrize("argv", [
+    ["sft", "--config", "examples/trl_sft.yaml"],
+    ["reward", "--config", "examples/trl_reward.yaml", "--variant", "bt"],
+    ["reward", "--variant", "bt", "--model", "tiny-random", "--data", "examples/data/tiny_ultrafeedback",
+     "--data-split", "train_prefs", "--eval-pairs", "examples/data/tiny_ultrafeedback", "--eval-pairs-split",
+     "test_prefs"],
+    ["reward", "--variant", "bt", "--pretrain", "tiny-random", "--dataset", "examples/data/tiny_openrlhf_prefs.jsonl",
+     "--prompt_key", "context", "--input_template", OPENRLHF_TEMPLATE, "--max_len", "128"],
+], ids=["trl-sft-yaml", "trl-reward-yaml-ultrafeedback", "ultrafeedback-eval-pairs", "openrlhf-input-template"])
+def test_the_readmes_peer_examples_run(tmp_path, monkeypatch, capsys, argv):
+    from conftest import REPO
+
+    monkeypatch.chdir(REPO)
+    code = cli.main(argv + ["--output_dir", str(tmp_path), "--max-steps", "2", "--device", "cpu"])
+    out, err = capsys.readouterr()
+    assert code == 0 and "Traceback" not in err, err
+    metrics = json.loads(out.strip().splitlines()[-1].split("] ", 1)[1])
+    assert metrics["steps"] == 2
+    if "--eval-pairs" in argv or "trl_reward" in argv[2]:
+        assert metrics["pairs"] == 16
