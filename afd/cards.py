@@ -59,7 +59,7 @@ def lineage(model: str) -> tuple[str | None, str | None]:
         base = data.get("base_model")
         base = base[0] if isinstance(base, list) and base else base
         return (base if isinstance(base, str) else None), data.get("license")
-    if "/" in model and model.count("/") == 1:
+    if not model.startswith((".", "/", "~")) and model.count("/") <= 1:  # a hub id ("gpt2", "org/name")
         try:
             from huggingface_hub import hf_hub_download
 

@@ -794,19 +794,18 @@ def _last_reply(messages: list[dict], name: str) -> tuple[list[dict], str]:
 def _conversation(messages: list[dict], flags: list, name: str, need: str) -> _Parsed:
     """A conversation as (prompt, reply): the reply is its last assistant turn, or, with per-turn
     train flags, its last assistant turn not flagged false (the turns after it train nothing)."""
+    if need == "prompt" and messages[-1]["role"] == "user":  # prompts train nothing: flags do not matter
+        return _Parsed(messages)
     flagged = any(f is not None for f in flags)
     if flagged:
         trained = [i for i, (m, f) in enumerate(zip(messages, flags)) if f is not False and m["role"] == "assistant"]
-        if not trained and not (need == "prompt" and messages[-1]["role"] == "user"):
+        if not trained:
             raise _RowError(name, "flags every assistant turn train: false, so it has nothing to train on")
         wrong = [i for i, (m, f) in enumerate(zip(messages, flags)) if f and m["role"] != "assistant"]
         if wrong:
             raise _RowError(name, f"flags turn {wrong[0] + 1} ({messages[wrong[0]]['role']}) train: true; afd "
                                   f"trains assistant turns only")
-        if trained:
-            messages, flags = messages[:trained[-1] + 1], flags[:trained[-1] + 1]
-    if need == "prompt" and messages[-1]["role"] == "user":
-        return _Parsed(messages)
+        messages, flags = messages[:trained[-1] + 1], flags[:trained[-1] + 1]
     prompt, reply = _last_reply(messages, name)
     if need == "prompt":
         return _Parsed(prompt)

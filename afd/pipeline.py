@@ -22,7 +22,7 @@ from typing import Any, Callable
 
 from afd import aliases
 from afd.config import field_types, from_sources, read_yaml
-from afd.errors import ConfigError
+from afd.errors import ConfigError, note
 
 
 # kind -> (module, config class, stage function): read without importing anything heavy, so that
@@ -95,6 +95,11 @@ def plan(config: str | dict, overrides: dict[str, Any] | None = None,
     result = []
     everyone = set().union(*(field_types(cls) for cls, _, _ in reg.values()))
     unknown = sorted(k for k in set(shared) - everyone if not aliases.known(k))
+    ignored = aliases.translate({k: v for k, v in shared.items() if k not in unknown}, everyone, config_path)[2]
+    if ignored:
+        note(f"ignoring {', '.join(repr(n) for n in ignored)} ({config_path}): no stage has "
+             f"{'it' if len(ignored) == 1 else 'them'}, or {'it changes' if len(ignored) == 1 else 'they change'} "
+             f"nothing afd does")
     if unknown:
         raise ConfigError(f"{config_path}: top-level option '{unknown[0]}' is not an option of any stage")
     for name, options in stages.items():

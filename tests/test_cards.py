@@ -3,10 +3,8 @@ reward model, the exact text it scores, with a snippet that scores a conversatio
 trained it (run here against afd's own scoring), and TRL's trailing-newline rendering."""
 
 import re
-import shutil
 
 import pytest
-import torch
 from huggingface_hub import ModelCard
 
 from afd import cards, models
@@ -30,6 +28,7 @@ def test_lineage_of_built_ins_local_folders_and_hub_ids(tmp_path):
     (folder / "README.md").unlink()
     assert cards.lineage(str(folder)) == (None, None)
     assert cards.lineage("someone/some-model") == ("someone/some-model", None)  # not cached, offline
+    assert cards.lineage("gpt2") == ("gpt2", None)  # a hub id without an organisation
 
 
 def test_model_names_and_datasets():

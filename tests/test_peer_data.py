@@ -307,6 +307,9 @@ def test_axolotl_per_turn_train_flags_choose_the_turns(tiny, tmp_path):
     assert demo.train_flags == (False, False, True, None, False, None)
     rows, _ = tokenize_demos(tok, [demo], SFTConfig(template="chat"))
     assert trained_text(tok, rows[0]) == ["a!<|im_end|>", "c!<|im_end|>"]
+    prompt = load_prompts(DataConfig(write_jsonl(tmp_path / "open.jsonl", [
+        {"conversations": row["conversations"][:-1]}])))[0][0].prompt  # ends with a user turn: all of it
+    assert len(prompt) == 8 and prompt[-1] == user("Say d")
     rows, _ = tokenize_demos(tok, [demo], SFTConfig(template="chat", assistant_only_loss=True))
     assert trained_text(tok, rows[0]) == ["a!<|im_end|>", "c!<|im_end|>"]  # b! is flagged false
 

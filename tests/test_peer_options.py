@@ -20,7 +20,7 @@ from afd import aliases, cli
 from afd.config import _base_type, _declared_from_source, from_dict
 from afd.errors import AfdError
 from afd.pipeline import STAGES, plan, stage
-from conftest import REPO, WORDS, assistant, say_demos, user, write_jsonl
+from conftest import REPO, WORDS, assistant, user, write_jsonl
 
 
 def run_cli(argv, capsys):
@@ -277,3 +277,10 @@ def test_afd_sft_prints_only_its_summary_on_stdout(tmp_path, demos_file, capsys)
     lines = out.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("[sft] {"), out  # no Trainer dict ({'eval_loss': ...})
     assert "{'eval_loss'" not in err
+
+
+def test_a_pipelines_top_level_option_no_stage_uses_is_named(tmp_path, demos_file, capsys):
+    plan({"run_name": "mine", "stages": {"sft": {"data": demos_file}}}, out=str(tmp_path))
+    assert "ignoring 'run_name' (the pipeline config)" in capsys.readouterr().err
+    with pytest.raises(AfdError, match="'packing'"):
+        plan({"packing": True, "stages": {"sft": {"data": demos_file}}}, out=str(tmp_path))
