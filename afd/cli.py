@@ -7,29 +7,82 @@ the YAML. Errors a user can cause are printed as one sentence and exit with stat
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import sys
 from typing import Any
 
-from afd.config import ConfigError, _base_type, field_types, from_dict, read_yaml
+from afd.config import ConfigError, from_sources, read_yaml
 from afd.errors import AfdError
 
 
-def _add_options(parser: argparse.ArgumentParser, cls: type) -> None:
-    types_ = field_types(cls)
-    for f in dataclasses.fields(cls):
-        flag = "--" + f.name.replace("_", "-")
-        base, _ = _base_type(types_[f.name])
-        default = f.default if f.default is not dataclasses.MISSING else (
-            f.default_factory() if f.default_factory is not dataclasses.MISSING else None)
-        help_ = f"{f.metadata.get('help', '')} (default: {default!r})"
-        if base is bool:
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=help_)
-        else:
-            parser.add_argument(flag, dest=f.name, default=argparse.SUPPRESS, metavar=f.name.upper(), help=help_)
+class _Bool(argparse.Action):
+    """A yes/no option: ``--x`` (true), ``--no-x`` (false), or ``--x true|false`` as TRL's
+    scripts take it."""
+
+    def __init__(self, option_strings, dest, **kw):
+        strings = list(option_strings) + ["--no-" + s[2:] for s in option_strings]
+        super().__init__(strings, dest, nargs="?", **kw)
+
+    def __call__(self, parser, namespace, value, option_string=None):
+        setattr(namespace, self.dest, "false" if option_string.startswith("--no-") else (value or "true"))
+
+
+class _Formatter(argparse.HelpFormatter):
+    """``--lr LR``, and ``--x, --no-x`` for yes/no options, however many values they take."""
+
+    def _format_action_invocation(self, action):
+        if isinstance(action, _Bool):
+            return ", ".join(action.option_strings)
+        if action.option_strings and action.nargs == "+":
+            return f"{action.option_strings[0]} {action.metavar}"
+        return super()._format_action_invocation(action)
+
+
+PEER = "peer:"  # dest prefix of other libraries' names (afd.aliases), translated with the YAML
+
+
+def _add_options(parser: argparse.ArgumentParser, options: list) -> None:
+    """One flag per option (``--max-length``; ``--max_length`` is read too, unlisted), then every
+    other library's name afd reads (afd.aliases), unlisted."""
+    from afd import aliases
+
+    own = set()
+    for o in options:
+        own.add(o.name)
+        flags = ["--" + o.name.replace("_", "-")] + (["--" + o.name] if "_" in o.name else [])
+        help_ = f"{o.help} (default: {o.default!r})"
+        for i, flag in enumerate(flags):
+            shown = help_ if i == 0 else argparse.SUPPRESS
+            if o.kind == "bool":
+                parser.add_argument(flag, action=_Bool, dest=o.name, default=argparse.SUPPRESS, help=shown)
+            else:  # several values (TRL's `--lora_target_modules q_proj v_proj`) are joined with commas
+                parser.add_argument(flag, dest=o.name, nargs="+", default=argparse.SUPPRESS,
+                                    metavar=o.name.upper(), help=shown)
+    for name in (*aliases.RENAMED, *aliases.CONVERTED, *aliases.UNSUPPORTED, *aliases.NO_EFFECT):
+        if name in own:
+            continue
+        for flag in {"--" + name, "--" + name.replace("_", "-")} - set(parser._option_string_actions):
+            parser.add_argument(flag, dest=PEER + name, nargs="*", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     parser.add_argument("--config", default=None, help="YAML file of options (flags override it)")
+
+
+def _flag_values(args: dict[str, Any], options: list) -> dict[str, Any]:
+    """The parsed flags as option: value (a list of several values joined with commas, except
+    for a list option; a peer flag given bare is true)."""
+    kinds = {o.name: o.kind for o in options}
+    out = {}
+    for dest, value in args.items():
+        name = dest.removeprefix(PEER)
+        if isinstance(value, list):
+            if not value:
+                value = "true"
+            elif len(value) == 1:
+                value = value[0]
+            elif kinds.get(name) in ("str", "dict", "list") or dest.startswith(PEER):
+                value = ",".join(value) if kinds.get(name) != "list" else value
+        out[name] = value
+    return out
 
 
 def _print_metrics(name: str, metrics: dict) -> None:
@@ -41,29 +94,45 @@ def _print_metrics(name: str, metrics: dict) -> None:
     print(f"[{name}] " + json.dumps(shown), flush=True)
 
 
-def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Any]]:
-    from afd.pipeline import registry
+HELPS = {"sft": "supervised fine-tuning on demonstrations (forward-KL imitation)",
+         "sample": "K samples per prompt from a policy into a sample pool",
+         "demonstrate": "demonstrations from a demonstrator policy given a hidden expert instruction",
+         "reward": "train a reward model: IRL classifier (init-sft, init-demo, sft-demo), preference bt, "
+                   "or AVA's token-level Bayesian reward (ava-d, ava-p)",
+         "bon": "Best-of-N: keep each prompt's best sample under a reward",
+         "eval": "golden evaluation of policies and Best-of-N curves from one pool",
+         "rl": "RL (RLOO, KL penalty) of a policy against a reward model or scorer",
+         "irl": "iterated IRL: reward model on demonstrations vs policy samples, then RL, repeated",
+         "irft": "implicit-reward fine-tuning from demonstrations (stages=1 is SPIN)",
+         "gail": "GAIL: discriminator demonstrations vs policy samples, RL on its logit, repeated",
+         "ava": "AVA direct optimisation: train a policy with the AVA objective (ava-d or ava-p)",
+         "gold": "train a golden scorer on labelled texts (hidden from every method) and write its prompts",
+         "plant": "demonstrations from pi* = pi_0 exp(r*/beta) / Z of a hidden reward (rejection sampling, "
+                  "best-of-k, contamination)"}
+
+
+PEERS_HELP = ("Every option is also read with underscores (--max_length), and under TRL's, transformers', OpenRLHF's "
+              "and Axolotl's names (--learning_rate, --num_train_epochs, --per_device_train_batch_size, "
+              "--model_name_or_path, --dataset_name, --output_dir, --use_peft, --input_template, ...); their "
+              "options that change nothing afd does are named once and ignored, and those afd cannot honour "
+              "stop the stage with one sentence (see README, 'Coming from TRL, OpenRLHF or Axolotl').")
+
+
+def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
+    """The afd command's parser. Each stage's options are read from its config class's source
+    (afd.config.declared_options), so neither building it nor ``--help`` imports torch,
+    transformers or TRL; with ``argv``, only the stage it names (if any) gets its options."""
+    from afd.config import declared_options
+    from afd.pipeline import STAGES
 
     parser = argparse.ArgumentParser(prog="afd", description="Alignment from demonstrations.")
     sub = parser.add_subparsers(dest="command", required=True)
-    stages = registry()
-    helps = {"sft": "supervised fine-tuning on demonstrations (forward-KL imitation)",
-             "sample": "K samples per prompt from a policy into a sample pool",
-             "demonstrate": "demonstrations from a demonstrator policy given a hidden expert instruction",
-             "reward": "train a reward model: IRL classifier (init-sft, init-demo, sft-demo), preference bt, "
-                       "or AVA's token-level Bayesian reward (ava-d, ava-p)",
-             "bon": "Best-of-N: keep each prompt's best sample under a reward",
-             "eval": "golden evaluation of policies and Best-of-N curves from one pool",
-             "rl": "RL (RLOO, KL penalty) of a policy against a reward model or scorer",
-             "irl": "iterated IRL: reward model on demonstrations vs policy samples, then RL, repeated",
-             "irft": "implicit-reward fine-tuning from demonstrations (stages=1 is SPIN)",
-             "gail": "GAIL: discriminator demonstrations vs policy samples, RL on its logit, repeated",
-             "ava": "AVA direct optimisation: train a policy with the AVA objective (ava-d or ava-p)",
-             "gold": "train a golden scorer on labelled texts (hidden from every method) and write its prompts",
-             "plant": "demonstrations from pi* = pi_0 exp(r*/beta) / Z of a hidden reward (rejection sampling, "
-                      "best-of-k, contamination)"}
-    for kind, (cls, _, _) in stages.items():
-        _add_options(sub.add_parser(kind, help=helps.get(kind), description=helps.get(kind)), cls)
+    wanted = next((a for a in argv if not a.startswith("-")), None) if argv is not None else None
+    for kind, (module, cls, _) in STAGES.items():
+        stage = sub.add_parser(kind, help=HELPS.get(kind), description=HELPS.get(kind), formatter_class=_Formatter,
+                               usage=f"afd {kind} [--config FILE.yaml] [--OPTION VALUE ...]", epilog=PEERS_HELP)
+        if argv is None or wanted == kind:
+            _add_options(stage, declared_options(module, cls))
     run = sub.add_parser("run", help="run the stages of a pipeline YAML, each cached in the run folder")
     run.add_argument("config", help="pipeline YAML (see examples/)")
     run.add_argument("--out", default=None, help="run folder (overrides the YAML's)")
@@ -71,13 +140,35 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Any]]:
     demo = sub.add_parser("demo", help="AfD end to end on the offline default model (about 10 minutes on a CPU)")
     demo.add_argument("--out", default="runs/demo", help="run folder")
     demo.add_argument("--force", action="store_true", help="redo finished stages")
-    return parser, stages
+    return parser
+
+
+def stage_config(command: str, args: dict[str, Any]):
+    """The config of stage ``command`` from its parsed flags (``args``, with ``config``: the YAML
+    file they override): what ``afd COMMAND ...`` runs."""
+    from afd.config import declared_options
+    from afd.pipeline import STAGES, stage
+
+    cls, _ = stage(command)
+    args = dict(args)
+    config_file = args.pop("config", None)
+    flags = _flag_values(args, declared_options(*STAGES[command][:2]))
+    sources = ([(read_yaml(config_file), str(config_file))] if config_file else []) + [(flags, "the command line")]
+    where = f"{config_file} / command line" if config_file else "the command line"
+    return from_sources(cls, sources, where)
+
+
+def parse(argv: list[str]):
+    """``afd STAGE FLAGS...`` as (stage, its config), without running it."""
+    args = vars(build_parser(argv).parse_args(argv))
+    command = args.pop("command")
+    return command, stage_config(command, args)
 
 
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    parser, stages = build_parser()
-    args = vars(parser.parse_args(argv))
+    argv = sys.argv[1:] if argv is None else argv
+    args = vars(build_parser(argv).parse_args(argv))
     command = args.pop("command")
     try:
         _quiet_libraries()
@@ -92,12 +183,10 @@ def main(argv: list[str] | None = None) -> int:
 
             run_demo(args["out"], args["force"])
             return 0
-        cls, fn, _ = stages[command]
-        config_file = args.pop("config")
-        options = read_yaml(config_file) if config_file else {}
-        options.update(args)
-        where = f"{config_file} / command line" if config_file else "the command line"
-        _print_metrics(command, fn(from_dict(cls, options, where)))
+        from afd.pipeline import stage
+
+        _, fn = stage(command)
+        _print_metrics(command, fn(stage_config(command, args)))
         return 0
     except (AfdError, ConfigError) as e:
         if os.environ.get("RANK", "0") == "0":  # every rank meets a user's error; one says it

@@ -23,8 +23,24 @@ Formats (``format="auto"`` detects them from the columns, after the ``columns`` 
 - ``hh``: Anthropic HH-RLHF transcripts, ``chosen`` / ``rejected`` strings of the form
   ``"\\n\\nHuman: ...\\n\\nAssistant: ..."``.
 - ``alpaca``: ``instruction``, optional ``input``, ``output``.
-- ``sharegpt``: ``conversations`` of ``{"from", "value"}`` turns.
+- ``sharegpt``: ``conversations`` of ``{"from", "value"}`` turns (or ``{"role", "content"}``, Axolotl's
+  chat_template layout).
+- ``sharegpt-preference``: LlamaFactory's ``conversations`` + ``chosen`` / ``rejected``.
 - ``prompt``: ``prompt`` only.
+
+Conversations (``messages``, ``conversations``, and message lists anywhere) read a message's role
+from ``role`` or ``from`` and its text from ``content`` or ``value`` (``message_keys`` names others:
+Axolotl's ``message_property_mappings``); ``human`` / ``gpt`` and ShareGPT's other speakers are
+known roles, and ``roles`` maps a file's own (``bot=assistant``). Content is text, or TRL's typed
+parts when they are all text. An explicit ``prompt`` beside ``chosen`` / ``rejected`` conversations
+that include the prompt turns (UltraFeedback-binarized) is checked against them.
+
+Nothing is dropped without a word: images, audio or video (a column, or a content part) and
+TRL's ``tools`` column (tool definitions) stop the load in one sentence naming them, as do tool
+calls (``tool_calls``) and tool turns (role ``tool``, unless ``roles`` maps it); Axolotl's
+per-turn ``train`` flags (or ``weight`` 0/1) are kept on each demonstration for SFT
+(``Demo.train_flags``); a ``system`` column (LlamaFactory) is the prompt's system message; and
+every other column the format does not read is named once, in a note.
 
 ``load_prompts`` reads any format and drops the responses; ``load_demos`` reads any format with
 responses (preference data gives its chosen responses); ``load_pairs`` reads ``preference`` and
@@ -62,7 +78,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Iterator, NamedTuple
 
-from afd.errors import DataError
+from afd.errors import DataError, note
 
 FORMATS = ("prompt-completion", "messages", "preference", "hh", "alpaca", "sharegpt", "sharegpt-preference",
            "prompt")
@@ -81,6 +97,21 @@ SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistan
 LABEL_COLUMNS = ("label", "kto_tag")
 # Columns that look like a label or flag afd would otherwise silently ignore
 SUSPECT_LABEL_COLUMNS = ("labels", "flag", "flags", "desirable", "is_desirable", "kto_label", "is_good")
+# how a conversation's messages name their author: afd's roles and every other name it knows
+KNOWN_ROLES = {"system": "system", "user": "user", "assistant": "assistant", **SHAREGPT_ROLES}
+TOOL_ROLES = ("tool", "function", "ipython")
+# columns that hold what a text-only model cannot see
+MODALITY_COLUMNS = {"images": "images", "image": "images", "audios": "audio", "audio": "audio",
+                    "videos": "video", "video": "video"}
+# what each format reads (beside id, system and, where labelled, label / kto_tag)
+FORMAT_COLUMNS = {"prompt-completion": ("prompt", "completion", "response"), "messages": ("messages",),
+                  "preference": ("prompt", "chosen", "rejected"), "hh": ("chosen", "rejected"),
+                  "alpaca": ("instruction", "input", "output"), "sharegpt": ("conversations",),
+                  "sharegpt-preference": ("conversations", "chosen", "rejected"), "prompt": ("prompt",)}
+UNREAD_WHY = {"margin": "a reward margin: afd's Bradley-Terry loss has no margin term",
+              "score_chosen": "a rating: afd reads which reply is chosen, not by how much",
+              "score_rejected": "a rating: afd reads which reply is chosen, not by how much",
+              "history": "earlier turns: give them as a conversation (messages) to use them"}
 MAX_REASONS = 20
 DETECT_ROWS = 20  # auto-detection looks at the columns of this many leading rows
 
@@ -93,6 +124,10 @@ class Demo:
     id: str
     prompt: list[dict]
     response: str
+    train_flags: tuple = ()
+    """per prompt message, the file's per-turn ``train`` flag (True / False; None where a message
+    has none), or () when no message of the row has one; SFT trains the earlier assistant turns
+    flagged True and never those flagged False"""
     ended: bool = True
 
 
@@ -128,6 +163,18 @@ class DataConfig:
     """keep only the first N valid examples"""
     system_prompt: str | None = None
     """if set, prepended as a system message to every prompt that has none"""
+    roles: dict[str, str] = field(default_factory=dict)
+    """role names of the file's conversations -> afd's (system, user, assistant), e.g. {"bot": "assistant"}"""
+    message_keys: dict[str, str] = field(default_factory=dict)
+    """the keys of a conversation's messages: {"role": "from", "content": "value"}"""
+    option: str = "data"
+    """the stage option this data comes from (data, eval_pairs, demos): messages name its flags"""
+
+    def flag(self, what: str) -> str:
+        """The command-line flag of this data's ``what`` (format, columns, split)."""
+        if self.option == "data":
+            return "--columns" if what == "columns" else f"--data-{what}"
+        return f"--{self.option.replace('_', '-')}-{what}"
 
     def __post_init__(self):
         if not isinstance(self.path, str) or not self.path:
@@ -154,6 +201,14 @@ class DataConfig:
                             f"not {self.limit!r}")
         if self.system_prompt is not None and not isinstance(self.system_prompt, str):
             raise DataError(f"data option 'system_prompt' must be text, not {self.system_prompt!r}")
+        for name, role in self.roles.items():
+            if role not in ROLES:
+                raise DataError(f"data option 'roles' maps {name!r} to {role!r}; map each name onto one of "
+                                f"{', '.join(ROLES)}")
+        unknown = sorted(set(self.message_keys) - {"role", "content"})
+        if unknown:
+            raise DataError(f"data option 'message_keys' has {unknown[0]!r}; it maps 'role' and 'content' onto "
+                            f"the keys a message uses, e.g. role=from,content=value")
 
     @classmethod
     def from_dict(cls, d: dict) -> DataConfig:
@@ -181,6 +236,8 @@ class LoadStats:
     """the format read (as detected, when format=auto)"""
     undesirable: int = 0
     """rows labelled false (KTO / unpaired preference): not demonstrations, but negatives"""
+    unread: list[str] = field(default_factory=list)
+    """columns of the file that its format does not read (named in a note when loading)"""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -191,7 +248,7 @@ def load_demos(cfg: DataConfig) -> tuple[list[Demo], LoadStats]:
     """Demonstrations from any format with responses (preference data: its chosen replies;
     labelled data: the rows labelled true, the false ones counted in ``stats.undesirable``)."""
     parsed, stats = _load(cfg, "demo")
-    return [Demo(key, p.prompt, p.chosen, p.ended) for key, p in parsed], stats
+    return [Demo(key, p.prompt, p.chosen, p.flags, p.ended) for key, p in parsed], stats
 
 
 def load_negatives(cfg: DataConfig) -> tuple[list[Demo], LoadStats]:
@@ -250,6 +307,19 @@ class _Parsed(NamedTuple):
     rejected: str | None = None
     label: bool | None = None  # labelled data: is the response desirable
     ended: bool = True  # the response is whole (an ``ended`` column may say it was cut)
+    flags: tuple = ()          # per prompt message, its per-turn train flag (Demo.train_flags)
+
+
+@dataclass(frozen=True)
+class _Style:
+    """How a file writes its conversations' messages: role names and keys."""
+    roles: tuple = ()               # (file name, afd role) pairs, the user's own mapping
+    role_key: str | None = None     # None: role, else from
+    content_key: str | None = None  # None: content, else value
+
+    @classmethod
+    def of(cls, cfg: DataConfig) -> _Style:
+        return cls(tuple(cfg.roles.items()), cfg.message_keys.get("role"), cfg.message_keys.get("content"))
 
 
 class _RowError(Exception):
@@ -269,17 +339,21 @@ def _load(cfg: DataConfig, need: str) -> tuple[list[tuple[str, _Parsed]], LoadSt
     """Parse cfg's rows into (id, _Parsed) for `need` in {"demo", "pair", "prompt", "negative"}:
     a labelled file's false rows are negatives, not demonstrations."""
     stats = LoadStats()
-    rows = _rows(cfg.path, cfg.split)
+    rows = _rows(cfg.path, cfg.split, cfg.flag("split"))
     head = list(itertools.islice(rows, DETECT_ROWS))
     rows = itertools.chain(head, rows)
     fmt = None if cfg.format == "auto" else cfg.format
     objects = [_rename(row, cfg.columns) for _, row in head if isinstance(row, dict)]
     if fmt is None:
-        fmt = _detect(cfg.path, objects) if objects else None
+        fmt = _detect(cfg, objects) if objects else None
     if fmt is not None:
         _check_format_fits(cfg.path, fmt, need)
     _check_label_columns(cfg.path, objects, need, set(cfg.columns.values()))
+    _check_unusable_columns(cfg.path, objects)
+    if fmt is not None:
+        stats.unread = _note_unread(cfg, fmt, objects)
 
+    style = _Style.of(cfg)
     source = _source_name(cfg.path, cfg.split)
     out = []
     for n, row in rows:
@@ -289,9 +363,10 @@ def _load(cfg: DataConfig, need: str) -> tuple[list[tuple[str, _Parsed]], LoadSt
                 raise row
             row = _rename(row, cfg.columns)
             if fmt is None:  # every row before this one was unreadable
-                fmt = _detect(cfg.path, [row])
+                fmt = _detect(cfg, [row])
                 _check_format_fits(cfg.path, fmt, need)
-            parsed = PARSERS[fmt](row, "demo" if need == "negative" else need)
+            _check_row_columns(row)
+            parsed = PARSERS[fmt](row, "demo" if need == "negative" else need, style)
             parsed = parsed._replace(label=_label(row) if fmt in LABELLED_FORMATS else None, ended=_ended(row))
         except _RowError as e:
             reason = f"{_where(cfg.path, n)}: {e.describe(cfg.columns)}"
@@ -307,8 +382,12 @@ def _load(cfg: DataConfig, need: str) -> tuple[list[tuple[str, _Parsed]], LoadSt
         if need == "demo" and parsed.label is False:
             stats.undesirable += 1
             continue
-        prompt = _with_system_prompt(parsed.prompt, cfg.system_prompt)
-        out.append((_row_id(row, source, n), parsed._replace(prompt=prompt)))
+        prompt = parsed.prompt
+        for system in (row.get("system"), cfg.system_prompt):  # the row's own (LlamaFactory), then the option's
+            if isinstance(system, str) and system.strip() and prompt[0]["role"] != "system":
+                prompt = [{"role": "system", "content": system}, *prompt]
+        flags = ((None,) * (len(prompt) - len(parsed.prompt)) + parsed.flags) if parsed.flags else ()
+        out.append((_row_id(row, source, n), parsed._replace(prompt=prompt, flags=flags)))
         if cfg.limit is not None and len(out) >= cfg.limit:
             break
 
@@ -330,7 +409,7 @@ def _rename(row: dict, columns: dict[str, str]) -> dict:
     return {**row, **{canonical: row.get(column) for canonical, column in columns.items()}}
 
 
-def _detect(path: str, rows: list[dict]) -> str:
+def _detect(cfg: DataConfig, rows: list[dict]) -> str:
     keys = set().union(*rows)
     if {"conversations", "chosen", "rejected"} <= keys:
         return "sharegpt-preference"
@@ -347,9 +426,9 @@ def _detect(path: str, rows: list[dict]) -> str:
     if "prompt" in keys:
         return "prompt-completion" if keys & {"completion", "response"} else "prompt"
     found = ", ".join(sorted(map(str, keys)))
-    raise DataError(f"cannot tell the format of {path} from its columns ({found}); known formats: "
-                    f"{', '.join(FORMATS)}; set 'format', or map your columns with 'columns' "
-                    f"(e.g. {{\"prompt\": \"question\", \"response\": \"answer\"}})")
+    raise DataError(f"cannot tell the format of {cfg.path} from its columns ({found}); known formats: "
+                    f"{', '.join(FORMATS)}; set one with {cfg.flag('format')}, or map your columns with "
+                    f"{cfg.flag('columns')} (e.g. {cfg.flag('columns')} prompt=question,response=answer)")
 
 
 def _check_format_fits(path: str, fmt: str, need: str) -> None:
@@ -378,12 +457,47 @@ def _check_label_columns(path: str, rows: list[dict], need: str, mapped: set) ->
                         f"negatives come from a labelled (KTO) file")
 
 
+def _check_unusable_columns(path: str, rows: list[dict]) -> None:
+    """Images, audio, video and tool definitions would be dropped: stop, naming them."""
+    for row in rows:
+        try:
+            _check_row_columns(row)
+        except _RowError as e:
+            raise DataError(f"{path} has a column '{e.field}' that {e.problem}") from None
+
+
+def _check_row_columns(row: dict) -> None:
+    for column, kind in MODALITY_COLUMNS.items():
+        if row.get(column) not in (None, "", [], {}):
+            raise _RowError(column, f"holds {kind}, which afd cannot use: it trains text-only models; remove the "
+                                    f"column (or the rows that need it)")
+    if row.get("tools") not in (None, "", [], {}, "[]"):
+        raise _RowError("tools", "holds tool definitions, which afd does not render into prompts (it trains on "
+                                 "text conversations without tool use); remove the column and the tool-use rows")
+
+
+def _note_unread(cfg: DataConfig, fmt: str, rows: list[dict]) -> list[str]:
+    """Name, once, the columns of the file that its format does not read."""
+    read = {*FORMAT_COLUMNS[fmt], "id", "system", "ended", *cfg.columns.values(), *cfg.columns}
+    if fmt in LABELLED_FORMATS:
+        read.update(LABEL_COLUMNS)
+    unread = sorted({str(k) for row in rows for k in row} - read)
+    if unread:
+        named = ", ".join(f"'{c}'" + (f" ({UNREAD_WHY[c]})" if c in UNREAD_WHY else "") for c in unread)
+        note(f"{_source_name(cfg.path, cfg.split)} ({fmt}): afd does not read column{'s' if len(unread) > 1 else ''} "
+             f"{named}; map a column onto a field with {cfg.flag('columns')} FIELD=COLUMN if it holds one")
+    return unread
+
+
 def _where(path: str, n: int) -> str:
     return f"{path}, {'data row' if path.endswith('.csv') else 'row'} {n}"
 
 
 def _source_name(path: str, split: str) -> str:
-    return Path(path).name if _is_local(path) else f"{path}[{split}]"
+    if _is_local(path):
+        local = Path(path).expanduser()
+        return f"{local.name}[{split}]" if local.is_dir() else local.name
+    return f"{path}[{split}]"
 
 
 def _row_id(row: dict, source: str, n: int) -> str:
@@ -391,61 +505,39 @@ def _row_id(row: dict, source: str, n: int) -> str:
     return f"{source}:{n}" if own is None or own == "" else str(own)
 
 
-def _with_system_prompt(prompt: list[dict], system_prompt: str | None) -> list[dict]:
-    if system_prompt is None or prompt[0]["role"] == "system":
-        return prompt
-    return [{"role": "system", "content": system_prompt}, *prompt]
-
-
 # ---------------------------------------------------------------------------------------------
 # One parser per format: row (canonical column names) -> _Parsed, or _RowError.
 # `need` is "demo" (prompt + chosen), "pair" (prompt + chosen + rejected) or "prompt".
 
 
-def _parse_prompt_completion(row: dict, need: str) -> _Parsed:
-    prompt = _prompt(row, "prompt")
+def _parse_prompt_completion(row: dict, need: str, style: _Style) -> _Parsed:
+    prompt = _prompt(row, "prompt", style)
     if need == "prompt":
         return _Parsed(prompt)
     name = "response" if "response" in row and "completion" not in row else "completion"
-    return _Parsed(prompt, _completion(row, name))
+    return _Parsed(prompt, _completion(row, name, style))
 
 
-def _parse_prompt(row: dict, need: str) -> _Parsed:
-    return _Parsed(_prompt(row, "prompt"))
+def _parse_prompt(row: dict, need: str, style: _Style) -> _Parsed:
+    return _Parsed(_prompt(row, "prompt", style))
 
 
-def _parse_messages(row: dict, need: str) -> _Parsed:
-    return _conversation(_messages(_get(row, "messages"), "messages"), "messages", need)
+def _parse_messages(row: dict, need: str, style: _Style) -> _Parsed:
+    return _conversation(*_messages(_get(row, "messages"), "messages", style), "messages", need)
 
 
-def _parse_sharegpt(row: dict, need: str) -> _Parsed:
-    return _conversation(_sharegpt_turns(row, "conversations"), "conversations", need)
+def _parse_sharegpt(row: dict, need: str, style: _Style) -> _Parsed:
+    return _conversation(*_messages(_get(row, "conversations"), "conversations", style, "turn"), "conversations", need)
 
 
-def _sharegpt_turns(row: dict, name: str) -> list[dict]:
-    turns = _get(row, name)
-    if not isinstance(turns, list) or not turns:
-        raise _RowError(name, f"must be a non-empty list of turns, not {_kind(turns)}")
-    return [_sharegpt_turn(turn, name, f"turn {i}") for i, turn in enumerate(turns, 1)]
-
-
-def _sharegpt_turn(turn: Any, name: str, which: str) -> dict:
-    if not isinstance(turn, dict) or not isinstance(turn.get("value"), str):
-        raise _RowError(name, f"{which} needs 'from' and a text 'value'")
-    speaker = turn.get("from")
-    if not isinstance(speaker, str) or speaker.lower() not in SHAREGPT_ROLES:
-        raise _RowError(name, f"{which} has unknown speaker {speaker!r}")
-    return {"role": SHAREGPT_ROLES[speaker.lower()], "content": turn["value"]}
-
-
-def _sharegpt_reply(row: dict, name: str) -> str:
+def _sharegpt_reply(row: dict, name: str, style: _Style) -> str:
     """One assistant reply: a {from, value} message (LlamaFactory) or text."""
     value = _get(row, name)
     if isinstance(value, str):
         return _nonempty(value, name)
-    message = _sharegpt_turn(value, name, "the reply")
+    message, _ = _message(value, name, "the reply", style)
     if message["role"] != "assistant":
-        raise _RowError(name, f"must be an assistant ('gpt') message, not from {value.get('from')!r}")
+        raise _RowError(name, f"must be an assistant ('gpt') message, not from {value.get('from', value.get('role'))!r}")
     return _nonempty(message["content"], name)
 
 
@@ -478,7 +570,7 @@ def _label(row: dict) -> bool | None:
     return None
 
 
-def _parse_alpaca(row: dict, need: str) -> _Parsed:
+def _parse_alpaca(row: dict, need: str, style: _Style) -> _Parsed:
     text = _nonempty(_text(row, "instruction"), "instruction", empty_response=False)
     extra = row.get("input")
     if extra is not None and not isinstance(extra, str):
@@ -491,28 +583,66 @@ def _parse_alpaca(row: dict, need: str) -> _Parsed:
     return _Parsed(prompt, _nonempty(_text(row, "output"), "output"))
 
 
-def _parse_preference(row: dict, need: str) -> _Parsed:
+def _parse_preference(row: dict, need: str, style: _Style) -> _Parsed:
     if row.get("prompt") is not None:  # explicit prompt
-        prompt = _prompt(row, "prompt")
+        prompt = _prompt(row, "prompt", style)
+        if _whole_conversation(row.get("chosen")):
+            # UltraFeedback-binarized: chosen and rejected are whole conversations, the prompt's turns
+            # included; their turns before the reply are the prompt (they may hold a system message)
+            before, chosen = _last_reply(_plain(row["chosen"], "chosen", style), "chosen")
+            if not _same_prompt(before, prompt):
+                raise _RowError("chosen", "holds a conversation whose turns before its final assistant message "
+                                          "differ from 'prompt'")
+            prompt = before
+            if need == "prompt":
+                return _Parsed(prompt)
+            chosen = _nonempty(chosen, "chosen")
+            return _Parsed(prompt, chosen, _side(row, "rejected", prompt, style) if need == "pair" else None)
         if need == "prompt":
             return _Parsed(prompt)
-        chosen = _completion(row, "chosen")
-        return _Parsed(prompt, chosen, _completion(row, "rejected") if need == "pair" else None)
+        chosen = _completion(row, "chosen", style)
+        return _Parsed(prompt, chosen, _side(row, "rejected", prompt, style) if need == "pair" else None)
     # implicit prompt: whole conversations sharing everything but the final assistant turn
     if isinstance(row.get("chosen"), str):
         raise _RowError("prompt", "is missing (chosen is plain text, so the prompt must be given)")
-    prompt, chosen = _last_reply(_messages(_get(row, "chosen"), "chosen"), "chosen")
+    prompt, chosen = _last_reply(_plain(_get(row, "chosen"), "chosen", style), "chosen")
     if need == "prompt":
         return _Parsed(prompt)
     if need == "demo":
         return _Parsed(prompt, _nonempty(chosen, "chosen"))
-    other, rejected = _last_reply(_messages(_get(row, "rejected"), "rejected"), "rejected")
+    other, rejected = _last_reply(_plain(_get(row, "rejected"), "rejected", style), "rejected")
     if other != prompt:
         raise _RowError("rejected", "differs from 'chosen' before the final assistant message")
     return _Parsed(prompt, _nonempty(chosen, "chosen"), _nonempty(rejected, "rejected"))
 
 
-def _parse_hh(row: dict, need: str) -> _Parsed:
+def _whole_conversation(value: Any) -> bool:
+    """A message list holding more than the reply (TRL's conversational completion is one
+    assistant message)."""
+    return isinstance(value, list) and (len(value) > 1 or (
+        len(value) == 1 and isinstance(value[0], dict) and value[0].get("role", value[0].get("from")) not in
+        ("assistant", "gpt")))
+
+
+def _same_prompt(conversation: list[dict], prompt: list[dict]) -> bool:
+    """The turns before a conversation's reply are the prompt: the same messages, or, for a
+    text prompt, the same final user message."""
+    strip = lambda ms: [(m["role"], m["content"].strip()) for m in ms]
+    return strip(conversation) == strip(prompt) or (len(prompt) == 1 and strip(conversation[-1:]) == strip(prompt))
+
+
+def _side(row: dict, name: str, prompt: list[dict], style: _Style) -> str:
+    """The rejected reply: text, one assistant message, or a whole conversation whose turns
+    before its reply are the prompt."""
+    if not _whole_conversation(row.get(name)):
+        return _completion(row, name, style)
+    before, reply = _last_reply(_plain(row[name], name, style), name)
+    if not _same_prompt(before, prompt):
+        raise _RowError(name, "differs from 'chosen' before the final assistant message")
+    return _nonempty(reply, name)
+
+
+def _parse_hh(row: dict, need: str, style: _Style) -> _Parsed:
     prompt, chosen = _hh(row, "chosen")
     if need == "prompt":
         return _Parsed(prompt)
@@ -524,16 +654,16 @@ def _parse_hh(row: dict, need: str) -> _Parsed:
     return _Parsed(prompt, _nonempty(chosen, "chosen"), _nonempty(rejected, "rejected"))
 
 
-def _parse_sharegpt_preference(row: dict, need: str) -> _Parsed:
+def _parse_sharegpt_preference(row: dict, need: str, style: _Style) -> _Parsed:
     """LlamaFactory's ShareGPT preference rows: ``conversations`` (the prompt, ending with a
     human turn) and ``chosen`` / ``rejected``, each one {from, value} message or text."""
-    prompt = _sharegpt_turns(row, "conversations")
+    prompt = _plain(_get(row, "conversations"), "conversations", style, "turn")
     if prompt[-1]["role"] != "user":
         raise _RowError("conversations", f"must end with a human turn, not {prompt[-1]['role']!r}")
     if need == "prompt":
         return _Parsed(prompt)
-    chosen = _sharegpt_reply(row, "chosen")
-    return _Parsed(prompt, chosen, _sharegpt_reply(row, "rejected") if need == "pair" else None)
+    chosen = _sharegpt_reply(row, "chosen", style)
+    return _Parsed(prompt, chosen, _sharegpt_reply(row, "rejected", style) if need == "pair" else None)
 
 
 PARSERS = {
@@ -575,41 +705,91 @@ def _nonempty(text: str, name: str, empty_response: bool = True) -> str:
     return text
 
 
-def _messages(value: Any, name: str) -> list[dict]:
-    """A validated, non-empty list of {"role", "content"} messages (other keys dropped)."""
+def _messages(value: Any, name: str, style: _Style, noun: str = "message") -> tuple[list[dict], list]:
+    """A validated, non-empty list of {"role", "content"} messages (other keys dropped), and
+    each message's per-turn train flag (None where it has none)."""
     if not isinstance(value, list) or not value:
-        raise _RowError(name, f"must be a non-empty list of messages, not {_kind(value)}")
-    messages = []
-    for i, m in enumerate(value, 1):
-        if not isinstance(m, dict) or "role" not in m or "content" not in m:
-            raise _RowError(name, f"message {i} needs 'role' and 'content'")
-        if m["role"] not in ROLES:
-            raise _RowError(name, f"message {i} has unknown role {m['role']!r} "
-                                  f"(known: {', '.join(ROLES)})")
-        if not isinstance(m["content"], str):
-            raise _RowError(name, f"message {i} content must be text, not {_kind(m['content'])}")
-        messages.append({"role": m["role"], "content": m["content"]})
+        what = "turns" if noun == "turn" else "messages"
+        raise _RowError(name, f"must be a non-empty list of {what}, not {_kind(value)}")
+    parsed = [_message(m, name, f"{noun} {i}", style) for i, m in enumerate(value, 1)]
+    return [m for m, _ in parsed], [f for _, f in parsed]
+
+
+def _plain(value: Any, name: str, style: _Style, noun: str = "message") -> list[dict]:
+    """:func:`_messages` where per-turn train flags mean nothing (a prompt, a preference side)."""
+    messages, flags = _messages(value, name, style, noun)
+    if any(f is not None for f in flags):
+        raise _RowError(name, "has per-turn 'train' flags, which afd reads in conversations to train on "
+                              "(messages, conversations) only")
     return messages
 
 
-def _prompt(row: dict, name: str) -> list[dict]:
+def _message(m: Any, name: str, which: str, style: _Style) -> tuple[dict, bool | None]:
+    """One message as {"role", "content"}, with its per-turn train flag (Axolotl's ``train``, or
+    ``weight`` 0/1)."""
+    if not isinstance(m, dict):
+        raise _RowError(name, f"{which} must be an object with a role and content, not {_kind(m)}")
+    role_key = style.role_key or ("role" if "role" in m or "from" not in m else "from")
+    content_key = style.content_key or ("content" if "content" in m or "value" not in m else "value")
+    if m.get("tool_calls"):
+        raise _RowError(name, f"{which} is a tool call ('tool_calls'), which afd does not train on (it trains on "
+                              f"text conversations without tool use); remove the row")
+    if role_key not in m or content_key not in m:
+        if (role_key, content_key) == ("from", "value"):
+            raise _RowError(name, f"{which} needs 'from' and a text 'value'")
+        raise _RowError(name, f"{which} needs '{role_key}' and '{content_key}' (other keys: map them with "
+                              f"--message-keys role=KEY,content=KEY)")
+    speaker, noun = m[role_key], "speaker" if role_key == "from" else "role"
+    mapped = dict(style.roles)
+    role = mapped.get(speaker, KNOWN_ROLES.get(speaker.lower()) if isinstance(speaker, str) else None)
+    if role is None:
+        if isinstance(speaker, str) and speaker.lower() in TOOL_ROLES:
+            raise _RowError(name, f"{which} has role {speaker!r} (a tool's output), which afd does not train on; "
+                                  f"read it as a user turn with --roles {speaker}=user, or remove the row")
+        raise _RowError(name, f"{which} has unknown {noun} {speaker!r} (known: {', '.join(ROLES)}, human, gpt and "
+                              f"ShareGPT's others; map it with --roles NAME=ROLE)")
+    flag = m.get("train", m.get("weight"))
+    if m.get("train_detail") is not None:
+        raise _RowError(name, f"{which} has 'train_detail' (spans to train inside a turn); afd trains whole "
+                              f"assistant turns, so remove it or flag the turn with 'train'")
+    if flag is not None and flag not in (True, False, 0, 1):
+        raise _RowError(name, f"{which} has a per-turn 'train' (or 'weight') flag of {flag!r}; use true or false")
+    return {"role": role, "content": _content(m[content_key], name, which)}, None if flag is None else bool(flag)
+
+
+def _content(value: Any, name: str, which: str) -> str:
+    """Text, or TRL's typed content parts when all of them are text (joined)."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, list) and value and all(isinstance(p, dict) for p in value):
+        kinds = [str(p.get("type")) for p in value]
+        other = [k for k in kinds if k != "text"]
+        if other:
+            raise _RowError(name, f"{which} has a content part of type '{other[0]}', which afd cannot use: it "
+                                  f"trains text-only models (images, audio and video are not read); remove the row")
+        if all(isinstance(p.get("text"), str) for p in value):
+            return "".join(p["text"] for p in value)
+    raise _RowError(name, f"{which} content must be text, not {_kind(value)}")
+
+
+def _prompt(row: dict, name: str, style: _Style) -> list[dict]:
     """Text (one user message) or a message list ending with a user turn."""
     value = _get(row, name)
     if isinstance(value, str):
         return [{"role": "user", "content": _nonempty(value, name, empty_response=False)}]
     if not isinstance(value, list):
         raise _RowError(name, f"must be text or a list of messages, not {_kind(value)}")
-    messages = _messages(value, name)
+    messages = _plain(value, name, style)
     if messages[-1]["role"] != "user":
         raise _RowError(name, f"must end with a user message, not {messages[-1]['role']!r}")
     return messages
 
 
-def _completion(row: dict, name: str) -> str:
+def _completion(row: dict, name: str, style: _Style) -> str:
     """Non-empty text, or a list holding exactly one assistant message."""
     value = _get(row, name)
     if isinstance(value, list):
-        messages = _messages(value, name)
+        messages = _plain(value, name, style)
         if len(messages) != 1 or messages[0]["role"] != "assistant":
             raise _RowError(name, "must hold exactly one assistant message")
         value = messages[0]["content"]
@@ -627,11 +807,25 @@ def _last_reply(messages: list[dict], name: str) -> tuple[list[dict], str]:
     return messages[:-1], messages[-1]["content"]
 
 
-def _conversation(messages: list[dict], name: str, need: str) -> _Parsed:
-    if need == "prompt" and messages[-1]["role"] == "user":
+def _conversation(messages: list[dict], flags: list, name: str, need: str) -> _Parsed:
+    """A conversation as (prompt, reply): the reply is its last assistant turn, or, with per-turn
+    train flags, its last assistant turn not flagged false (the turns after it train nothing)."""
+    if need == "prompt" and messages[-1]["role"] == "user":  # prompts train nothing: flags do not matter
         return _Parsed(messages)
+    flagged = any(f is not None for f in flags)
+    if flagged:
+        trained = [i for i, (m, f) in enumerate(zip(messages, flags)) if f is not False and m["role"] == "assistant"]
+        if not trained:
+            raise _RowError(name, "flags every assistant turn train: false, so it has nothing to train on")
+        wrong = [i for i, (m, f) in enumerate(zip(messages, flags)) if f and m["role"] != "assistant"]
+        if wrong:
+            raise _RowError(name, f"flags turn {wrong[0] + 1} ({messages[wrong[0]]['role']}) train: true; afd "
+                                  f"trains assistant turns only")
+        messages, flags = messages[:trained[-1] + 1], flags[:trained[-1] + 1]
     prompt, reply = _last_reply(messages, name)
-    return _Parsed(prompt) if need == "prompt" else _Parsed(prompt, _nonempty(reply, name))
+    if need == "prompt":
+        return _Parsed(prompt)
+    return _Parsed(prompt, _nonempty(reply, name), flags=tuple(flags[:-1]) if flagged else ())
 
 
 def _hh(row: dict, name: str) -> tuple[list[dict], str]:
@@ -685,12 +879,14 @@ def _looks_like_path(path: str) -> bool:
             or path.count("/") > 1 or "\\" in path)
 
 
-def _rows(path: str, split: str) -> Iterator[tuple[int, dict | _RowError]]:
+def _rows(path: str, split: str, split_flag: str) -> Iterator[tuple[int, dict | _RowError]]:
     if not _is_local(path):
         if _looks_like_path(path):
             raise DataError(f"file not found: {path}")
-        return _hub_rows(path, split)
+        return _hub_rows(path, split, split_flag)
     local = Path(path).expanduser()
+    if local.is_dir():  # a dataset folder: a hub dataset's files (`hf download --repo-type dataset`), or save_to_disk
+        return _hub_rows(str(local), split, split_flag)
     readers = {".jsonl": _jsonl_rows, ".jsonl.gz": _jsonl_rows, ".json": _json_rows,
                ".csv": _csv_rows, ".parquet": _parquet_rows}
     ext = next((e for e in EXTENSIONS if local.name.endswith(e)), None)
@@ -761,9 +957,26 @@ def _parquet_rows(path: Path) -> Iterator[tuple[int, dict]]:
             yield n, row
 
 
-def _hub_rows(name: str, split: str) -> Iterator[tuple[int, dict]]:
+def _hub_rows(name: str, split: str, split_flag: str) -> Iterator[tuple[int, dict]]:
+    """A hub dataset's split (or a dataset folder's: the hub's file layout, or save_to_disk's)."""
     import datasets
 
+    folder = Path(name).expanduser()
+    if (folder / "dataset_dict.json").is_file() or (folder / "state.json").is_file():
+        try:
+            loaded = datasets.load_from_disk(str(folder))
+        except Exception as e:  # a damaged folder
+            raise DataError(f"cannot read the dataset folder {name}: {str(e).splitlines()[0][:200]}") from None
+        if isinstance(loaded, datasets.DatasetDict):
+            _check_split(name, split, list(loaded), split_flag)
+            loaded = loaded[split]
+        return enumerate(loaded, 1)
+    try:  # offline, a hub id cannot be asked; the split is then checked by load_dataset below
+        splits = datasets.get_dataset_split_names(name)
+    except Exception:
+        splits = None
+    if splits:
+        _check_split(name, split, splits, split_flag)
     try:
         dataset = datasets.load_dataset(name, split=split)
     except Exception as e:  # offline, unknown id, unknown split, ...: all one message
@@ -771,3 +984,9 @@ def _hub_rows(name: str, split: str) -> Iterator[tuple[int, dict]]:
         raise DataError(f"{name!r} is not a local file and could not be loaded from the Hugging "
                         f"Face hub (split {split!r}): {reason}") from None
     return enumerate(dataset, 1)
+
+
+def _check_split(name: str, split: str, splits: list[str], split_flag: str) -> None:
+    if split not in splits:
+        raise DataError(f"dataset {name} has no split {split!r}; its splits are {', '.join(map(repr, splits))}: "
+                        f"choose one with {split_flag}")

@@ -35,6 +35,7 @@ from afd.bon import bon_curve, bon_kl, group_by_prompt, load_reward, powers_of_t
 from afd.config import opt
 from afd.errors import AfdError
 from afd.runs import ScoringOptions, StageDir, StageOptions
+from afd.data import prompt_key
 from afd.stats import mean_ci, spearman, within_group_correlation
 
 
@@ -46,7 +47,11 @@ class EvalConfig(StageOptions, ScoringOptions):
     bon_policy: str = opt("sft", "the policy (one of pools) whose pool Best-of-N draws from")
     baseline: str = opt("sft", "policy that win rates are measured against")
     init_policy: str = opt("init", "policy whose golden reward is the 0 of gap_closed")
-    demos: str = opt("", "demonstrations (any demo format): golden reward 1.0 of the normalisation")
+    demos: str = opt("", "demonstrations (any demo format: file, dataset folder or hub id): golden reward 1.0 of "
+                         "the normalisation")
+    demos_split: str = opt("train", "split of demos when it is a hub dataset or dataset folder")
+    demos_format: str = opt("auto", "format of demos (as data_format)")
+    demos_columns: dict = opt({}, "column mapping of demos, e.g. prompt=question,response=answer")
     max_demos: int | None = opt(None, "use only the first N demonstrations")
     kl_reference: str = opt("", "policy (e.g. the SFT model) to estimate each pool's KL(policy || it) against")
 
@@ -91,6 +96,13 @@ def evaluate(cfg: EvalConfig) -> dict:
     stage = StageDir(cfg, "eval")
     if not stage.begin():
         return stage.metrics()
+    demos = None
+    if cfg.demos:  # read before any scoring, so a mistake in them costs none
+        from afd.data import DataConfig, load_demos
+
+        demos, _ = load_demos(DataConfig(path=cfg.demos, split=cfg.demos_split, format=cfg.demos_format,
+                                         columns=dict(cfg.demos_columns), limit=cfg.max_demos, on_invalid="skip",
+                                         option="demos"))
     golden = load_reward(cfg.golden, cfg)  # loaded once for every pool
     pools = {}
     for name, path in cfg.pools.items():
@@ -105,10 +117,7 @@ def evaluate(cfg: EvalConfig) -> dict:
         mean, ci = mean_ci(per_prompt_means(rows, "gold"))
         policies[name] = {"gold": mean, "gold_ci95": ci, "samples": len(rows)}
     demo_gold = None
-    if cfg.demos:
-        from afd.data import DataConfig, load_demos, prompt_key
-
-        demos, _ = load_demos(DataConfig(path=cfg.demos, limit=cfg.max_demos, on_invalid="skip"))
+    if demos is not None:
         rows = [{"prompt_id": d.id, "prompt": d.prompt, "response": d.response, "sample_index": 0} for d in demos]
         score_pool(rows, golden, "gold")
         demo_gold, ci = mean_ci([r["gold"] for r in rows])

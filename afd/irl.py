@@ -36,13 +36,13 @@ from afd import dist
 from afd.ava import AVAOptions
 from afd.config import check_choice, opt
 from afd.errors import AfdError
-from afd.runs import DataOptions, StageDir, StageOptions, link_final, write_demo_files, write_jsonl
+from afd.runs import DataOptions, EvalPairsOptions, StageDir, StageOptions, link_final, write_demo_files, write_jsonl
 from afd.rl import RLOptions
 from afd.training import TrainOptions
 
 
 @dataclass
-class IRLConfig(StageOptions, DataOptions, TrainOptions, RLOptions, AVAOptions):
+class IRLConfig(StageOptions, DataOptions, EvalPairsOptions, TrainOptions, RLOptions, AVAOptions):
     model: str = opt("tiny-random", "starting policy (usually the SFT policy): built-in name, folder or hub id")
     reward_model: str = opt("", "reward-model backbone (default: the starting policy)")
     reward_variant: str = opt("bt", "irl's reward model on the pairs: bt, or ava-p (AVA's token-level reward; "
@@ -52,8 +52,6 @@ class IRLConfig(StageOptions, DataOptions, TrainOptions, RLOptions, AVAOptions):
     reference: str = opt("start", "KL reference: start (the starting policy) or previous (the iteration's start)")
     reward_epochs: float = opt(1.0, "reward-model epochs per iteration")
     reward_lr: float = opt(5e-5, "reward-model learning rate")
-    eval_pairs: str = opt("", "human preference pairs: each iteration's reward model reports its accuracy on them")
-    eval_pairs_max: int | None = opt(None, "use only the first N valid eval pairs")
     sample_batch_size: int = opt(256, "sequences decoded together when sampling pairs")
 
     def unused_options(self) -> tuple[str, ...]:
@@ -92,7 +90,7 @@ def write_pairs(path: Path, demos: dict, pools: list[str]) -> int:
 
 def iterate(cfg: IRLConfig, method: str) -> dict:
     """The loop of both methods (``method`` "irl" or "gail"); returns the stage's metrics."""
-    from afd.data import load_demos
+    from afd.data import load_demos, load_pairs
     from afd.reward import reward
     from afd.rl import rl
     from afd.sampling import POOL, sample
@@ -110,6 +108,8 @@ def iterate(cfg: IRLConfig, method: str) -> dict:
     demos, _ = load_demos(cfg.data_config())
     if not demos:
         raise AfdError(f"no demonstration in {cfg.data}")
+    if cfg.eval_pairs:  # each iteration's reward stage reads them; checked here, before any sampling or training
+        load_pairs(cfg.eval_pairs_config())
     dist.on_main(write_demo_files, stage.path, demos)  # where configs.at reads them
     by_id = {d.id: d for d in demos}
     policy, reward_init, pools, history = cfg.model, cfg.reward_model or cfg.model, [], []
@@ -164,7 +164,10 @@ class Iteration:
             batch_size=cfg.sample_batch_size, max_prompt_length=cfg.max_prompt_length, long_prompts=cfg.long_prompts,
             device=cfg.device, dtype=cfg.dtype)
         rm_opts = dict(common, out=out, stage_name=f"{it}/reward", epochs=cfg.reward_epochs, lr=cfg.reward_lr,
-                       eval_fraction=cfg.eval_fraction, eval_pairs=cfg.eval_pairs, eval_pairs_max=cfg.eval_pairs_max)
+                       eval_fraction=cfg.eval_fraction, **cfg.eval_pairs_options(),
+                       # the rules the eval pairs are read with (the pair files afd writes need none)
+                       on_invalid=cfg.on_invalid, roles=cfg.roles, message_keys=cfg.message_keys,
+                       system_prompt=cfg.system_prompt)
         if self.method == "irl":
             rm_cfg = RewardConfig(model=reward_init, variant=cfg.reward_variant, data_format="preference",
                                   data=str(self.folder / it / "pairs.jsonl"), **rm_opts, **cfg.ava_options())

@@ -31,6 +31,8 @@ import torch
 from afd.errors import AfdError
 
 BUILTINS = ("tiny-random", "tiny-ascii", "smollm2-135m-instruct", "minilm-l6")
+HUB_IDS = {"smollm2-135m-instruct": "HuggingFaceTB/SmolLM2-135M-Instruct",  # what each built-in is on the hub
+           "minilm-l6": "sentence-transformers/all-MiniLM-L6-v2"}           # (tiny-random and tiny-ascii are built in code)
 
 CHATML_TEMPLATE = (
     "{% for message in messages %}"
@@ -274,21 +276,40 @@ class Completion:
 
 # --------------------------------------------------------------------------- text -> tokens
 
-TEMPLATES = ("auto", "chat", "raw")
+TEMPLATES = ("auto", "chat", "raw")  # or a prompt template holding {} (OpenRLHF's input_template)
+
+
+def is_input_template(template: str) -> bool:
+    """A ``template`` like "User: {}\nAssistant: ": the prompt text goes where ``{}`` is, and the
+    reply follows the rendered text directly (OpenRLHF's ``input_template``)."""
+    return "{}" in template
+
+
+def check_template(template: str) -> None:
+    if template not in TEMPLATES and template.count("{}") != 1:
+        raise AfdError(f"option 'template' must be auto, chat, raw, or a prompt template holding {{}} once (OpenRLHF's "
+                       f"input_template, e.g. 'User: {{}}\\nAssistant: '); got {template!r}")
 
 
 def uses_chat_template(tokenizer, template: str) -> bool:
-    """``auto`` uses the tokenizer's chat template when it has one; ``raw`` never does."""
-    if template == "raw":
+    """``auto`` uses the tokenizer's chat template when it has one; ``raw`` and input templates never do."""
+    if template == "raw" or is_input_template(template):
         return False
     if template == "chat" and not tokenizer.chat_template:
         raise AfdError(f"option 'template' is 'chat' but tokenizer {tokenizer.name_or_path} has no chat template")
     return bool(tokenizer.chat_template)
 
 
-def render_raw(messages: list[dict]) -> str:
-    """Prompt text without a chat template: a lone user turn is the text itself; a
-    conversation is written as an HH-RLHF transcript ending in ``Assistant:``."""
+def render_raw(messages: list[dict], template: str = "raw") -> str:
+    """Prompt text without a chat template: a lone user turn is the text itself (or, with an
+    input template, put where its ``{}`` is); a conversation is written as an HH-RLHF transcript
+    ending in ``Assistant:``."""
+    if is_input_template(template):
+        if len(messages) != 1 or messages[0]["role"] != "user":
+            roles = ", ".join(m["role"] for m in messages)
+            raise AfdError(f"option 'template' is an input template ({template!r}), which formats a prompt of one "
+                           f"user message; a prompt here has the turns {roles}: use the chat template instead")
+        return template.replace("{}", messages[0]["content"], 1)
     if len(messages) == 1 and messages[0]["role"] == "user":
         return messages[0]["content"]
     names = {"user": "Human", "assistant": "Assistant", "system": "System"}
@@ -312,12 +333,18 @@ def left_padded(seqs: list[list[int]], pad: int, device):
     return ids, mask, (mask.cumsum(-1) - 1).clamp(min=0)
 
 
+def prompt_text(tokenizer, messages: list[dict], template: str = "auto") -> tuple[str, bool]:
+    """(the prompt as text, whether the tokenizer adds its special tokens to it): the chat
+    template's rendering with the generation prompt, or the raw / input-template text."""
+    if uses_chat_template(tokenizer, template):
+        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True), False
+    return render_raw(messages, template), True
+
+
 def encode_prompt(tokenizer, messages: list[dict], template: str = "auto") -> list[int]:
     """Token ids of a prompt, ending where the assistant's reply begins."""
-    if uses_chat_template(tokenizer, template):
-        text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-        return tokenizer(text, add_special_tokens=False)["input_ids"]
-    return tokenizer(render_raw(messages), add_special_tokens=True)["input_ids"]
+    text, special = prompt_text(tokenizer, messages, template)
+    return tokenizer(text, add_special_tokens=special)["input_ids"]
 
 
 def encode_prompt_within(tokenizer, messages: list[dict], template: str, max_prompt_length: int,

@@ -15,44 +15,48 @@ The stage functions do the work; this file only resolves options and calls them.
 
 from __future__ import annotations
 
+import importlib
 import re
 from pathlib import Path
 from typing import Any, Callable
 
-from afd.config import field_types, from_dict, read_yaml
-from afd.errors import ConfigError
+from afd import aliases
+from afd.config import field_types, from_sources, read_yaml
+from afd.errors import ConfigError, note
+
+
+# kind -> (module, config class, stage function): read without importing anything heavy, so that
+# `afd --help` builds every stage's options from their declarations (afd.config.declared_options)
+STAGES = {
+    "sft": ("afd.sft", "SFTConfig", "sft"),
+    "sample": ("afd.sampling", "SampleConfig", "sample"),
+    "demonstrate": ("afd.demonstrate", "DemonstrateConfig", "demonstrate"),
+    "reward": ("afd.reward", "RewardConfig", "reward"),
+    "bon": ("afd.bon", "BonConfig", "bon"),
+    "eval": ("afd.eval", "EvalConfig", "evaluate"),
+    "rl": ("afd.rl", "RLConfig", "rl"),
+    "irl": ("afd.irl", "IRLConfig", "irl"),
+    "irft": ("afd.irft", "IRFTConfig", "irft"),
+    "gail": ("afd.irl", "IRLConfig", "gail"),
+    "ava": ("afd.ava", "AVAConfig", "ava"),
+    "gold": ("afd.gold", "GoldConfig", "gold"),
+    "plant": ("afd.plant", "PlantConfig", "plant"),
+}
+# a stage's artifact, the file (or folder, "") that "@NAME" names; "model" where not listed
+ARTIFACTS = {"sample": "pool.jsonl", "demonstrate": "demos.jsonl", "bon": "chosen.jsonl", "eval": "report.md",
+             "gold": "", "plant": "demos.jsonl"}
+
+
+def stage(kind: str) -> tuple[type, Callable[[Any], dict]]:
+    """(config class, stage function) of a stage kind; imports its module."""
+    module, cls, fn = STAGES[kind]
+    loaded = importlib.import_module(module)
+    return getattr(loaded, cls), getattr(loaded, fn)
 
 
 def registry() -> dict[str, tuple[type, Callable[[Any], dict], Callable[[Path], str]]]:
-    """kind -> (config class, stage function, artifact of a stage folder)."""
-    from afd.ava import AVAConfig, ava
-    from afd.bon import BonConfig, bon
-    from afd.demonstrate import DEMOS, DemonstrateConfig, demonstrate
-    from afd.eval import EvalConfig, evaluate
-    from afd.gold import GoldConfig, gold
-    from afd.plant import PlantConfig, plant
-    from afd.irft import IRFTConfig, irft
-    from afd.irl import IRLConfig, gail, irl
-    from afd.reward import RewardConfig, reward
-    from afd.rl import RLConfig, rl
-    from afd.sampling import POOL, SampleConfig, sample
-    from afd.sft import SFTConfig, sft
-
-    return {
-        "sft": (SFTConfig, sft, lambda p: str(p / "model")),
-        "sample": (SampleConfig, sample, lambda p: str(p / POOL)),
-        "demonstrate": (DemonstrateConfig, demonstrate, lambda p: str(p / DEMOS)),
-        "reward": (RewardConfig, reward, lambda p: str(p / "model")),
-        "bon": (BonConfig, bon, lambda p: str(p / "chosen.jsonl")),
-        "eval": (EvalConfig, evaluate, lambda p: str(p / "report.md")),
-        "rl": (RLConfig, rl, lambda p: str(p / "model")),
-        "irl": (IRLConfig, irl, lambda p: str(p / "model")),
-        "irft": (IRFTConfig, irft, lambda p: str(p / "model")),
-        "gail": (IRLConfig, gail, lambda p: str(p / "model")),
-        "ava": (AVAConfig, ava, lambda p: str(p / "model")),
-        "gold": (GoldConfig, gold, lambda p: str(p)),
-        "plant": (PlantConfig, plant, lambda p: str(p / "demos.jsonl")),
-    }
+    """kind -> (config class, stage function, artifact of a stage folder); imports every stage."""
+    return {kind: (*stage(kind), lambda p, name=ARTIFACTS.get(kind, "model"): str(p / name)) for kind in STAGES}
 
 
 REF = re.compile(r"@([A-Za-z0-9_.\-]+)")
@@ -89,12 +93,17 @@ def plan(config: str | dict, overrides: dict[str, Any] | None = None,
     default_out = "runs/pipeline" if isinstance(config, dict) else "runs/" + Path(config).stem
     out = Path(out or str(raw.pop("out", default_out)))
     raw.pop("out", None)
-    shared = {**raw, **(overrides or {})}
+    shared = {str(k).replace("-", "_"): v for k, v in {**raw, **(overrides or {})}.items()}
     reg = registry()
     artifacts: dict[str, str] = {}
     result = []
     everyone = set().union(*(field_types(cls) for cls, _, _ in reg.values()))
-    unknown = sorted(set(shared) - everyone)
+    unknown = sorted(k for k in set(shared) - everyone if not aliases.known(k))
+    ignored = aliases.translate({k: v for k, v in shared.items() if k not in unknown}, everyone, config_path)[2]
+    if ignored:
+        note(f"ignoring {', '.join(repr(n) for n in ignored)} ({config_path}): no stage has "
+             f"{'it' if len(ignored) == 1 else 'them'}, or {'it changes' if len(ignored) == 1 else 'they change'} "
+             f"nothing afd does")
     if unknown:
         raise ConfigError(f"{config_path}: top-level option '{unknown[0]}' is not an option of any stage")
     for name, options in stages.items():
@@ -107,11 +116,12 @@ def plan(config: str | dict, overrides: dict[str, Any] | None = None,
         if kind not in reg:
             raise ConfigError(f"{where}: unknown stage kind '{kind}' (known: {', '.join(reg)})")
         cls, _, artifact = reg[kind]
-        known = field_types(cls)
-        merged = {k: v for k, v in shared.items() if k in known}
-        merged.update(options)
-        merged.update(out=str(out), stage_name=name)
-        cfg = from_dict(cls, resolve_refs(merged, artifacts, where), where)
+        # top-level options are defaults for the stages that have them (other libraries' names too)
+        known = set(field_types(cls))
+        common, soft, _ = aliases.translate(shared, known, config_path)
+        common = {k: v for k, v in {**soft, **common}.items() if k in known}
+        sources = [(common, config_path), (options, where), ({"out": str(out), "stage_name": name}, where)]
+        cfg = from_sources(cls, [(resolve_refs(s, artifacts, where), w) for s, w in sources], where)
         artifacts[name] = artifact(out / name)
         result.append((name, kind, cfg))
     return result

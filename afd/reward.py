@@ -43,7 +43,7 @@ from afd.config import check_choice, opt
 from afd.data import prompt_key
 from afd.errors import AfdError
 from afd.rewards import Classifier, InputSettings, classifier_input
-from afd.runs import DataOptions, StageDir, StageOptions
+from afd.runs import DataOptions, EvalPairsOptions, StageDir, StageOptions
 from afd.stats import auc, pair_accuracy
 from afd.training import (TrainOptions, apply_lora, finish_training, load_for_training, loss_trainer_class,
                           make_trainer, merged, train_resuming)
@@ -53,7 +53,7 @@ AVA_VARIANTS = ("ava-d", "ava-p")
 
 
 @dataclass
-class RewardConfig(StageOptions, DataOptions, TrainOptions, AVAOptions):
+class RewardConfig(StageOptions, DataOptions, EvalPairsOptions, TrainOptions, AVAOptions):
     model: str = opt("tiny-random", "backbone: built-in name, local folder or hub id (default: the initial policy)")
     variant: str = opt("init-sft", "init-sft, init-demo, sft-demo, ava-d (from demonstrations), bt, ava-p (from "
                                    "preference pairs) or kto (a file labelling each response true or false); ava-* is "
@@ -61,8 +61,6 @@ class RewardConfig(StageOptions, DataOptions, TrainOptions, AVAOptions):
     loss: str = opt("bce", "bce (classifier: logit = reward) or bt (pairwise Bradley-Terry on same-prompt pairs)")
     init_pool: str = opt("", "samples of the initial policy pi_0 (a pool file or a sample stage folder)")
     sft_pool: str = opt("", "samples of the SFT policy pi_sft (a pool file or a sample stage folder)")
-    eval_pairs: str = opt("", "preference pairs (any pair format) to report pair accuracy on; never trained on")
-    eval_pairs_max: int | None = opt(None, "use only the first N valid eval pairs")
     same_prompts: bool = opt(True, "train and evaluate only on prompts that have both positives and negatives, "
                                    "so the prompt alone cannot tell the classes apart (init-sft, init-demo, sft-demo, "
                                    "kto)")
@@ -240,6 +238,7 @@ def reward(cfg: RewardConfig) -> dict:
     stage = StageDir(cfg, "reward")
     if not stage.begin():
         return stage.metrics()
+    eval_pairs = load_eval_pairs(cfg)  # before any training, so a mistake in them costs none
     if cfg.variant in AVA_VARIANTS:
         from afd import ava
         from afd.rewards import AVAReward
@@ -248,7 +247,7 @@ def reward(cfg: RewardConfig) -> dict:
         metrics["variant"] = cfg.variant
         if cfg.eval_pairs:
             rm = AVAReward(model, tok, cfg, InputSettings(cfg.template, cfg.max_length), cfg.variant, cfg.batch_size)
-            metrics.update(preference_metrics(rm, cfg))
+            metrics.update(preference_metrics(rm, cfg, eval_pairs))
         return stage.finish(metrics)
     items = examples(cfg)
     train, held = split_groups(items, cfg.eval_fraction, cfg.seed)
@@ -304,7 +303,7 @@ def reward(cfg: RewardConfig) -> dict:
     metrics.update(controls(train, held, lambda e: min(n[id(e)], limit or n[id(e)]), cfg.seed,
                             ended=lambda e: e.ended and (not limit or n[id(e)] <= limit)))
     if cfg.eval_pairs:
-        metrics.update(preference_metrics(trained, cfg))
+        metrics.update(preference_metrics(trained, cfg, eval_pairs))
     finish_training(stage, trainer, tok, f"reward model ({cfg.variant})")  # LoRA merged when saved
     return stage.finish(metrics)
 
@@ -329,12 +328,18 @@ def held_out_metrics(rm: Classifier, held: list[Example], seed: int) -> dict:
             "eval_mean_reward_negative": sum(neg) / len(neg) if neg else None}
 
 
-def preference_metrics(rm, cfg) -> dict:
-    """Accuracy on human preference pairs (never trained on, unless they are the bt data) of a
-    :class:`afd.rewards.RewardModel`."""
-    from afd.data import DataConfig, load_pairs
+def load_eval_pairs(cfg) -> tuple[list, object] | None:
+    """(pairs, load stats) of option ``eval_pairs``, read with its own split, format and columns
+    (None without it)."""
+    from afd.data import load_pairs
 
-    pairs, stats = load_pairs(DataConfig(path=cfg.eval_pairs, on_invalid=cfg.on_invalid, limit=cfg.eval_pairs_max))
+    return load_pairs(cfg.eval_pairs_config()) if cfg.eval_pairs else None
+
+
+def preference_metrics(rm, cfg, loaded=None) -> dict:
+    """Accuracy on human preference pairs (never trained on, unless they are the bt data) of a
+    :class:`afd.rewards.RewardModel`; ``loaded``: the pairs, if already loaded."""
+    pairs, stats = loaded or load_eval_pairs(cfg)
     prompts = [p.prompt for p in pairs]
     chosen, rejected = rm.score(prompts, [p.chosen for p in pairs]), rm.score(prompts, [p.rejected for p in pairs])
     lengths = [(len(p.chosen), len(p.rejected)) for p in pairs]

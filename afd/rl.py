@@ -114,7 +114,7 @@ def trl_prompts(tokenizer, prompts, template: str) -> list:
     for the raw template, afd's rendered text."""
     if models.uses_chat_template(tokenizer, template):
         return [p.prompt for p in prompts]
-    return [models.render_raw(p.prompt) for p in prompts]
+    return [models.render_raw(p.prompt, template) for p in prompts]
 
 
 def reward_function(rm, batch_size: int, scaling: str = "none", store: dict | None = None, dense: bool = False):

@@ -35,7 +35,8 @@ class StageOptions:
     force: bool = opt(False, "redo the stage even if it finished, discarding its old output")
 
 
-IGNORED_IN_FINGERPRINT = {"out", "stage_name", "force", "keep_checkpoints"}  # none changes what a stage makes
+# none changes what a stage makes
+IGNORED_IN_FINGERPRINT = {"out", "stage_name", "force", "keep_checkpoints", "report_to"}
 
 
 def _defaults(cls: type) -> dict[str, Any]:
@@ -191,23 +192,29 @@ def _link(folder: Path, target: str) -> None:
 class ModelOptions:
     """How a stage places its models and renders prompts for them (sampling, training, scoring)."""
 
-    template: str = opt("auto", "prompt rendering: auto (the chat template if the tokenizer has one), chat, raw")
+    template: str = opt("auto", "prompt rendering: auto (the chat template if the tokenizer has one), chat, raw, or "
+                                "an input template holding {} (OpenRLHF's input_template, e.g. 'User: {}\\nAssistant: ')")
     device: str = opt("auto", "auto, cpu, cuda, cuda:N or mps (under accelerate launch: each process's own)")
     dtype: str = opt("auto", "auto (afd.models.pick_dtype: bf16 where the device computes it natively, fp32 where "
                              "log-probabilities are differenced), float32, bfloat16, float16")
 
     def validate_model_options(self) -> None:
-        from afd.models import TEMPLATES
+        from afd.models import check_template
 
-        check_choice("template", self.template, TEMPLATES)
+        check_template(self.template)
 
 
 @dataclass
 class PromptOptions:
     """What a stage does with a prompt too long for it (sampling and training)."""
 
-    max_prompt_length: int = opt(512, "prompts longer than this many tokens follow long_prompts")
+    max_prompt_length: int | None = opt(None, "prompts longer than this many tokens follow long_prompts (none: half "
+                                              "of max_length; 1024 in a stage without max_length)")
     long_prompts: str = opt("drop", "over-long prompts: drop (and count them) or error")
+
+    def __post_init__(self) -> None:
+        if self.max_prompt_length is None:  # a prompt length consistent with any max_length
+            self.max_prompt_length = getattr(self, "max_length", 2048) // 2
 
     def validate_prompt_options(self) -> None:
         check_choice("long_prompts", self.long_prompts, ("drop", "error"))
@@ -226,20 +233,51 @@ class ScoringOptions(ModelOptions):
 class DataOptions:
     """Where a stage's examples come from (see afd.data for formats and rules)."""
 
-    data: str = opt("", "data file (.jsonl/.json/.csv/.parquet) or hub dataset id")
-    data_split: str = opt("train", "hub dataset split")
+    data: str = opt("", "data file (.jsonl/.json/.csv/.parquet), dataset folder or hub dataset id")
+    data_split: str = opt("train", "split of a hub dataset or dataset folder")
     data_format: str = opt("auto", "auto, prompt-completion, messages, preference, hh, alpaca, sharegpt, "
                                    "sharegpt-preference or prompt")
     columns: dict = opt({}, "column mapping, e.g. prompt=question,response=answer")
     on_invalid: str = opt("error", "malformed rows: error (stop, naming the row) or skip (count them)")
     max_examples: int | None = opt(None, "use only the first N valid examples")
     system_prompt: str | None = opt(None, "system message prepended to prompts that have none")
+    roles: dict = opt({}, "role names of the file's conversations as afd's, e.g. bot=assistant,customer=user "
+                          "(human, gpt and ShareGPT's others are known)")
+    message_keys: dict = opt({}, "keys of a conversation's messages, e.g. role=from,content=value (Axolotl's "
+                                 "message_property_mappings; role/content and from/value are known)")
 
     def data_config(self):
-        from afd.data import DataConfig
-
         if not self.data:
             raise AfdError("option 'data' is required: a data file or hub dataset id")
-        return DataConfig(path=self.data, split=self.data_split, format=self.data_format,
-                          columns=dict(self.columns), on_invalid=self.on_invalid,
-                          limit=self.max_examples, system_prompt=self.system_prompt)
+        return self.secondary_data_config("data", self.data, self.data_split, self.data_format, self.columns,
+                                          self.max_examples)
+
+    def secondary_data_config(self, option: str, path: str, split: str, format: str, columns: dict,
+                              limit: int | None):
+        """A DataConfig for another data option of the stage (``eval_pairs``), read with the
+        stage's own rules: on_invalid, system_prompt, roles and message_keys."""
+        from afd.data import DataConfig
+
+        return DataConfig(path=path, split=split, format=format, columns=dict(columns), on_invalid=self.on_invalid,
+                          limit=limit, system_prompt=self.system_prompt, roles=dict(self.roles),
+                          message_keys=dict(self.message_keys), option=option)
+
+
+@dataclass
+class EvalPairsOptions:
+    """Human preference pairs a reward model is scored on: a second data option of a stage, with
+    the same options as ``data``; loaded and checked before any training."""
+
+    eval_pairs: str = opt("", "preference pairs (any pair format: file, dataset folder or hub id) to report pair "
+                              "accuracy on; never trained on")
+    eval_pairs_split: str = opt("train", "split of eval_pairs when it is a hub dataset or dataset folder")
+    eval_pairs_format: str = opt("auto", "format of eval_pairs: auto, preference, hh or sharegpt-preference")
+    eval_pairs_columns: dict = opt({}, "column mapping of eval_pairs, e.g. chosen=good,rejected=bad")
+    eval_pairs_max: int | None = opt(None, "use only the first N valid eval pairs")
+
+    def eval_pairs_config(self):
+        return self.secondary_data_config("eval_pairs", self.eval_pairs, self.eval_pairs_split,
+                                          self.eval_pairs_format, self.eval_pairs_columns, self.eval_pairs_max)
+
+    def eval_pairs_options(self) -> dict:
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(EvalPairsOptions)}

@@ -7,6 +7,7 @@ options every such stage has and the few pieces around the Trainer that afd adds
 
 from __future__ import annotations
 
+import importlib.util
 import inspect
 import json
 import time
@@ -24,7 +25,7 @@ from afd.errors import AfdError
 from afd.runs import ModelOptions, PromptOptions
 
 
-REPORT_TO = ("none", "tensorboard", "trackio", "wandb")
+REPORT_TO = ("none", "tensorboard", "trackio", "wandb")  # each but none is an optional extra of the same name
 
 
 @dataclass
@@ -50,8 +51,8 @@ class TrainOptions(ModelOptions, PromptOptions):
                                         "finished; by default they are removed then, as they only serve resuming")
     logging_steps: int = opt(5, "log the training loss every N steps")
     eval_steps: int = opt(0, "evaluate every N steps (0: at the start and the end only)")
-    report_to: str = opt("none", "send the training logs to tensorboard (written to <stage>/logs), trackio, wandb or none")
-
+    report_to: list = opt(["none"], "send the training logs to tensorboard (written to <stage>/logs), trackio, "
+                                    "wandb, several of them (tensorboard,wandb) or none")
 
     def train_options(self) -> dict:
         """These options as a mapping, to pass on to the stages a multi-step stage runs."""
@@ -60,7 +61,15 @@ class TrainOptions(ModelOptions, PromptOptions):
     def validate_training(self) -> None:
         self.validate_model_options()
         self.validate_prompt_options()
-        check_choice("report_to", self.report_to, REPORT_TO)
+        self.report_to = [self.report_to] if isinstance(self.report_to, str) else list(self.report_to)
+        for name in self.report_to:
+            check_choice("report_to", name, REPORT_TO)
+        if "none" in self.report_to and len(self.report_to) > 1:
+            raise AfdError(f"option 'report_to' is {','.join(self.report_to)}; 'none' cannot go with another")
+        missing = [name for name in self.report_to if name != "none" and importlib.util.find_spec(name) is None]
+        if missing:
+            raise AfdError(f"option 'report_to' names {missing[0]}, which is not installed; install it with "
+                           f"pip install 'afd[{missing[0]}]'")
         if not 0 <= self.eval_fraction < 1:
             raise AfdError(f"option 'eval_fraction' must be in [0, 1); got {self.eval_fraction}")
         for name in ("batch_size", "grad_accum", "max_length"):
@@ -300,8 +309,9 @@ def training_arguments(cfg: TrainOptions, output_dir: Path, has_eval: bool, **ex
         name = "activation_checkpointing" if _supports(TrainingArguments, "activation_checkpointing") \
             else "gradient_checkpointing"
         extra[name] = True
-    report_to = getattr(cfg, "report_to", "none")
-    if report_to != "none":
+    report_to = getattr(cfg, "report_to", ["none"])
+    report_to = [report_to] if isinstance(report_to, str) else list(report_to)
+    if report_to != ["none"]:
         logs = str(Path(output_dir).parent / "logs")  # output_dir is <stage>/checkpoints
         if _supports(TrainingArguments, "logging_dir"):
             extra["logging_dir"] = logs

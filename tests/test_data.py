@@ -254,7 +254,8 @@ MALFORMED = [  # (row, field, problem): the error is "<file>, row 1: field '<fie
     ({"messages": [user("a"), {"role": "assistant"}]}, "messages",
      "message 2 needs 'role' and 'content'"),
     ({"messages": [user("a"), {"role": "tool", "content": "x"}]}, "messages",
-     "message 2 has unknown role 'tool'"),
+     "message 2 has role 'tool' (a tool's output), which afd does not train on; read it as a user turn with "
+     "--roles tool=user"),
     ({"messages": [user("a"), assistant("b"), user("c")]}, "messages",
      "must end with an assistant message, not 'user'"),
     ({"messages": [user("a"), assistant("")]}, "messages", "is empty"),
@@ -339,7 +340,8 @@ def test_undetectable_format(tmp_path):
     path = write_jsonl(tmp_path / "odd.jsonl", [{"question": "q", "answer": "a"}])
     message = load_error(load_demos, path)
     assert f"cannot tell the format of {path} from its columns (answer, question)" in message
-    assert "prompt-completion" in message and "sharegpt" in message and "'columns'" in message
+    assert "prompt-completion" in message and "sharegpt" in message
+    assert "--data-format" in message and "--columns prompt=question,response=answer" in message
 
 
 @pytest.mark.parametrize("options, option", [

@@ -13,7 +13,6 @@ import sysconfig
 import tomllib
 import zipfile
 
-import pytest
 import torch
 
 from conftest import REPO

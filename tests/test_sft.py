@@ -97,7 +97,7 @@ def test_labels_are_ignored_exactly_on_prompt_tokens(tiny, make_jsonl, template)
         {"id": "conv", "prompt": [user("a"), {"role": "assistant", "content": "b"}, user("c")], "completion": "d"}])))
     cfg = SFTConfig(template=template, max_length=200, max_prompt_length=100)
     rows, counts = tokenize_demos(tok, demos, cfg)
-    assert counts == {"prompts_dropped_too_long": 0, "responses_truncated": 0}
+    assert counts == {"prompts_dropped_too_long": 0, "responses_truncated": 0, "earlier_turns_trained": 0}
     for d, row in zip(demos, rows):
         prompt = models.encode_prompt(tok, d.prompt, template)
         response = models.encode_response(tok, d.prompt, d.response, template)
@@ -121,7 +121,7 @@ def test_truncation_and_long_prompts_are_counted(tiny, make_jsonl):
     demos, _ = load_demos(DataConfig(make_jsonl("demos.jsonl", rows)))
     cfg = SFTConfig(max_length=48, max_prompt_length=40)
     out, counts = tokenize_demos(tok, demos, cfg)
-    assert counts == {"prompts_dropped_too_long": 1, "responses_truncated": 1}
+    assert counts == {"prompts_dropped_too_long": 1, "responses_truncated": 1, "earlier_turns_trained": 0}
     assert len(out) == 4 and all(len(r["input_ids"]) <= 48 for r in out)
     cut = out[3]
     assert len(cut["input_ids"]) == 48 and cut["labels"][-1] != tok.eos_token_id  # cut before EOS
