@@ -65,7 +65,7 @@ NO_EFFECT = (
     "greater_is_better", "dataset_test_split", "evals_per_epoch", "eval_packing", "do_train", "do_eval",
     "do_predict", "bf16_full_eval", "fp16_full_eval",
     # speed, memory and processes: the same model, sooner or in less memory
-    "bf16", "tf32", "attn_implementation", "flash_attn", "flash_attention", "xformers_attention",
+    "tf32", "attn_implementation", "flash_attn", "flash_attention", "xformers_attention",
     "sdp_attention", "torch_compile", "torch_compile_backend", "torch_compile_mode", "use_liger_kernel",
     "liger_kernel_config", "padding_free", "pad_to_multiple_of", "pad_to_sequence_len", "activation_offloading",
     "gradient_checkpointing_kwargs", "activation_checkpointing_kwargs", "auto_find_batch_size",

@@ -116,7 +116,7 @@ from afd.errors import AfdError
 from afd.runs import DataOptions, StageDir, StageOptions
 from afd.stats import pair_accuracy
 from afd.training import (Collator, TrainOptions, finish_training, load_for_training, loss_trainer_class,
-                          make_trainer, merged, pad_id, train_resuming)
+                          make_trainer, merged, pad_id, train_resuming, trained_model)
 
 OBJECTIVES = ("ava-d", "ava-p")
 HEADS_FILE, CONFIG_FILE = "ava_heads.safetensors", "ava.json"
@@ -433,10 +433,11 @@ def train(cfg, stage: StageDir, objective: str) -> tuple[dict, object, object]:
         model = apply_lora(model, cfg, config=lc)
     # the heads run outside the model's forward, where DDP's search for unused parameters
     # would count them twice; every trainable parameter has a gradient, so it needs none
+    # its TD terms difference log-probabilities (Eq. 7, 14): fp32 unless --bf16
     trainer = make_trainer(stage, cfg, model, tok, train_rows, eval_rows, _trainer_class(objective, cfg),
-                           ddp_find_unused_parameters=False)
+                           differenced=True, ddp_find_unused_parameters=False)
     result, resume = train_resuming(trainer)
-    trained = merged(trainer.model).eval()
+    trained = trained_model(trainer)
     metrics = {"objective": objective, "train_examples": len(train_rows), "eval_examples": len(eval_rows),
                "prompts_dropped_too_long": dropped, "train_loss": dist.reduce_mean(result.training_loss),
                "steps": trainer.state.global_step, "resumed": resume, "train_tokens_per_second": trainer.afd_rate.rate,

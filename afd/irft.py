@@ -148,7 +148,9 @@ def train_step(cfg: StepConfig) -> dict:
     policy = load_for_training(AutoModelForCausalLM, cfg.model, cfg)
     if cfg.lora_r > 0:
         policy = apply_lora(policy, cfg)
-    trainer = make_trainer(stage, cfg, policy, tok, rows, None, _trainer_class(cfg.beta))
+    # its loss differences log-probabilities (policy against opponent): fp32 unless --bf16
+    trainer = make_trainer(stage, cfg, policy, tok, rows, None, _trainer_class(cfg.beta), differenced=True,
+                           logits_for_labels=True)
     result, resume = train_resuming(trainer)
     finish_training(stage, trainer, tok, "IRFT stage", "IRFT loss")
     acc = getattr(trainer, "accuracies", [])  # this rank's batches

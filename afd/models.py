@@ -184,13 +184,27 @@ def cpu_has_native_bf16() -> bool:
     return torch.backends.cpu.get_cpu_capability() == "AMX"  # no /proc/cpuinfo: torch's own probe
 
 
+def native_bf16(device: torch.device) -> bool:
+    """Whether ``device`` computes bf16 natively: CUDA with bf16, or a CPU with AVX512-BF16/AMX."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    return device.type == "cpu" and cpu_has_native_bf16()
+
+
 def pick_dtype(dtype: str, device: torch.device, purpose: str = "score") -> torch.dtype:
     """The dtype for ``dtype`` ('auto' or a name) on ``device``; the one place the rule lives.
 
-    ``auto``: bf16 on CUDA with bf16. On CPU, bf16 only to *sample* (``purpose="sample"``) and
-    only where the CPU has native bf16 (AVX512-BF16/AMX); everything else in fp32 on CPU: log-
-    probabilities that are differenced or trained on (scoring, the density-ratio reward, the KL
-    estimate, RL's importance ratios, reward-model training). Why (smollm2-135m, 2-core Xeon with
+    ``auto``, by ``purpose``:
+
+    - ``sample``: bf16 where the device computes it natively (:func:`native_bf16`), else fp32;
+    - ``train``: the compute dtype of mixed precision, bf16 where native, else fp32; the weights
+      and the optimiser state stay fp32 (``afd.training.mixed_precision`` says which stages use
+      it: not those whose loss differences log-probabilities);
+    - ``score``: bf16 on CUDA with bf16 (a reward model's logits), fp32 on CPU. A log-probability
+      that is differenced (the density ratio, the KL estimate, IRFT's opponent) asks for
+      float32 explicitly.
+
+    Why sampling but not differenced log-probs on CPU (smollm2-135m, 2-core Xeon with
     AMX; bench/results/bf16-cpu.md and issue 12): bf16 samples 2.4x faster at afd's default batch
     of 256 sequences (1,180 vs 487 tok/s) with the same quality (VADER 0.477 +- 0.057 vs 0.460 +- 0.073
     on the same seeds), but its log-probs are off by 0.04 nats a token on average (max 0.33) and
@@ -199,11 +213,9 @@ def pick_dtype(dtype: str, device: torch.device, purpose: str = "score") -> torc
     fp32, move by up to 47% a token in bf16. (At a 32-sequence batch under load bf16 was not
     faster: 31 vs 62 tok/s; the speed-up needs large batches.)"""
     if dtype == "auto":
-        if device.type == "cuda" and torch.cuda.is_bf16_supported():
-            return torch.bfloat16
-        if device.type == "cpu" and purpose == "sample" and cpu_has_native_bf16():
-            return torch.bfloat16
-        return torch.float32  # CPU without native bf16, differenced log-probs, MPS: fp32
+        if purpose in ("sample", "train") or device.type == "cuda":
+            return torch.bfloat16 if native_bf16(device) else torch.float32
+        return torch.float32  # scoring on CPU, a device without native bf16, MPS: fp32
     table = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
              "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
     if dtype not in table:

@@ -46,7 +46,7 @@ from afd.rewards import Classifier, InputSettings, classifier_input
 from afd.runs import DataOptions, EvalPairsOptions, StageDir, StageOptions
 from afd.stats import auc, pair_accuracy
 from afd.training import (TrainOptions, apply_lora, finish_training, load_for_training, loss_trainer_class,
-                          make_trainer, merged, train_resuming)
+                          make_trainer, train_resuming, trained_model)
 
 VARIANTS = ("init-sft", "init-demo", "sft-demo", "bt", "kto", "ava-d", "ava-p")
 AVA_VARIANTS = ("ava-d", "ava-p")
@@ -289,7 +289,7 @@ def reward(cfg: RewardConfig) -> dict:
 
     trainer = make_trainer(stage, cfg, model, tok, train_rows, eval_rows, _trainer_class())
     result, resume = train_resuming(trainer)
-    trained = Classifier(merged(trainer.model), tok, cfg.input_settings(), cfg.batch_size)
+    trained = Classifier(trained_model(trainer), tok, cfg.input_settings(), cfg.batch_size)
 
     metrics = {"variant": cfg.variant, "loss": "bt" if pairwise else "bce", "train_examples": len(train_rows),
                "eval_examples": len(eval_rows), "prompts_dropped_too_long": dropped,

@@ -23,8 +23,8 @@ from afd import dist, models
 from afd.config import opt
 from afd.errors import AfdError, note
 from afd.runs import DataOptions, StageDir, StageOptions
-from afd.training import (TrainOptions, apply_lora, finish_training, load_for_training, make_trainer,
-                          train_resuming, use_postfix_progress)
+from afd.training import (TrainOptions, apply_lora, finish_training, heldout_loss, load_for_training, make_trainer,
+                          pad_id, train_resuming, use_postfix_progress)
 
 
 @dataclass
@@ -133,15 +133,19 @@ def sft(cfg: SFTConfig) -> dict:
     model = load_for_training(AutoModelForCausalLM, cfg.model, cfg)
     if cfg.lora_r > 0:
         model = apply_lora(model, cfg)
-    trainer = make_trainer(stage, cfg, model, tok, train_rows, eval_rows)
+    trainer = make_trainer(stage, cfg, model, tok, train_rows, eval_rows, logits_for_labels=True)
     use_postfix_progress(trainer)  # before the first evaluate(), which would print its metrics as a dict
     resume = any((stage.path / "checkpoints").glob("checkpoint-*"))
-    eval_before = trainer.evaluate()["eval_loss"] if eval_rows and not resume else None
+    # held-out loss in fp32 whether or not training is bf16 (training.heldout_loss)
+    eval_before = heldout_loss(trainer.model, eval_rows, pad_id(tok), cfg.batch_size) if eval_rows and not resume \
+        else None
     result, _ = train_resuming(trainer)
-    eval_after = trainer.evaluate()["eval_loss"] if eval_rows else None
+    eval_after = heldout_loss(trainer.model, eval_rows, pad_id(tok), cfg.batch_size) if eval_rows else None
     history = trainer.state.log_history
     if eval_before is not None:  # train() starts a fresh log; keep the step-0 evaluation
         history = [{"step": 0, "eval_loss": eval_before}] + history
+    if eval_after is not None:
+        history = history + [{"step": trainer.state.global_step, "eval_loss": eval_after}]
     finish_training(stage, trainer, tok, "SFT loss", "token-level NLL (nats)", history=history)
     return stage.finish({
         "model": str(stage.path / "model"), "train_examples": len(train_rows), "eval_examples": len(eval_rows),

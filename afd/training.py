@@ -53,6 +53,9 @@ class TrainOptions(ModelOptions, PromptOptions):
     eval_steps: int = opt(0, "evaluate every N steps (0: at the start and the end only)")
     report_to: list = opt(["none"], "send the training logs to tensorboard (written to <stage>/logs), trackio, "
                                     "wandb, several of them (tensorboard,wandb) or none")
+    bf16: bool | None = opt(None, "bf16 mixed precision (autocast; weights and optimiser state in fp32); default: on "
+                                  "where the device computes bf16 natively (CUDA, CPUs with AVX512-BF16 or AMX), off "
+                                  "for losses that difference log-probabilities (irft, ava); --no-bf16: fp32")
 
     def train_options(self) -> dict:
         """These options as a mapping, to pass on to the stages a multi-step stage runs."""
@@ -168,10 +171,16 @@ class Collator:
     ``input_ids`` and optionally ``labels`` (a list; padded with -100), ``start`` (the response's
     first position; gives a bool ``response`` mask) and any other numbers (stacked into a float
     tensor under their own key). A pair ``{"chosen": row, "rejected": row}`` gives the chosen
-    rows, then the rejected rows (the pairwise losses chunk the batch in two)."""
+    rows, then the rejected rows (the pairwise losses chunk the batch in two).
 
-    def __init__(self, pad_id: int):
-        self.pad_id = pad_id
+    ``logits_for_labels``: the batch also says ``logits_to_keep``, so that the model projects onto
+    the vocabulary only the positions from the earliest labelled token's on (a transformers
+    causal LM's ``logits_to_keep``), and ``labels`` are cut to match; prompt positions before it,
+    which carry no label, cost no LM-head work and no vocabulary-sized logits. The loss and its
+    count of labelled tokens are unchanged (tests/test_sft.py checks it against the whole batch)."""
+
+    def __init__(self, pad_id: int, logits_for_labels: bool = False):
+        self.pad_id, self.logits_for_labels = pad_id, logits_for_labels
 
     def __call__(self, batch: list[dict]) -> dict[str, torch.Tensor]:
         if "chosen" in batch[0]:
@@ -194,7 +203,34 @@ class Collator:
         for key, value in batch[0].items():
             if key != "start" and isinstance(value, (int, float)) and not isinstance(value, bool):
                 out[key] = torch.tensor([float(b[key]) for b in batch], dtype=torch.float32)
+        if self.logits_for_labels and "labels" in out:
+            labelled = (out["labels"] != -100).any(0).nonzero()
+            first = int(labelled[0]) if len(labelled) else width - 1  # the earliest labelled position
+            start = max(first - 1, 0)  # the position that predicts it
+            out["labels"], out["logits_to_keep"] = out["labels"][:, start:], width - start
         return out
+
+
+@torch.no_grad()
+def heldout_loss(model, rows: list[dict], pad: int, batch_size: int) -> float:
+    """Token-mean NLL of ``rows`` (``input_ids`` and ``labels``, -100 where not scored) in fp32,
+    whatever precision the model trains in: the model class's own forward, not the autocast
+    wrapper accelerate puts on a mixed-precision model, so that runs with and without bf16 are
+    measured alike."""
+    core = model.get_base_model() if hasattr(model, "get_base_model") else model
+    core = getattr(core, "module", core)
+    device, was_training = next(core.parameters()).device, core.training
+    core.eval()
+    collate, total, count = Collator(pad), 0.0, 0
+    for s in range(0, len(rows), batch_size):
+        batch = {k: v.to(device) for k, v in collate(rows[s:s + batch_size]).items()}
+        labels = batch.pop("labels")[:, 1:]
+        logits = type(core).forward(core, **batch).logits[:, :-1].float()
+        mask = labels != -100
+        nll = torch.nn.functional.cross_entropy(logits[mask], labels[mask], reduction="sum")
+        total, count = total + float(nll), count + int(mask.sum())
+    core.train(was_training)
+    return total / max(count, 1)
 
 
 def pad_id(tokenizer) -> int:
@@ -233,17 +269,19 @@ def load_for_training(auto_class, name: str, cfg, **kw):
 
 
 def make_trainer(stage, cfg, model, tokenizer, train_rows: list, eval_rows: list | None = None, trainer_class=None,
-                 **args):
+                 differenced: bool = False, logits_for_labels: bool = False, **args):
     """A Trainer for a stage: checkpoints in ``STAGE/checkpoints``, afd's collator, a token-rate
     callback (``trainer.afd_rate``) and TrainingArguments from the stage's options (``args``
-    adds to them)."""
+    adds to them; ``differenced``: the loss differences log-probabilities, see
+    :func:`mixed_precision`)."""
     if trainer_class is None:
         from transformers import Trainer as trainer_class
     rate = TokenRate()
     trainer = trainer_class(model=model, args=training_arguments(cfg, stage.path / "checkpoints", bool(eval_rows),
-                                                                 **args),
+                                                                 differenced, **args),
                             train_dataset=train_rows, eval_dataset=eval_rows or None,
-                            data_collator=Collator(pad_id(tokenizer)), processing_class=tokenizer, callbacks=[rate])
+                            data_collator=Collator(pad_id(tokenizer), logits_for_labels), processing_class=tokenizer,
+                            callbacks=[rate])
     trainer.afd_rate = rate
     return trainer
 
@@ -296,12 +334,24 @@ def _supports(cls, name: str) -> bool:
     return name in inspect.signature(cls.__init__).parameters
 
 
-def training_arguments(cfg: TrainOptions, output_dir: Path, has_eval: bool, **extra):
-    """TrainingArguments from afd's options (names differ between transformers 4.x and 5)."""
+def mixed_precision(cfg, device: torch.device, differenced: bool = False) -> bool:
+    """Whether a training stage runs in bf16 mixed precision: ``bf16`` when given; else, with
+    ``dtype`` auto, where the device computes bf16 natively (``models.pick_dtype(..., "train")``)
+    and the loss does not difference log-probabilities (``differenced``: IRFT's implicit reward
+    and AVA's TD terms, whose bf16 error, ~0.04 nats a token, is the size of what they learn).
+    An explicit ``dtype`` is the weights' own dtype, without autocast."""
+    if getattr(cfg, "bf16", None) is not None:
+        return bool(cfg.bf16)
+    return cfg.dtype == "auto" and not differenced and models.pick_dtype("auto", device, "train") == torch.bfloat16
+
+
+def training_arguments(cfg: TrainOptions, output_dir: Path, has_eval: bool, differenced: bool = False, **extra):
+    """TrainingArguments from afd's options (names differ between transformers 4.x and 5); bf16
+    mixed precision by :func:`mixed_precision`."""
     from transformers import TrainingArguments
 
     device = models.pick_device(cfg.device)
-    bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported() and cfg.dtype in ("auto", "bfloat16", "bf16")
+    bf16 = mixed_precision(cfg, device, differenced)
     fp16 = device.type == "cuda" and cfg.dtype in ("float16", "fp16")
     # transformers 5 takes the warm-up ratio as a fractional warmup_steps
     warmup = {"warmup_ratio" if _supports(TrainingArguments, "warmup_ratio") else "warmup_steps": cfg.warmup_ratio}
@@ -338,6 +388,13 @@ def train_resuming(trainer):
     use_postfix_progress(trainer)
     with checkpointing_alias_quiet():
         return trainer.train(resume_from_checkpoint=True if resume else None), resume
+
+
+def trained_model(trainer):
+    """A finished Trainer's model: LoRA adapters merged in, and accelerate's autocast wrapper of
+    mixed precision removed (training is over: what follows, held-out scoring and saving, runs in
+    the weights' own fp32)."""
+    return merged(trainer.accelerator.unwrap_model(trainer.model, keep_fp32_wrapper=False)).eval()
 
 
 def merged(model):

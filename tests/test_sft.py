@@ -10,7 +10,7 @@ import yaml
 from safetensors.torch import load_file
 
 from afd import models
-from afd.data import DataConfig, load_demos, split
+from afd.data import DataConfig, Demo, load_demos, split
 from afd.errors import AfdError
 from afd.sft import SFTConfig, sft, tokenize_demos
 from afd.training import Collator
@@ -252,3 +252,24 @@ def test_saved_policy_has_a_model_card(full_run):
     assert "`tiny-random`" in text and "supervised fine-tuning" in text and "2405.15624" in text
     assert f"| train_examples | {metrics['train_examples']} |" in text and "eval_loss_after" in text
     assert "AutoModelForCausalLM.from_pretrained" in text
+
+
+def test_logits_only_where_labels_are_give_the_same_loss_and_log_probs(tiny):
+    """The collator's logits_for_labels (no LM-head work before the earliest labelled token)
+    against the whole batch: SFT's loss and IRFT's summed log-probs agree to 1e-4, prompts of
+    different lengths and right padding included; and the cut really is shorter."""
+    from afd.irft import sequence_logprobs
+
+    model, tok = tiny
+    demos = [Demo(f"d{i}", [{"role": "user", "content": "Say " + "word " * i}], "yes " * (3 - i % 3)) for i in range(5)]
+    rows, _ = tokenize_demos(tok, demos, sft_config("x", "y", max_length=200, max_prompt_length=150))
+    full, cut = Collator(tok.pad_token_id)(rows), Collator(tok.pad_token_id, logits_for_labels=True)(rows)
+    assert cut["logits_to_keep"] < full["input_ids"].shape[1] and cut["labels"].shape[1] == cut["logits_to_keep"]
+    assert int((cut["labels"] != -100).sum()) == int((full["labels"] != -100).sum())
+    with torch.no_grad():
+        assert model(**cut).loss.item() == pytest.approx(model(**full).loss.item(), abs=1e-4)
+        whole = sequence_logprobs(model(input_ids=full["input_ids"], attention_mask=full["attention_mask"]).logits,
+                                  full["labels"])
+        kept = sequence_logprobs(model(input_ids=cut["input_ids"], attention_mask=cut["attention_mask"],
+                                       logits_to_keep=cut["logits_to_keep"]).logits, cut["labels"])
+    assert kept.tolist() == pytest.approx(whole.tolist(), abs=1e-4)
