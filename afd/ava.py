@@ -110,7 +110,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from afd import dist, models
+from afd import models
 from afd.config import check_choice, opt, options_of
 from afd.errors import AfdError
 from afd.runs import DataOptions, StageDir, StageOptions
@@ -435,11 +435,10 @@ def train(cfg, stage: StageDir, objective: str) -> tuple[dict, object, object]:
     # would count them twice; every trainable parameter has a gradient, so it needs none
     trainer = make_trainer(stage, cfg, model, tok, train_rows, eval_rows, _trainer_class(objective, cfg),
                            ddp_find_unused_parameters=False)
-    result, resume = train_resuming(trainer)
+    _, run = train_resuming(trainer)
     trained = merged(trainer.model).eval()
     metrics = {"objective": objective, "train_examples": len(train_rows), "eval_examples": len(eval_rows),
-               "prompts_dropped_too_long": dropped, "train_loss": dist.reduce_mean(result.training_loss),
-               "steps": trainer.state.global_step, "resumed": resume, "train_tokens_per_second": trainer.afd_rate.rate,
+               "prompts_dropped_too_long": dropped, "steps": trainer.state.global_step, **run,
                **held_out(trained, tok, eval_rows, objective, cfg)}
     finish_training(stage, trainer, tok, f"{objective} training", "minus the AVA objective",
                     save=lambda m, t, folder: save(m, t, folder, cfg, objective))

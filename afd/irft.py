@@ -149,17 +149,15 @@ def train_step(cfg: StepConfig) -> dict:
     if cfg.lora_r > 0:
         policy = apply_lora(policy, cfg)
     trainer = make_trainer(stage, cfg, policy, tok, rows, None, _trainer_class(cfg.beta))
-    result, resume = train_resuming(trainer)
+    _, run = train_resuming(trainer)
     finish_training(stage, trainer, tok, "IRFT stage", "IRFT loss")
     acc = getattr(trainer, "accuracies", [])  # this rank's batches
     tail = acc[-max(1, len(acc) // 4):]
     return stage.finish({"model": str(stage.path / "model"), "pairs": len(rows),
-                         "pairs_too_long": len(pairs) - len(rows),
-                         "train_loss": dist.reduce_mean(result.training_loss), "steps": trainer.state.global_step, "resumed": resume,
+                         "pairs_too_long": len(pairs) - len(rows), "steps": trainer.state.global_step, **run,
                          "implicit_reward_accuracy_last_quarter": dist.reduce_mean(sum(tail) / len(tail) if tail else None),
                          "opponent_logp_chosen": sum(r["chosen"]["opponent_logp"] for r in rows) / len(rows),
-                         "opponent_logp_rejected": sum(r["rejected"]["opponent_logp"] for r in rows) / len(rows),
-                         "train_tokens_per_second": trainer.afd_rate.rate})
+                         "opponent_logp_rejected": sum(r["rejected"]["opponent_logp"] for r in rows) / len(rows)})
 
 
 def irft(cfg: IRFTConfig) -> dict:

@@ -37,7 +37,7 @@ from dataclasses import dataclass
 
 import torch
 
-from afd import dist, models
+from afd import models
 from afd.ava import AVAOptions
 from afd.config import check_choice, opt
 from afd.data import prompt_key
@@ -288,13 +288,12 @@ def reward(cfg: RewardConfig) -> dict:
         model = apply_lora(model, cfg, task_type="SEQ_CLS")
 
     trainer = make_trainer(stage, cfg, model, tok, train_rows, eval_rows, _trainer_class())
-    result, resume = train_resuming(trainer)
+    _, run = train_resuming(trainer)
     trained = Classifier(merged(trainer.model), tok, cfg.input_settings(), cfg.batch_size)
 
     metrics = {"variant": cfg.variant, "loss": "bt" if pairwise else "bce", "train_examples": len(train_rows),
                "eval_examples": len(eval_rows), "prompts_dropped_too_long": dropped,
-               "train_loss": dist.reduce_mean(result.training_loss), "steps": trainer.state.global_step, "resumed": resume,
-               "train_tokens_per_second": trainer.afd_rate.rate}
+               "steps": trainer.state.global_step, **run}
     metrics.update(held_out_metrics(trained, held, cfg.seed))
     # each response's whole length, tokenised once: the model sees min(n, N) tokens of it, and its
     # EOS only when the whole response fits in N (the input keeps the first N of a longer one)

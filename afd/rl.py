@@ -377,15 +377,14 @@ def rl(cfg: RLConfig) -> dict:
         except RuntimeError as e:
             raise AfdError(f"ref_model '{cfg.ref_model}' does not have the policy's architecture ({e})") from None
         del ref
-    result, resume = train_resuming(trainer)  # (it silences TRL's deprecated read)
+    _, run = train_resuming(trainer)  # (it silences TRL's deprecated read)
     logged = [h for h in trainer.state.log_history if "reward" in h]
     finish_training(stage, trainer, tok, "RL", ylabel="loss")
     if dist.is_main():
         rl_plot(logged, stage.path / "reward_kl.png")
     return stage.finish({
         "model": str(stage.path / "model"), "prompts": len(kept), "prompts_dropped_too_long": dropped,
-        "rows_skipped": stats.skipped, "steps": trainer.state.global_step, "resumed": resume,
-        "train_loss": dist.reduce_mean(result.training_loss),
+        "rows_skipped": stats.skipped, "steps": trainer.state.global_step, **run,
         "reward_first": logged[0]["reward"] if logged else None,
         "reward_last": logged[-1]["reward"] if logged else None,
         "kl_last": logged[-1].get("kl") if logged else None,
