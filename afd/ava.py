@@ -113,7 +113,7 @@ from torch import nn
 from afd import models
 from afd.config import check_choice, opt, options_of
 from afd.errors import AfdError
-from afd.runs import DataOptions, StageDir, StageOptions
+from afd.runs import DataOptions, StageDir, StageOptions, restore_on_failure
 from afd.stats import pair_accuracy
 from afd.training import (Collator, TrainOptions, finish_training, load_for_training, loss_trainer_class,
                           make_trainer, merged, pad_id, train_resuming)
@@ -340,7 +340,9 @@ def training_rows(cfg, objective: str, tok) -> tuple[list[dict], list[dict], int
                                                                              False))
                  for d in load_demos(cfg.data_config())[0]]
     else:
-        items = [(p.prompt, (p.chosen, p.rejected)) for p in load_pairs(cfg.data_config())[0]]
+        from afd.reward import check_pairs
+
+        items = [(p.prompt, (p.chosen, p.rejected)) for p in check_pairs(load_pairs(cfg.data_config())[0], cfg.data)]
     if not items:
         raise AfdError(f"{objective} has no training examples in {cfg.data}")
     parts = split(items, cfg.eval_fraction, cfg.seed, key=lambda item: prompt_key(item[0]))
@@ -537,6 +539,7 @@ class AVAConfig(StageOptions, DataOptions, TrainOptions, AVAOptions):
             raise AfdError("option 'data' is required: demonstrations (ava-d) or preference pairs (ava-p)")
 
 
+@restore_on_failure
 def ava(cfg: AVAConfig) -> dict:
     """``afd ava``: the policy trained with the AVA objective is saved to OUT/ava/model (a plain
     causal-LM folder, with the AVA heads beside it, so it is also an AVA reward model)."""

@@ -50,7 +50,7 @@ import torch
 from afd import dist, models
 from afd.config import check_choice, opt, options_of
 from afd.errors import AfdError
-from afd.runs import DataOptions, StageDir, StageOptions
+from afd.runs import DataOptions, StageDir, StageOptions, restore_on_failure
 from afd.training import (TrainOptions, checkpointing_alias_quiet, finish_training, load_for_training, lora_config,
                           train_resuming, training_arguments)
 
@@ -335,6 +335,7 @@ def _rloo_config(cfg: RLConfig, output_dir, has_eval: bool):
     return RLOOConfig(**{k: v for k, v in base.items() if k in known and not k.startswith("_")})
 
 
+@restore_on_failure
 def rl(cfg: RLConfig) -> dict:
     """Run the stage; returns its metrics. The improved policy is saved to OUT/rl/model."""
     from datasets import Dataset

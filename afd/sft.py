@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from afd import dist, models
 from afd.config import opt
 from afd.errors import AfdError, note
-from afd.runs import DataOptions, StageDir, StageOptions
+from afd.runs import DataOptions, StageDir, StageOptions, restore_on_failure
 from afd.training import TrainOptions, apply_lora, finish_training, load_for_training, make_trainer, train_resuming
 
 
@@ -113,6 +113,7 @@ def say_which_turns(demos, cfg) -> None:
              f"(--assistant-only-loss trains every assistant turn)")
 
 
+@restore_on_failure
 def sft(cfg: SFTConfig) -> dict:
     """Run the stage; returns its metrics. The policy is saved to OUT/sft/model."""
     from transformers import AutoModelForCausalLM

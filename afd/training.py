@@ -384,7 +384,8 @@ def resume_point(output_dir: Path) -> Path | None:
     from afd import dist
 
     def pick() -> Path | None:
-        found = sorted((p for p in Path(output_dir).glob("checkpoint-*") if p.is_dir() and CHECKPOINT.fullmatch(p.name)),
+        found = sorted((p for p in Path(output_dir).glob("checkpoint-*")
+                        if p.is_dir() and CHECKPOINT.fullmatch(p.name)),
                        key=lambda p: int(CHECKPOINT.fullmatch(p.name).group(1)), reverse=True)
         chosen, torn = None, []
         for p in found:
