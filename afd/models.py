@@ -179,7 +179,7 @@ def check_device(device: str) -> None:
     dev = pick_device(device)
     if dev.type == "cuda":
         if not torch.cuda.is_available():
-            build = f"a CPU-only build of torch ({torch.__version__})" if torch.version.cuda is None \
+            build = f"torch {torch.__version__} is a CPU-only build" if torch.version.cuda is None \
                 else f"torch {torch.__version__} finds no CUDA device"
             raise AfdError(f"option 'device' is {device!r}, but this machine has no CUDA GPU ({build}); use --device "
                            f"cpu, or auto (the GPU where there is one)")
