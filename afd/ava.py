@@ -110,10 +110,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from afd import dist, models
+from afd import models
 from afd.config import check_choice, opt, options_of
 from afd.errors import AfdError
-from afd.runs import DataOptions, StageDir, StageOptions
+from afd.runs import DataOptions, StageDir, StageOptions, restore_on_failure
 from afd.stats import pair_accuracy
 from afd.training import (Collator, TrainOptions, finish_training, load_for_training, loss_trainer_class,
                           make_trainer, merged, pad_id, train_resuming, trained_model)
@@ -340,7 +340,9 @@ def training_rows(cfg, objective: str, tok) -> tuple[list[dict], list[dict], int
                                                                              False))
                  for d in load_demos(cfg.data_config())[0]]
     else:
-        items = [(p.prompt, (p.chosen, p.rejected)) for p in load_pairs(cfg.data_config())[0]]
+        from afd.reward import check_pairs
+
+        items = [(p.prompt, (p.chosen, p.rejected)) for p in check_pairs(load_pairs(cfg.data_config())[0], cfg.data)]
     if not items:
         raise AfdError(f"{objective} has no training examples in {cfg.data}")
     parts = split(items, cfg.eval_fraction, cfg.seed, key=lambda item: prompt_key(item[0]))
@@ -436,11 +438,10 @@ def train(cfg, stage: StageDir, objective: str) -> tuple[dict, object, object]:
     # its TD terms difference log-probabilities (Eq. 7, 14): fp32 unless --bf16
     trainer = make_trainer(stage, cfg, model, tok, train_rows, eval_rows, _trainer_class(objective, cfg),
                            differenced=True, ddp_find_unused_parameters=False)
-    result, resume = train_resuming(trainer)
+    _, run = train_resuming(trainer)
     trained = trained_model(trainer)
     metrics = {"objective": objective, "train_examples": len(train_rows), "eval_examples": len(eval_rows),
-               "prompts_dropped_too_long": dropped, "train_loss": dist.reduce_mean(result.training_loss),
-               "steps": trainer.state.global_step, "resumed": resume, "train_tokens_per_second": trainer.afd_rate.rate,
+               "prompts_dropped_too_long": dropped, "steps": trainer.state.global_step, **run,
                **held_out(trained, tok, eval_rows, objective, cfg)}
     finish_training(stage, trainer, tok, f"{objective} training", "minus the AVA objective",
                     save=lambda m, t, folder: save(m, t, folder, cfg, objective))
@@ -539,6 +540,7 @@ class AVAConfig(StageOptions, DataOptions, TrainOptions, AVAOptions):
             raise AfdError("option 'data' is required: demonstrations (ava-d) or preference pairs (ava-p)")
 
 
+@restore_on_failure
 def ava(cfg: AVAConfig) -> dict:
     """``afd ava``: the policy trained with the AVA objective is saved to OUT/ava/model (a plain
     causal-LM folder, with the AVA heads beside it, so it is also an AVA reward model)."""

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from afd import dist
 from afd.config import opt
 from afd.errors import AfdError
-from afd.runs import ScoringOptions, StageDir, StageOptions
+from afd.runs import ScoringOptions, StageDir, StageOptions, restore_on_failure
 from afd.stats import tie_groups
 
 
@@ -92,6 +92,7 @@ class BonConfig(StageOptions, ScoringOptions):
     n: int = opt(0, "N: choose among each prompt's first N samples (0: all of them)")
 
     def validate(self) -> None:
+        self.validate_model_options()
         if not self.pool or not self.scorer:
             raise AfdError("afd bon needs options 'pool' and 'scorer'")
         if self.n < 0:
@@ -117,6 +118,7 @@ def score_pool(rows: list[dict], reward, key: str, **options) -> None:
 
 
 @dist.main_process_stage
+@restore_on_failure
 def bon(cfg: BonConfig) -> dict:
     """Run the stage: ``chosen.jsonl`` has one row per prompt, the best of its first N samples."""
     from afd.sampling import read_pool

@@ -167,9 +167,14 @@ def parse(argv: list[str]):
 
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    if "LOCAL_RANK" in os.environ:  # a worker of torchrun / accelerate launch ends with its launcher
+        from afd.dist import watch_launcher
+
+        watch_launcher()
     argv = sys.argv[1:] if argv is None else argv
     args = vars(build_parser(argv).parse_args(argv))
     command = args.pop("command")
+    out = None
     try:
         _quiet_libraries()
         if command == "run":
@@ -186,15 +191,55 @@ def main(argv: list[str] | None = None) -> int:
         from afd.pipeline import stage
 
         _, fn = stage(command)
-        _print_metrics(command, fn(stage_config(command, args)))
+        cfg = stage_config(command, args)
+        out = cfg.out
+        _print_metrics(command, fn(cfg))
         return 0
     except (AfdError, ConfigError) as e:
         if os.environ.get("RANK", "0") == "0":  # every rank meets a user's error; one says it
+            _close_bars()
             print(f"afd {command}: error: {e}", file=sys.stderr)
+        return 2
+    except Exception as e:
+        where = out if command not in ("run", "demo") else args.get("out")
+        if not no_space(e, where or "."):
+            raise
+        if os.environ.get("RANK", "0") == "0":
+            _close_bars()
+            what = f"while writing {e.filename}" if getattr(e, "filename", None) else f"on the device of {where or '.'}"
+            print(f"afd {command}: error: no space left {what}; free some space and run the same command again: it "
+                  f"resumes from what was written whole", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"afd {command}: interrupted; run the same command again to resume", file=sys.stderr)
         return 130
+
+
+def _close_bars() -> None:
+    """End the progress bars a stage left open when it stopped, so its error is a line of its own."""
+    tqdm = sys.modules.get("tqdm")
+    for bar in list(getattr(getattr(tqdm, "tqdm", None), "_instances", ())):
+        bar.close()
+
+
+def no_space(e: BaseException, folder: str) -> bool:
+    """Whether ``e`` is a write that failed for want of disk space: ENOSPC or EDQUOT from Python,
+    safetensors' "os error 28", or torch.save's zip writer failing (its message names no cause)
+    on a device with no space left where the run writes."""
+    import errno
+    import shutil
+
+    if getattr(e, "errno", None) in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    text = str(e)
+    if "No space left on device" in text or "os error 28" in text:
+        return True
+    if isinstance(e, RuntimeError) and ("inline_container" in text or "PytorchStreamWriter" in text):
+        path = os.path.abspath(folder)
+        while not os.path.exists(path):
+            path = os.path.dirname(path)
+        return shutil.disk_usage(path).free < 1 << 20
+    return False
 
 
 def _quiet_libraries() -> None:

@@ -197,7 +197,9 @@ class DataConfig:
                 raise DataError(f"data option 'columns' maps {key!r} to {column!r}, "
                                 "not a column name")
         if self.limit is not None and (type(self.limit) is not int or self.limit < 1):
-            raise DataError(f"data option 'limit' must be a positive whole number, "
+            limit = {"data": "max_examples", "eval_pairs": "eval_pairs_max", "demos": "max_demos"}.get(self.option,
+                                                                                                     "limit")
+            raise DataError(f"option '{limit}' must be a positive whole number (use only the first N valid examples), "
                             f"not {self.limit!r}")
         if self.system_prompt is not None and not isinstance(self.system_prompt, str):
             raise DataError(f"data option 'system_prompt' must be text, not {self.system_prompt!r}")
@@ -268,6 +270,18 @@ def load_prompts(cfg: DataConfig) -> tuple[list[Prompt], LoadStats]:
     """Prompts from any format, responses dropped; nothing is de-duplicated."""
     parsed, stats = _load(cfg, "prompt")
     return [Prompt(key, p.prompt) for key, p in parsed], stats
+
+
+def check_unique_ids(items: list, source: str, what: str, why: str) -> None:
+    """Stop, naming the first id that appears twice, where a stage keys anything by id (a pool's
+    samples to their prompt, IRL's pairs and IRFT's negatives to their demonstration); SFT,
+    reward models and AVA do not, and take repeated ids as they are."""
+    seen: set[str] = set()
+    for item in items:
+        if item.id in seen:
+            raise DataError(f"{what} id '{item.id}' appears twice in {source}; {why} (give each row its own id, or "
+                            f"drop the id column to number the rows)")
+        seen.add(item.id)
 
 
 def prompt_key(prompt: list[dict]) -> str:
@@ -712,6 +726,15 @@ def _messages(value: Any, name: str, style: _Style, noun: str = "message") -> tu
         what = "turns" if noun == "turn" else "messages"
         raise _RowError(name, f"must be a non-empty list of {what}, not {_kind(value)}")
     parsed = [_message(m, name, f"{noun} {i}", style) for i, m in enumerate(value, 1)]
+    # chat templates expect turns to alternate (many refuse two in a row, others run them together);
+    # a role the user mapped (--roles tool=user) is their choice
+    chosen = {speaker for speaker, _ in style.roles}
+    for i in range(1, len(parsed)):
+        role = parsed[i][0]["role"]
+        if role in ("user", "assistant") and parsed[i - 1][0]["role"] == role and \
+                not chosen & {_speaker(value[i - 1], style), _speaker(value[i], style)}:
+            raise _RowError(name, f"has two {role} turns in a row ({noun}s {i} and {i + 1}); merge them, or put the "
+                                  f"{'assistant' if role == 'user' else 'user'}'s turn between them")
     return [m for m, _ in parsed], [f for _, f in parsed]
 
 
@@ -722,6 +745,11 @@ def _plain(value: Any, name: str, style: _Style, noun: str = "message") -> list[
         raise _RowError(name, "has per-turn 'train' flags, which afd reads in conversations to train on "
                               "(messages, conversations) only")
     return messages
+
+
+def _speaker(m: dict, style: _Style) -> Any:
+    """A message's author as the file writes it (before afd reads it as a role)."""
+    return m.get(style.role_key or ("role" if "role" in m or "from" not in m else "from"))
 
 
 def _message(m: Any, name: str, which: str, style: _Style) -> tuple[dict, bool | None]:

@@ -17,7 +17,7 @@ from dataclasses import dataclass, replace
 from afd import dist
 from afd.config import opt
 from afd.errors import AfdError
-from afd.runs import METRICS, StageDir, write_json
+from afd.runs import METRICS, StageDir, restore_on_failure, write_json
 from afd.sampling import POOL, SampleConfig, read_pool, sample
 
 DEMOS = "demos.jsonl"
@@ -36,6 +36,7 @@ class DemonstrateConfig(SampleConfig):
             raise AfdError("afd demonstrate takes 'instruction' in place of 'system_prompt'")
 
 
+@restore_on_failure
 def demonstrate(cfg: DemonstrateConfig) -> dict:
     """Run the stage: the demonstrator's pool, then OUT/demonstrate/demos.jsonl."""
     folder_cfg = replace(cfg, system_prompt=cfg.instruction)

@@ -187,6 +187,30 @@ def save_trained(trainer, tokenizer, folder, save: Callable[..., None]) -> None:
     barrier()
 
 
+def watch_launcher(interval: float = 1.0) -> bool:
+    """Under a launcher, end this worker once the launcher is gone. ``torchrun`` (and
+    ``accelerate launch``, which runs it) starts each worker in a session of its own, so a
+    ``kill -9`` of the launcher, or of its process group, does not reach the workers, which
+    would run on to the end. A daemon thread checks every ``interval`` seconds that the process
+    that started this one is still its parent; when it is not, the worker exits at once (what it
+    wrote is what a kill leaves: the rerun resumes from it). Returns whether it watches."""
+    if "LOCAL_RANK" not in os.environ:
+        return False
+    import threading
+    import time
+
+    parent = os.getppid()
+
+    def watch() -> None:
+        while True:
+            time.sleep(interval)
+            if os.getppid() != parent:
+                os._exit(143)  # as a SIGTERM would: 128 + 15
+
+    threading.Thread(target=watch, name="afd-launcher-watch", daemon=True).start()
+    return True
+
+
 def print_main(*args, **kwargs) -> None:
     if is_main():
         print(*args, **kwargs)

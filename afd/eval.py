@@ -34,7 +34,7 @@ from afd import dist
 from afd.bon import bon_curve, bon_kl, group_by_prompt, load_reward, powers_of_two, score_pool
 from afd.config import opt
 from afd.errors import AfdError
-from afd.runs import ScoringOptions, StageDir, StageOptions
+from afd.runs import ScoringOptions, StageDir, StageOptions, restore_on_failure
 from afd.data import prompt_key
 from afd.stats import mean_ci, spearman, within_group_correlation
 
@@ -56,6 +56,7 @@ class EvalConfig(StageOptions, ScoringOptions):
     kl_reference: str = opt("", "policy (e.g. the SFT model) to estimate each pool's KL(policy || it) against")
 
     def validate(self) -> None:
+        self.validate_model_options()
         if not self.pools:
             raise AfdError("afd eval needs option 'pools': name=pool for each policy")
         if self.proxies and self.bon_policy not in self.pools:
@@ -89,6 +90,7 @@ def standardise(values: dict[int, float], pool: list[float]) -> dict[int, float]
 
 
 @dist.main_process_stage
+@restore_on_failure
 def evaluate(cfg: EvalConfig) -> dict:
     """Run the stage: metrics.json, report.md and PNG plots in OUT/eval."""
     from afd.sampling import read_pool

@@ -42,7 +42,7 @@ from afd import models
 from afd.config import opt
 from afd.errors import AfdError
 from afd.rewards import RewardModel
-from afd.runs import StageDir, StageOptions, atomic_write_text, write_jsonl
+from afd.runs import StageDir, StageOptions, atomic_write_text, restore_on_failure, write_jsonl
 
 GOLD_FILE = "gold.json"
 C_GRID = (0.25, 1.0, 4.0, 16.0, 64.0)
@@ -212,6 +212,7 @@ def calibration(scorer: RewardModel, pool: str) -> dict:
             "pool_spearman_with_length": spearman(values, lengths)}
 
 
+@restore_on_failure
 def gold(cfg: GoldConfig) -> dict:
     """Run the stage; returns its metrics."""
     stage = StageDir(cfg, "gold")

@@ -30,7 +30,7 @@ import torch
 from afd import dist, models
 from afd.config import opt
 from afd.errors import AfdError
-from afd.runs import DataOptions, StageDir, StageOptions, link_final, write_demo_files
+from afd.runs import DataOptions, StageDir, StageOptions, link_final, restore_on_failure, write_demo_files
 from afd.training import (TrainOptions, apply_lora, finish_training, load_for_training, make_trainer,
                           train_resuming)
 
@@ -109,6 +109,7 @@ def response_ids(side: dict) -> list[int]:
     return [t for t in side["labels"] if t != -100]
 
 
+@restore_on_failure
 def train_step(cfg: StepConfig) -> dict:
     from transformers import AutoModelForCausalLM
 
@@ -151,22 +152,22 @@ def train_step(cfg: StepConfig) -> dict:
     # its loss differences log-probabilities (policy against opponent): fp32 unless --bf16
     trainer = make_trainer(stage, cfg, policy, tok, rows, None, _trainer_class(cfg.beta), differenced=True,
                            logits_for_labels=True)
-    result, resume = train_resuming(trainer)
+    _, run = train_resuming(trainer)
     finish_training(stage, trainer, tok, "IRFT stage", "IRFT loss")
     acc = getattr(trainer, "accuracies", [])  # this rank's batches
     tail = acc[-max(1, len(acc) // 4):]
     return stage.finish({"model": str(stage.path / "model"), "pairs": len(rows),
-                         "pairs_too_long": len(pairs) - len(rows),
-                         "train_loss": dist.reduce_mean(result.training_loss), "steps": trainer.state.global_step, "resumed": resume,
-                         "implicit_reward_accuracy_last_quarter": dist.reduce_mean(sum(tail) / len(tail) if tail else None),
+                         "pairs_too_long": len(pairs) - len(rows), "steps": trainer.state.global_step, **run,
+                         "implicit_reward_accuracy_last_quarter":
+                             dist.reduce_mean(sum(tail) / len(tail) if tail else None),
                          "opponent_logp_chosen": sum(r["chosen"]["opponent_logp"] for r in rows) / len(rows),
-                         "opponent_logp_rejected": sum(r["rejected"]["opponent_logp"] for r in rows) / len(rows),
-                         "train_tokens_per_second": trainer.afd_rate.rate})
+                         "opponent_logp_rejected": sum(r["rejected"]["opponent_logp"] for r in rows) / len(rows)})
 
 
+@restore_on_failure
 def irft(cfg: IRFTConfig) -> dict:
     """Run the stage; the final policy is OUT/irft/stage_{T-1}/train/model."""
-    from afd.data import load_demos
+    from afd.data import check_unique_ids, load_demos
     from afd.sampling import POOL, SampleConfig, derive_seed, sample
 
     stage = StageDir(cfg, "irft")
@@ -185,9 +186,7 @@ def irft(cfg: IRFTConfig) -> dict:
     demos, _ = load_demos(cfg.data_config())
     if len(demos) < cfg.stages:
         raise AfdError(f"{len(demos)} demonstrations cannot be split into stages={cfg.stages}")
-    ids = [d.id for d in demos]
-    if len(set(ids)) != len(ids):
-        raise AfdError(f"demonstration ids in {cfg.data} are not unique; IRFT pairs each with its own negatives")
+    check_unique_ids(demos, cfg.data, "demonstration", "IRFT pairs each demonstration with its own negatives by id")
     order = list(range(len(demos)))
     random.Random(cfg.seed).shuffle(order)
     parts = [sorted(order[t::cfg.stages]) for t in range(cfg.stages)]

@@ -36,7 +36,8 @@ from afd import dist
 from afd.ava import AVAOptions
 from afd.config import check_choice, opt
 from afd.errors import AfdError
-from afd.runs import DataOptions, EvalPairsOptions, StageDir, StageOptions, link_final, write_demo_files, write_jsonl
+from afd.runs import (DataOptions, EvalPairsOptions, StageDir, StageOptions, link_final, restore_on_failure,
+                      write_demo_files, write_jsonl)
 from afd.rl import RLOptions
 from afd.training import TrainOptions
 
@@ -88,9 +89,10 @@ def write_pairs(path: Path, demos: dict, pools: list[str]) -> int:
     return len(rows)
 
 
+@restore_on_failure
 def iterate(cfg: IRLConfig, method: str) -> dict:
     """The loop of both methods (``method`` "irl" or "gail"); returns the stage's metrics."""
-    from afd.data import load_demos, load_pairs
+    from afd.data import check_unique_ids, load_demos, load_pairs
     from afd.reward import reward
     from afd.rl import rl
     from afd.sampling import POOL, sample
@@ -106,8 +108,7 @@ def iterate(cfg: IRLConfig, method: str) -> dict:
     if not stage.begin():
         return stage.metrics()
     demos, _ = load_demos(cfg.data_config())
-    if not demos:
-        raise AfdError(f"no demonstration in {cfg.data}")
+    check_unique_ids(demos, cfg.data, "demonstration", f"afd {method} pairs each sample with its demonstration by id")
     if cfg.eval_pairs:  # each iteration's reward stage reads them; checked here, before any sampling or training
         load_pairs(cfg.eval_pairs_config())
     dist.on_main(write_demo_files, stage.path, demos)  # where configs.at reads them

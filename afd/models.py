@@ -172,6 +172,25 @@ def pick_device(device: str = "auto") -> torch.device:
         raise AfdError(f"option 'device' must be auto, cpu, cuda, cuda:N or mps; got {device!r}") from None
 
 
+def check_device(device: str) -> None:
+    """``device`` names a device this machine has, or one sentence: asked for CUDA on a machine
+    without it, sampling would fail deep in torch and training would run on the CPU while its
+    config.yaml says cuda."""
+    dev = pick_device(device)
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            build = f"torch {torch.__version__} is a CPU-only build" if torch.version.cuda is None \
+                else f"torch {torch.__version__} finds no CUDA device"
+            raise AfdError(f"option 'device' is {device!r}, but this machine has no CUDA GPU ({build}); use --device "
+                           f"cpu, or auto (the GPU where there is one)")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise AfdError(f"option 'device' is {device!r}, but this machine has {torch.cuda.device_count()} CUDA "
+                           f"device(s), numbered from 0")
+    if dev.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise AfdError(f"option 'device' is {device!r}, but MPS (Apple's GPU) is not available here; use --device cpu "
+                       f"or auto")
+
+
 def cpu_has_native_bf16() -> bool:
     """Whether this CPU computes bf16 matmuls natively (AVX512-BF16 or AMX-BF16): only then is
     bf16 faster than fp32 on CPU (measured: bench/results/bf16-cpu.md)."""
@@ -349,8 +368,20 @@ def prompt_text(tokenizer, messages: list[dict], template: str = "auto") -> tupl
     """(the prompt as text, whether the tokenizer adds its special tokens to it): the chat
     template's rendering with the generation prompt, or the raw / input-template text."""
     if uses_chat_template(tokenizer, template):
-        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True), False
+        from jinja2 import TemplateError
+
+        try:
+            return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True), False
+        except TemplateError as e:
+            roles = ", ".join(m["role"] for m in messages)
+            raise TemplateRejected(f"the chat template of {tokenizer.name_or_path} rejects a prompt with the turns "
+                                   f"{roles}: {str(e).strip() or type(e).__name__}") from None
     return render_raw(messages, template), True
+
+
+class TemplateRejected(AfdError):
+    """A chat template that raised on a prompt (one that refuses a system turn, say); callers
+    that know the prompt's row add it to the sentence."""
 
 
 def encode_prompt(tokenizer, messages: list[dict], template: str = "auto") -> list[int]:
@@ -380,8 +411,11 @@ def prompts_within(tokenizer, items: list, cfg, source: str, what: str = "prompt
     kept, dropped = [], 0
     for item in items:
         name = f"prompt '{item.id}'" if what == "prompt" else f"the prompt of {what} '{item.id}'"
-        ids = encode_prompt_within(tokenizer, item.prompt, cfg.template, cfg.max_prompt_length, cfg.long_prompts,
-                                   f"{name} in {source}")
+        try:
+            ids = encode_prompt_within(tokenizer, item.prompt, cfg.template, cfg.max_prompt_length, cfg.long_prompts,
+                                       f"{name} in {source}")
+        except TemplateRejected as e:
+            raise AfdError(f"{name} in {source}: {e}; choose another --template (raw), or change the prompt") from None
         if ids is None:
             dropped += 1
         else:

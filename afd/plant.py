@@ -68,7 +68,7 @@ from afd import dist
 from afd.bon import bon_kl, group_by_prompt
 from afd.config import check_choice, opt
 from afd.errors import AfdError
-from afd.runs import DataOptions, ModelOptions, PromptOptions, StageDir, StageOptions, write_jsonl
+from afd.runs import DataOptions, ModelOptions, PromptOptions, StageDir, StageOptions, restore_on_failure, write_jsonl
 from afd.stats import spearman
 
 METHODS = ("rso", "best-of-k")
@@ -159,6 +159,7 @@ def kl_pi_star(rewards: list[float], beta: float) -> tuple[float, float]:
     return sum(wi * s for wi, s in zip(w, scaled)) / sum(w) - log_z, log_z
 
 
+@restore_on_failure
 def plant(cfg: PlantConfig) -> dict:
     """Run the stage; returns its metrics. Demonstrations: OUT/plant/demos.jsonl."""
     from afd.bon import score_pool

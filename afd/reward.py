@@ -37,13 +37,13 @@ from dataclasses import dataclass
 
 import torch
 
-from afd import dist, models
+from afd import models
 from afd.ava import AVAOptions
 from afd.config import check_choice, opt
 from afd.data import prompt_key
-from afd.errors import AfdError
+from afd.errors import AfdError, note
 from afd.rewards import Classifier, InputSettings, classifier_input
-from afd.runs import DataOptions, EvalPairsOptions, StageDir, StageOptions
+from afd.runs import DataOptions, EvalPairsOptions, StageDir, StageOptions, restore_on_failure
 from afd.stats import auc, pair_accuracy
 from afd.training import (TrainOptions, apply_lora, finish_training, load_for_training, loss_trainer_class,
                           make_trainer, train_resuming, trained_model)
@@ -113,7 +113,7 @@ def examples(cfg: RewardConfig) -> list[Example]:
 
     if cfg.variant == "bt":
         out = []
-        for p in load_pairs(cfg.data_config())[0]:
+        for p in check_pairs(load_pairs(cfg.data_config())[0], cfg.data):
             # grouped by prompt, so that pairs sharing a prompt (and, in afd irl, a chosen
             # demonstration) fall on one side of the held-out split
             key = prompt_key(p.prompt)
@@ -134,6 +134,21 @@ def examples(cfg: RewardConfig) -> list[Example]:
         positives = [e for e in positives if e.group in shared]
         negatives = [e for e in negatives if e.group in shared]
     return positives + negatives
+
+
+def check_pairs(pairs: list, source: str) -> list:
+    """Preference pairs whose chosen reply differs from the rejected one: a pair of two equal
+    replies teaches a pairwise loss nothing (its gradients cancel; Bradley-Terry's loss stays
+    ln 2). Every pair equal is an error, some equal a note; they are kept either way."""
+    same = sum(p.chosen == p.rejected for p in pairs)
+    if pairs and same == len(pairs):
+        raise AfdError(f"every pair in {source} ({same}) has its chosen reply equal to its rejected one, so a reward "
+                       f"model learns nothing from them (the loss stays at ln 2); check which columns hold chosen "
+                       f"and rejected (--columns chosen=...,rejected=...)")
+    if same:
+        note(f"{same} of {len(pairs)} pairs in {source} have their chosen reply equal to their rejected one; they "
+             f"teach the reward model nothing")
+    return pairs
 
 
 def split_groups(items: list[Example], fraction: float, seed: int) -> tuple[list[Example], list[Example]]:
@@ -231,6 +246,7 @@ def controls(train: list[Example], held: list[Example], length, seed: int = 0, e
     return out
 
 
+@restore_on_failure
 def reward(cfg: RewardConfig) -> dict:
     """Run the stage; returns its metrics. The reward model is saved to OUT/reward/model."""
     from transformers import AutoModelForSequenceClassification
@@ -288,13 +304,12 @@ def reward(cfg: RewardConfig) -> dict:
         model = apply_lora(model, cfg, task_type="SEQ_CLS")
 
     trainer = make_trainer(stage, cfg, model, tok, train_rows, eval_rows, _trainer_class())
-    result, resume = train_resuming(trainer)
+    _, run = train_resuming(trainer)
     trained = Classifier(trained_model(trainer), tok, cfg.input_settings(), cfg.batch_size)
 
     metrics = {"variant": cfg.variant, "loss": "bt" if pairwise else "bce", "train_examples": len(train_rows),
                "eval_examples": len(eval_rows), "prompts_dropped_too_long": dropped,
-               "train_loss": dist.reduce_mean(result.training_loss), "steps": trainer.state.global_step, "resumed": resume,
-               "train_tokens_per_second": trainer.afd_rate.rate}
+               "steps": trainer.state.global_step, **run}
     metrics.update(held_out_metrics(trained, held, cfg.seed))
     # each response's whole length, tokenised once: the model sees min(n, N) tokens of it, and its
     # EOS only when the whole response fits in N (the input keeps the first N of a longer one)

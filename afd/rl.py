@@ -50,7 +50,7 @@ import torch
 from afd import dist, models
 from afd.config import check_choice, opt, options_of
 from afd.errors import AfdError
-from afd.runs import DataOptions, StageDir, StageOptions
+from afd.runs import DataOptions, StageDir, StageOptions, restore_on_failure
 from afd.training import (TrainOptions, checkpointing_alias_quiet, finish_training, load_for_training, lora_config,
                           train_resuming, training_arguments)
 
@@ -335,6 +335,7 @@ def _rloo_config(cfg: RLConfig, output_dir, has_eval: bool):
     return RLOOConfig(**{k: v for k, v in base.items() if k in known and not k.startswith("_")})
 
 
+@restore_on_failure
 def rl(cfg: RLConfig) -> dict:
     """Run the stage; returns its metrics. The improved policy is saved to OUT/rl/model."""
     from datasets import Dataset
@@ -377,15 +378,14 @@ def rl(cfg: RLConfig) -> dict:
         except RuntimeError as e:
             raise AfdError(f"ref_model '{cfg.ref_model}' does not have the policy's architecture ({e})") from None
         del ref
-    result, resume = train_resuming(trainer)  # (it silences TRL's deprecated read)
+    _, run = train_resuming(trainer)  # (it silences TRL's deprecated read)
     logged = [h for h in trainer.state.log_history if "reward" in h]
     finish_training(stage, trainer, tok, "RL", ylabel="loss")
     if dist.is_main():
         rl_plot(logged, stage.path / "reward_kl.png")
     return stage.finish({
         "model": str(stage.path / "model"), "prompts": len(kept), "prompts_dropped_too_long": dropped,
-        "rows_skipped": stats.skipped, "steps": trainer.state.global_step, "resumed": resume,
-        "train_loss": dist.reduce_mean(result.training_loss),
+        "rows_skipped": stats.skipped, "steps": trainer.state.global_step, **run,
         "reward_first": logged[0]["reward"] if logged else None,
         "reward_last": logged[-1]["reward"] if logged else None,
         "kl_last": logged[-1].get("kl") if logged else None,

@@ -1,15 +1,21 @@
 """The run folder: every stage writes into ``OUT/STAGE/`` its resolved ``config.yaml``, its
-artifacts, and ``metrics.json`` last. ``metrics.json`` marks the stage finished: a finished
-stage with the same config is reused, an unfinished one resumes, and one made with a
-different config is never silently mixed with the new one (``--force`` redoes it).
+inputs' fingerprints (``inputs.json``), its artifacts, and ``metrics.json`` last.
+``metrics.json`` marks the stage finished: a finished stage with the same config and inputs is
+reused, an unfinished one resumes, and one made with a different config, or from input files
+whose content has changed since, is never silently mixed with the new one (``--force`` redoes
+it). ``--force`` moves the old stage aside (``OUT/.STAGE.replaced``) and removes it only once
+the new one has finished; a new run that fails puts it back.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
+import hashlib
 import json
 import math
 import os
+import re
 import shutil
 import time
 from dataclasses import dataclass
@@ -20,7 +26,7 @@ import yaml
 
 from afd import dist
 from afd.config import check_choice, opt, to_dict, unused
-from afd.errors import AfdError
+from afd.errors import AfdError, note
 
 METRICS = "metrics.json"
 CONFIG = "config.yaml"
@@ -55,9 +61,15 @@ def fingerprint(cfg: Any) -> dict[str, Any]:
 
 
 def atomic_write_text(path: Path, text: str) -> None:
+    """``path`` holds its old text or the new one, never part of it (a kill or a full disk
+    mid-write leaves the old)."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # one per process: no two share one
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def write_json(path: Path, data: Any) -> None:
@@ -89,6 +101,154 @@ def _finite(x: Any) -> Any:
     if isinstance(x, (list, tuple)):
         return [_finite(v) for v in x]
     return x
+
+
+# ---------------------------------------------------------------------------------------------
+# Inputs: what a stage reads besides its options
+
+# options that name files or folders a stage reads (data files and dataset folders, pools, model
+# and reward-model folders, scorers): the content of those that are local is part of what the
+# stage is, so a stage is never reused, nor resumed, on inputs that changed since it was made
+INPUT_OPTIONS = ("data", "eval_pairs", "demos", "pool", "pools", "init_pool", "sft_pool", "model", "reward_model",
+                 "ref_model", "reward", "scorer", "golden", "proxies", "kl_reference")
+INPUTS = "inputs.json"
+_hashes: dict[tuple, str] = {}  # (path, size, mtime): SHA-256, so each file is read once a process
+
+
+def local_inputs(value: Any) -> list[str]:
+    """The local files and folders an input option's value names: the value itself, or each part
+    of a scorer's name (``density-ratio:P,R``, ``z:POOL:NAME``, ``rm:FOLDER``; ``python:MODULE:FN``
+    names MODULE.py); the values of a mapping (``pools``, ``proxies``). Hub ids and built-in
+    names are names, not local inputs."""
+    if isinstance(value, dict):
+        return [p for v in value.values() for p in local_inputs(v)]
+    if not isinstance(value, str) or not value:
+        return []
+    if os.path.exists(value):
+        return [value]
+    found = [part for part in re.split(r"[:,]", value) if part and os.path.exists(part)]
+    if value.startswith("python:"):
+        module = value.split(":")[1].replace(".", os.sep) + ".py"
+        found += [module] if os.path.isfile(module) else []
+    return found
+
+
+def _sha256(path: Path, size: int, mtime: int) -> str:
+    key = (str(path.resolve()), size, mtime)
+    if key not in _hashes:
+        digest = hashlib.sha256()
+        with path.open("rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+        _hashes[key] = digest.hexdigest()
+    return _hashes[key]
+
+
+def _signature(path: str) -> dict:
+    """A file: its size, modification time and SHA-256; a folder: the size and modification
+    time of each file in it (a model folder's weights are not read), hidden files left out."""
+    p = Path(path)
+    if p.is_dir():
+        files = {}
+        for root, dirs, names in os.walk(p):
+            dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+            for name in sorted(n for n in names if not n.startswith(".")):
+                st = (Path(root) / name).stat()
+                files[str((Path(root) / name).relative_to(p))] = [st.st_size, st.st_mtime_ns]
+        return {"files": files}
+    st = p.stat()
+    return {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
+
+
+def input_signatures(cfg: Any) -> dict[str, dict[str, dict]]:
+    """{option: {path: signature}} of the stage's local inputs (files without their hash yet)."""
+    options = to_dict(cfg)
+    out = {}
+    for name in INPUT_OPTIONS:
+        paths = local_inputs(options.get(name))
+        if paths:
+            out[name] = {path: _signature(path) for path in paths}
+    return out
+
+
+def _hashed(signatures: dict, recorded: dict) -> dict:
+    """``signatures`` with each file's SHA-256: the recorded one where its size and time are
+    the recorded ones, else read from the file."""
+    out = {}
+    for option, paths in signatures.items():
+        out[option] = {}
+        for path, sig in paths.items():
+            if "size" in sig:
+                old = recorded.get(option, {}).get(path, {})
+                same = old.get("size") == sig["size"] and old.get("mtime_ns") == sig["mtime_ns"] and "sha256" in old
+                sig = {**sig, "sha256": old["sha256"] if same else _sha256(Path(path), sig["size"], sig["mtime_ns"])}
+            out[option][path] = sig
+    return out
+
+
+def changed_input(recorded: dict, now: dict) -> str | None:
+    """How the inputs ``now`` differ from those ``recorded`` when the stage was made (None: they
+    do not), as words: "data file demos.jsonl has changed". An input gone since is not a change
+    (the stage needs it only if it runs, and then says so)."""
+    for option, paths in now.items():
+        if option not in recorded:
+            continue
+        for path, sig in paths.items():
+            old = recorded[option].get(path)
+            if old is None:
+                return f"{option} {path} is new"
+            if "files" in sig:
+                if "files" not in old:
+                    return f"{option} {path} is now a folder"
+                diff = sorted(k for k in set(sig["files"]) | set(old["files"])
+                              if sig["files"].get(k) != old["files"].get(k))
+                if diff:
+                    return f"{option} {path} has changed ({diff[0]}{' and more' if len(diff) > 1 else ''})"
+            elif "files" in old or old.get("sha256") != sig["sha256"]:
+                return f"{option} {path} has changed"
+    return None
+
+
+# ---------------------------------------------------------------------------------------------
+# --force: the old stage is kept until the new one finishes
+
+_replaced: list[tuple[Path, Path]] = []  # (stage folder, where its old content waits), this process's
+
+
+def restore_on_failure(fn):
+    """A stage function whose forced run, should it fail, puts back the stage it was replacing
+    (``--force`` moved it aside in :meth:`StageDir.begin`; :meth:`StageDir.finish` removes it).
+    A kill or an interrupt leaves both, and the next run decides (see ``_begin``)."""
+    @functools.wraps(fn)
+    def run(*args, **kwargs):
+        mark = len(_replaced)
+        try:
+            return fn(*args, **kwargs)
+        except Exception:
+            while len(_replaced) > mark:
+                _put_back(*_replaced.pop())
+            raise
+
+    return run
+
+
+def _put_back(path: Path, aside: Path) -> None:
+    if aside.exists():
+        shutil.rmtree(path, ignore_errors=True)
+        if not path.exists():
+            os.replace(aside, path)
+
+
+def _aside(path: Path) -> Path:
+    return path.with_name(f".{path.name}.replaced")
+
+
+def _read_only_part(path: Path) -> Path | None:
+    """A folder in ``path`` whose entries cannot be removed (--force could not replace it)."""
+    for root, dirs, _ in os.walk(path):
+        if not os.access(root, os.W_OK | os.X_OK):
+            return Path(root)
+    return None
 
 
 class StageDir:
@@ -125,12 +285,21 @@ class StageDir:
                                    f"choose another --out")
                 return
 
+    def _has_work(self) -> bool:
+        """Whether the folder holds anything but its config and inputs (a run that stopped on its
+        inputs has no work to protect)."""
+        return self.path.is_dir() and any(p.name not in (CONFIG, INPUTS) for p in self.path.iterdir())
+
     def _begin(self) -> bool:
         self.check_folder()
-        config_file = self.path / CONFIG
+        config_file, aside = self.path / CONFIG, _aside(self.path)
+        if aside.exists() and not self._has_work():  # a forced run stopped before any work: undo it
+            _put_back(self.path, aside)
         mine = fingerprint(self.cfg)
+        inputs = input_signatures(self.cfg)
+        recorded = {}
         if self.path.exists() and self.cfg.force:
-            shutil.rmtree(self.path)
+            self._move_aside(aside)
         elif config_file.is_file():
             theirs = yaml.safe_load(config_file.read_text()) or {}
             # ignored options, and options this config's values make meaningless (an older
@@ -141,11 +310,18 @@ class StageDir:
             changed = sorted(k for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k))
             # a folder holding nothing but its config (a run that stopped on its inputs)
             # has no work to protect: the corrected command simply starts it again
-            has_work = any(p.name != CONFIG for p in self.path.iterdir())
+            has_work = self._has_work()
             if changed and has_work:
                 raise AfdError(
                     f"{self.path} was made with different options ({', '.join(changed)}); "
                     f"pass --force to redo it, or choose another --out")
+            if (self.path / INPUTS).is_file() and not changed:
+                recorded = json.loads((self.path / INPUTS).read_text())
+                inputs = _hashed(inputs, recorded)
+                why = changed_input(recorded, inputs)
+                if why and has_work:
+                    raise AfdError(f"{self.path} was made from other inputs: {why} since; pass --force to redo it, "
+                                   f"or choose another --out")
             if self.done and not changed:
                 return False
         try:
@@ -153,7 +329,28 @@ class StageDir:
         except OSError as e:
             raise AfdError(f"cannot make the stage folder {self.path}: {e.strerror or e}") from None
         atomic_write_text(config_file, yaml.safe_dump(to_dict(self.cfg), sort_keys=False))
+        write_json(self.path / INPUTS, _hashed(inputs, recorded))
         return True
+
+    def _move_aside(self, aside: Path) -> None:
+        """--force: the old stage waits in ``aside`` until the new one finishes (or goes back if
+        it fails). Where an earlier forced run left one there, that one is the stage before
+        --force and stays; what this folder holds then is that run's unfinished work, redone."""
+        read_only = _read_only_part(self.path)
+        if read_only is not None:
+            raise AfdError(f"cannot redo {self.path} (--force): {read_only} is read-only; make it writable "
+                           f"(chmod -R u+w {self.path}) or choose another --out")
+        try:
+            if aside.exists() and self.done:  # a finished forced run whose old stage outlived it
+                shutil.rmtree(aside)
+            if aside.exists():
+                shutil.rmtree(self.path)
+            else:
+                os.replace(self.path, aside)
+        except OSError as e:
+            raise AfdError(f"cannot redo {self.path} (--force): {e.strerror or e} ({e.filename or self.path}); "
+                           f"make it writable or choose another --out") from None
+        _replaced.append((self.path, aside))
 
     def finish(self, metrics: dict[str, Any]) -> dict[str, Any]:
         """Write ``metrics.json`` (the main process, once every rank has got here); every rank
@@ -170,6 +367,13 @@ class StageDir:
             write_json(self.path / METRICS, out)
             if not getattr(self.cfg, "keep_checkpoints", True):  # a finished stage never resumes
                 shutil.rmtree(self.path / "checkpoints", ignore_errors=True)
+            aside = _aside(self.path)
+            if (self.path, aside) in _replaced:  # --force: the stage it replaced goes now
+                _replaced.remove((self.path, aside))
+            if aside.exists():
+                shutil.rmtree(aside, ignore_errors=True)
+                if aside.exists():
+                    note(f"could not remove {aside}, the stage that --force replaced; remove it by hand")
             return out
 
         return dist.on_main(write)
@@ -199,9 +403,10 @@ class ModelOptions:
                              "log-probabilities are differenced), float32, bfloat16, float16")
 
     def validate_model_options(self) -> None:
-        from afd.models import check_template
+        from afd.models import check_device, check_template
 
         check_template(self.template)
+        check_device(self.device)
 
 
 @dataclass

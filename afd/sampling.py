@@ -41,7 +41,7 @@ from afd import dist, models
 from afd.models import Completion
 from afd.config import check_choice, opt
 from afd.errors import AfdError
-from afd.runs import DataOptions, ModelOptions, PromptOptions, StageDir, StageOptions, write_json
+from afd.runs import DataOptions, ModelOptions, PromptOptions, StageDir, StageOptions, restore_on_failure, write_json
 
 POOL = "pool.jsonl"
 POOL_META = "pool.meta.json"  # beside the pool: how it was sampled (see sampling_meta)
@@ -347,21 +347,18 @@ def make_engine(cfg: SampleConfig):
     return HFEngine(model, tok, models.stop_token_ids(model, tok)), tok
 
 
+@restore_on_failure
 def sample(cfg: SampleConfig, kind: str = "sample") -> dict:
     """Run the stage; returns its metrics."""
     from tqdm.auto import tqdm
 
-    from afd.data import load_prompts
+    from afd.data import check_unique_ids, load_prompts
 
     stage = StageDir(cfg, kind)
     if not stage.begin():
         return stage.metrics()
     prompts, stats = load_prompts(cfg.data_config())
-    seen: set[str] = set()
-    for p in prompts:
-        if p.id in seen:
-            raise AfdError(f"prompt id '{p.id}' appears twice in {cfg.data}; sample pools need unique ids")
-        seen.add(p.id)
+    check_unique_ids(prompts, cfg.data, "prompt", "a sample pool names each sample's prompt by its id")
 
     engine, tok = make_engine(cfg)
     encoded, dropped = models.prompts_within(tok, prompts, cfg, cfg.data)

@@ -22,9 +22,9 @@ from dataclasses import dataclass
 from afd import dist, models
 from afd.config import opt
 from afd.errors import AfdError, note
-from afd.runs import DataOptions, StageDir, StageOptions
+from afd.runs import DataOptions, StageDir, StageOptions, restore_on_failure
 from afd.training import (TrainOptions, apply_lora, finish_training, heldout_loss, load_for_training, make_trainer,
-                          pad_id, train_resuming, use_postfix_progress)
+                          pad_id, train_resuming)
 
 
 @dataclass
@@ -114,6 +114,7 @@ def say_which_turns(demos, cfg) -> None:
              f"(--assistant-only-loss trains every assistant turn)")
 
 
+@restore_on_failure
 def sft(cfg: SFTConfig) -> dict:
     """Run the stage; returns its metrics. The policy is saved to OUT/sft/model."""
     from transformers import AutoModelForCausalLM
@@ -134,14 +135,15 @@ def sft(cfg: SFTConfig) -> dict:
     if cfg.lora_r > 0:
         model = apply_lora(model, cfg)
     trainer = make_trainer(stage, cfg, model, tok, train_rows, eval_rows, logits_for_labels=True)
-    use_postfix_progress(trainer)  # before the first evaluate(), which would print its metrics as a dict
-    resume = any((stage.path / "checkpoints").glob("checkpoint-*"))
-    # held-out loss in fp32 whether or not training is bf16 (training.heldout_loss)
-    eval_before = heldout_loss(trainer.model, eval_rows, pad_id(tok), cfg.batch_size) if eval_rows and not resume \
-        else None
-    result, _ = train_resuming(trainer)
-    eval_after = heldout_loss(trainer.model, eval_rows, pad_id(tok), cfg.batch_size) if eval_rows else None
-    history = trainer.state.log_history
+
+    def held_out() -> float | None:  # in fp32 whether or not training is bf16 (training.heldout_loss)
+        return heldout_loss(trainer.model, eval_rows, pad_id(tok), cfg.batch_size) if eval_rows else None
+
+    # the eval loss before the first step is taken on a fresh start and kept in the checkpoints
+    _, run = train_resuming(trainer, before=held_out)
+    eval_before = run.pop("before")
+    eval_after = held_out()
+    history = trainer.state.log_history  # a resumed run's includes the checkpoint's history
     if eval_before is not None:  # train() starts a fresh log; keep the step-0 evaluation
         history = [{"step": 0, "eval_loss": eval_before}] + history
     if eval_after is not None:
@@ -151,8 +153,6 @@ def sft(cfg: SFTConfig) -> dict:
         "model": str(stage.path / "model"), "train_examples": len(train_rows), "eval_examples": len(eval_rows),
         "rows_read": stats.rows, "rows_skipped": stats.skipped, "rows_labelled_false": stats.undesirable, **counts,
         "response_tokens": sum(sum(1 for x in r["labels"] if x != -100) for r in train_rows),
-        "train_loss": dist.reduce_mean(result.training_loss), "eval_loss_before": eval_before, "eval_loss_after": eval_after,
-        "steps": trainer.state.global_step, "resumed": resume,
-        "train_tokens": trainer.afd_rate.tokens, "train_tokens_per_second": trainer.afd_rate.rate,
-        "train_runtime": result.metrics.get("train_runtime"), "processes": dist.world(),
+        "eval_loss_before": eval_before, "eval_loss_after": eval_after, "steps": trainer.state.global_step,
+        **run, "processes": dist.world(),
     })

@@ -10,6 +10,8 @@ from __future__ import annotations
 import importlib.util
 import inspect
 import json
+import re
+import shutil
 import time
 from contextlib import contextmanager
 from functools import lru_cache
@@ -21,7 +23,7 @@ from transformers import TrainerCallback
 
 from afd import models
 from afd.config import check_choice, opt, options_of
-from afd.errors import AfdError
+from afd.errors import AfdError, note
 from afd.runs import ModelOptions, PromptOptions
 
 
@@ -103,19 +105,6 @@ class TrainOptions(ModelOptions, PromptOptions):
                            f"got {self.eval_steps}")
         if self.max_prompt_length >= self.max_length:
             raise AfdError("option 'max_prompt_length' must be smaller than 'max_length'")
-
-
-class TokenRate(TrainerCallback):
-    """Non-padding tokens per second of one ``train()`` call (a resumed run counts its own)."""
-
-    tokens, rate = 0, None
-
-    def on_train_begin(self, args, state, control, **kw):
-        self.start_tokens, self.start = state.num_input_tokens_seen, time.time()
-
-    def on_train_end(self, args, state, control, **kw):
-        self.tokens = state.num_input_tokens_seen - self.start_tokens
-        self.rate = self.tokens / max(time.time() - self.start, 1e-9)
 
 
 @lru_cache(maxsize=None)
@@ -270,20 +259,16 @@ def load_for_training(auto_class, name: str, cfg, **kw):
 
 def make_trainer(stage, cfg, model, tokenizer, train_rows: list, eval_rows: list | None = None, trainer_class=None,
                  differenced: bool = False, logits_for_labels: bool = False, **args):
-    """A Trainer for a stage: checkpoints in ``STAGE/checkpoints``, afd's collator, a token-rate
-    callback (``trainer.afd_rate``) and TrainingArguments from the stage's options (``args``
-    adds to them; ``differenced``: the loss differences log-probabilities, see
-    :func:`mixed_precision`)."""
+    """A Trainer for a stage: checkpoints in ``STAGE/checkpoints``, afd's collator and
+    TrainingArguments from the stage's options (``args`` adds to them; ``differenced``: the loss
+    differences log-probabilities, see :func:`mixed_precision`; ``logits_for_labels``: see
+    :class:`Collator`)."""
     if trainer_class is None:
         from transformers import Trainer as trainer_class
-    rate = TokenRate()
-    trainer = trainer_class(model=model, args=training_arguments(cfg, stage.path / "checkpoints", bool(eval_rows),
-                                                                 differenced, **args),
-                            train_dataset=train_rows, eval_dataset=eval_rows or None,
-                            data_collator=Collator(pad_id(tokenizer), logits_for_labels), processing_class=tokenizer,
-                            callbacks=[rate])
-    trainer.afd_rate = rate
-    return trainer
+    return trainer_class(model=model, args=training_arguments(cfg, stage.path / "checkpoints", bool(eval_rows),
+                                                              differenced, **args),
+                         train_dataset=train_rows, eval_dataset=eval_rows or None,
+                         data_collator=Collator(pad_id(tokenizer), logits_for_labels), processing_class=tokenizer)
 
 
 def finish_training(stage, trainer, tokenizer, title: str, ylabel: str = "loss", save=None,
@@ -381,13 +366,164 @@ def training_arguments(cfg: TrainOptions, output_dir: Path, has_eval: bool, diff
         dataloader_num_workers=0, include_num_input_tokens_seen="non_padding", **warmup, **extra)
 
 
-def train_resuming(trainer):
-    """``trainer.train()``, resuming from the last checkpoint a killed run left in its
-    ``output_dir``; returns (the train output, whether it resumed)."""
-    resume = any(Path(trainer.args.output_dir).glob("checkpoint-*"))
+CHECKPOINT = re.compile(r"checkpoint-(\d+)")
+WEIGHTS = ("model.safetensors", "adapter_model.safetensors", "pytorch_model.bin", "adapter_model.bin",
+           "model.safetensors.index.json", "pytorch_model.bin.index.json")
+
+
+def checkpoint_problem(folder: Path) -> str | None:
+    """Why a Trainer checkpoint cannot be resumed from, or None when it is whole: its
+    ``trainer_state.json`` (which Trainer writes after the weights, optimiser, scheduler and RNG
+    states) is there and reads, it holds model weights, and each safetensors file and each
+    ``torch.save`` archive in it is complete (a kill or a full disk mid-write leaves one cut
+    short). Sharded checkpoints (FSDP, DeepSpeed) keep their own layout; their
+    ``trainer_state.json`` is what is checked."""
+    state = folder / "trainer_state.json"
+    if not state.is_file():
+        return "it has no trainer_state.json"
+    try:
+        json.loads(state.read_text())
+    except (ValueError, UnicodeDecodeError):
+        return "its trainer_state.json is cut short"
+    names = {p.name for p in folder.iterdir()}
+    sharded = any(n.startswith(("global_step", "pytorch_model_fsdp", "optimizer_0")) for n in names)
+    if not sharded:
+        if not names & set(WEIGHTS):
+            return "it holds no model weights"
+        missing = [n for n in ("optimizer.pt", "scheduler.pt") if n not in names]
+        if missing:
+            return f"it has no {missing[0]}"
+    for p in sorted(folder.iterdir()):
+        problem = _safetensors_problem(p) if p.suffix == ".safetensors" else \
+            _archive_problem(p) if p.suffix in (".pt", ".pth", ".bin") else None
+        if problem:
+            return f"its {p.name} {problem}"
+    return None
+
+
+def _safetensors_problem(path: Path) -> str | None:
+    """A safetensors file is an 8-byte header length, the JSON header, then the tensors' bytes,
+    whose last offset the header gives: a file cut short is shorter than that."""
+    try:
+        with path.open("rb") as f:
+            n = int.from_bytes(f.read(8), "little")
+            header = json.loads(f.read(n))
+        end = max((t["data_offsets"][1] for k, t in header.items() if k != "__metadata__"), default=0)
+    except (OSError, ValueError, KeyError, TypeError, IndexError):
+        return "is unreadable"
+    return None if path.stat().st_size == 8 + n + end else "is cut short"
+
+
+def _archive_problem(path: Path) -> str | None:
+    """``torch.save`` writes a zip archive whose directory comes last: a file cut short has none."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as z:
+            z.infolist()
+    except (OSError, zipfile.BadZipFile, ValueError):
+        return "is cut short"
+    return None
+
+
+def resume_point(output_dir: Path) -> Path | None:
+    """The newest whole checkpoint in ``output_dir`` (None: start afresh). A checkpoint torn by
+    a kill or a full disk while it was written is never resumed from: each is named in a note
+    and removed, so that it neither blocks the resume nor mixes with the checkpoint that the
+    resumed run writes under its name. Trainer keeps the last two checkpoints and removes the
+    older one only once the newer is whole, so a kill at any moment leaves a whole one."""
+    from afd import dist
+
+    def pick() -> Path | None:
+        found = sorted((p for p in Path(output_dir).glob("checkpoint-*")
+                        if p.is_dir() and CHECKPOINT.fullmatch(p.name)),
+                       key=lambda p: int(CHECKPOINT.fullmatch(p.name).group(1)), reverse=True)
+        chosen, torn = None, []
+        for p in found:
+            problem = checkpoint_problem(p)
+            if problem is None and chosen is None:
+                chosen = p
+            elif problem is not None:
+                torn.append((p, problem))
+        for p, problem in torn:
+            shutil.rmtree(p, ignore_errors=True)
+            where = f"resuming from {chosen.name}" if chosen is not None else "starting afresh"
+            note(f"{p} is incomplete ({problem}: a kill or a full disk while it was written); {where}, "
+                 f"and it is removed")
+        return chosen
+
+    return dist.on_main(pick)
+
+
+class RunTotals(TrainerCallback):
+    """What a stage's metrics report of its whole run, however often it was killed and resumed:
+    the mean training loss over every step, the wall time and tokens of every ``train()`` call,
+    the checkpoints it resumed from, and ``before`` (a figure taken before the first step, as
+    SFT's eval_loss_before). They are kept in each checkpoint's ``trainer_state.json`` (under
+    ``stateful_callbacks["afd"]``), so a resumed run carries on from the figures of the very
+    checkpoint it resumed from."""
+
+    KEY = "afd"
+
+    def __init__(self, trainer, checkpoint: Path | None):
+        self.trainer, self.checkpoint = trainer, checkpoint
+        self.extra: dict = {}
+
+    def on_train_begin(self, args, state, control, **kw):
+        self.prior = dict(state.stateful_callbacks.get(self.KEY) or {}) if self.checkpoint else {}
+        self.extra = {**{k: v for k, v in self.prior.items() if k == "before"}, **self.extra}
+        self.resumed_from = self.prior.get("resumed_from", []) + \
+            ([f"{self.checkpoint.parent.name}/{self.checkpoint.name}"] if self.checkpoint else [])
+        self.start, self.start_step = time.time(), state.global_step
+
+    def _loss_sum(self) -> float | None:
+        """The sum of the per-step losses of this ``train()`` call so far (Trainer's own running
+        sum and the part not yet logged), or None where Trainer keeps neither."""
+        total, pending = getattr(self.trainer, "_total_loss_scalar", None), getattr(self.trainer, "_tr_loss", None)
+        if total is None or pending is None:
+            return None
+        return total + float(pending)
+
+    def totals(self, state, loss_sum: float | None) -> dict:
+        prior_loss = self.prior.get("loss_sum", 0.0 if not self.checkpoint else None)
+        return {"loss_sum": None if loss_sum is None or prior_loss is None else prior_loss + loss_sum,
+                "seconds": self.prior.get("seconds", 0.0) + time.time() - self.start,
+                "resumed_from": self.resumed_from, **self.extra}
+
+    def on_step_end(self, args, state, control, **kw):
+        if control.should_save:  # Trainer writes this into the checkpoint it is about to save
+            state.stateful_callbacks[self.KEY] = self.totals(state, self._loss_sum())
+
+    def summary(self, result, state) -> dict:
+        """The whole run's figures, for metrics.json (the loss a mean over ranks)."""
+        from afd import dist
+
+        steps = state.global_step - self.start_step
+        whole = self.totals(state, result.training_loss * steps)
+        loss = whole["loss_sum"] / state.global_step if whole["loss_sum"] is not None and state.global_step \
+            else result.training_loss  # a checkpoint written before afd kept its sums: this call's steps
+        tokens = state.num_input_tokens_seen or None
+        return {"train_loss": dist.reduce_mean(loss), "train_runtime": whole["seconds"], "train_tokens": tokens,
+                "train_tokens_per_second": tokens / whole["seconds"] if tokens and whole["seconds"] > 0 else None,
+                "resumed": bool(self.resumed_from), "resumed_from": self.resumed_from,
+                **({"before": self.extra["before"]} if "before" in self.extra else {})}
+
+
+def train_resuming(trainer, before=None):
+    """``trainer.train()``, resuming from the newest whole checkpoint a killed run left in its
+    ``output_dir`` (:func:`resume_point`); returns (the train output, the whole run's figures for
+    metrics.json: :meth:`RunTotals.summary`). ``before()``, when given, runs only on a fresh
+    start (before the first step); its value is kept in the checkpoints and returned, on a
+    resume too, as the figures' ``before``."""
+    checkpoint = resume_point(Path(trainer.args.output_dir))
+    totals = RunTotals(trainer, checkpoint)
+    trainer.add_callback(totals)
     use_postfix_progress(trainer)
+    if before is not None and checkpoint is None:
+        totals.extra["before"] = before()
     with checkpointing_alias_quiet():
-        return trainer.train(resume_from_checkpoint=True if resume else None), resume
+        result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+    return result, totals.summary(result, trainer.state)
 
 
 def trained_model(trainer):

@@ -59,6 +59,43 @@ def prompt_rows(n=6):
 AFD_SOURCE = str(REPO / "afd") + os.sep
 
 
+# `python -c KILLED_WHILE_WRITING SUFFIX afd ARGS...`: runs `afd ARGS...` and SIGKILLs it halfway
+# through writing the first file whose path ends with SUFFIX (torch.save's archives: optimizer,
+# scheduler, RNG; safetensors weights, as save_pretrained writes them): the file is cut short, as
+# a kill mid-write leaves it, and nothing after it is written
+KILLED_WHILE_WRITING = r"""
+import os, signal, sys
+import torch
+import transformers.modeling_utils as modeling_utils
+
+target = sys.argv[1]
+
+def cut(write):
+    def cut_write(obj, path, *args, **kwargs):
+        write(obj, path, *args, **kwargs)
+        if str(path).endswith(target):
+            os.truncate(path, os.path.getsize(path) // 2)
+            os.kill(os.getpid(), signal.SIGKILL)
+    return cut_write
+
+torch.save = cut(torch.save)
+modeling_utils.safe_save_file = cut(modeling_utils.safe_save_file)
+from afd.cli import main
+sys.exit(main(sys.argv[2:]))
+"""
+
+
+def killed_while_writing(suffix, argv, cwd):
+    """Run ``afd ARGV`` in a subprocess killed (SIGKILL) halfway through writing the file whose
+    path ends with ``suffix``; returns its stderr."""
+    import subprocess
+
+    done = subprocess.run([sys.executable, "-c", KILLED_WHILE_WRITING, suffix, *map(str, argv)], cwd=cwd,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == -9, f"not killed while writing {suffix}: {done.stderr[-3000:]}"
+    return done.stderr
+
+
 # frames passed over to find who called a deprecated API: the libraries that define and
 # dispatch such APIs (transformers' deprecation wrappers run under torch's Module.__call__) and
 # the standard library (warnings, contextlib, functools)

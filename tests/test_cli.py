@@ -262,3 +262,71 @@ def test_a_run_that_failed_on_its_inputs_does_not_block_the_corrected_command(tm
     assert code == 2
     code, _, err = run_cli([*args, "--data", prompts_file], capsys)
     assert code == 0, err
+
+
+# ---------------------------------------------------------------------------------------------
+# Issue 24: the remaining tracebacks and silent inputs
+
+
+@pytest.mark.parametrize("command", ["sample", "sft"])
+def test_device_cuda_without_cuda_is_one_sentence_and_writes_nothing(tmp_path, demos_file, capsys, command):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    code, _, err = run_cli([command, "--data", demos_file, "--device", "cuda", "--max-steps", "1",
+                            "--out", tmp_path / "run"] if command == "sft" else
+                           [command, "--data", demos_file, "--device", "cuda", "--out", tmp_path / "run"], capsys)
+    assert code == 2
+    assert_one_sentence(err, "'device'", "'cuda'", "no CUDA GPU", "--device cpu")
+    assert not (tmp_path / "run").exists()  # no config.yaml saying cuda
+
+
+def test_a_chat_template_that_rejects_the_turns_names_the_row_and_the_model(tmp_path, demos_file, capsys, afd_cache):
+    import shutil
+
+    from afd import models
+
+    folder = shutil.copytree(models.resolve("tiny-random"), tmp_path / "no-system")
+    (folder / "chat_template.jinja").write_text(  # as Gemma's template does
+        "{% for m in messages %}{% if m['role'] == 'system' %}{{ raise_exception('System role not supported') }}"
+        "{% endif %}{{ m['content'] }}{% endfor %}")
+    code, _, err = run_cli(["sft", "--model", folder, "--data", demos_file, "--system-prompt", "Be brief.",
+                            "--device", "cpu", "--max-steps", "1", "--out", tmp_path / "run"], capsys)
+    assert code == 2
+    assert_one_sentence(err, "demonstration 'd-0'", demos_file, str(folder), "system, user",
+                        "System role not supported")
+
+
+def test_max_examples_zero_names_the_option(tmp_path, demos_file, capsys):
+    code, _, err = run_cli(["sft", "--data", demos_file, "--max-examples", "0", "--device", "cpu",
+                            "--out", tmp_path / "run"], capsys)
+    assert code == 2
+    assert_one_sentence(err, "'max_examples'", "not 0")
+    assert "limit" not in err
+
+
+def test_pairs_whose_chosen_equals_rejected_are_reported(tmp_path, make_jsonl, capsys):
+    same = [{"prompt": f"Say {w}", "chosen": f"{w}!", "rejected": f"{w}!"} for w in ("cat", "dog", "sun", "sea")]
+    args = ["reward", "--variant", "bt", "--device", "cpu", "--max-steps", "1", "--out", tmp_path / "run"]
+    code, _, err = run_cli([*args, "--data", make_jsonl("same.jsonl", same)], capsys)
+    assert code == 2
+    assert_one_sentence(err, "same.jsonl", "every pair", "chosen reply equal to its rejected", "ln 2")
+    some = same[:2] + [{"prompt": "Say sky", "chosen": "sky!", "rejected": "no"},
+                       {"prompt": "Say moon", "chosen": "moon!", "rejected": "no"}]
+    code, _, err = run_cli([*args, "--data", make_jsonl("some.jsonl", some), "--stage-name", "some"], capsys)
+    assert code == 0
+    assert "afd: note: 2 of 4 pairs in" in err and "teach the reward model nothing" in err
+
+
+def test_duplicate_demonstration_ids_stop_the_stages_that_pair_by_id(tmp_path, make_jsonl, capsys):
+    demos = make_jsonl("demos.jsonl", [{"id": "a", "prompt": "Say x", "completion": "x!"},
+                                       {"id": "b", "prompt": "Say y", "completion": "y!"},
+                                       {"id": "a", "prompt": "Say z", "completion": "z!"}])
+    for command in ("irl", "irft"):
+        code, _, err = run_cli([command, "--data", demos, "--device", "cpu", "--out", tmp_path / "run"], capsys)
+        assert code == 2
+        assert_one_sentence(err, "demonstration id 'a' appears twice", demos)
+    # SFT keys nothing by id: it trains on each row
+    assert run_cli(["sft", "--data", demos, "--device", "cpu", "--max-steps", "1", "--eval-fraction", "0",
+                    "--out", tmp_path / "run"], capsys)[0] == 0

@@ -347,7 +347,7 @@ def test_undetectable_format(tmp_path):
 @pytest.mark.parametrize("options, option", [
     ({"on_invalid": "ignore"}, "on_invalid"),
     ({"format": "chatml"}, "format"),
-    ({"limit": 0}, "limit"),
+    ({"limit": 0}, "max_examples"),  # the option a stage reads it from (--max-examples)
     ({"columns": {"question": "prompt"}}, "columns"),
 ])
 def test_bad_option_names_the_option(options, option):
@@ -496,3 +496,18 @@ def test_real_hh_file():
     assert load_error(load_pairs, path) == (
         f"{path}, row 30: field 'chosen' is not a well-formed HH transcript: "
         "turn 6 (Assistant) has a stray 'Human:' in its text")
+
+
+@pytest.mark.parametrize("row, problem", [
+    ({"messages": [user("a"), user("b"), assistant("c")]}, "has two user turns in a row (messages 1 and 2)"),
+    ({"prompt": [user("a"), assistant("b"), assistant("c"), user("d")], "completion": "e"},
+     "has two assistant turns in a row (messages 2 and 3)"),
+    ({"conversations": [{"from": "human", "value": "a"}, {"from": "user", "value": "b"},
+                        {"from": "gpt", "value": "c"}]}, "has two user turns in a row (turns 1 and 2)"),
+])
+def test_two_turns_of_one_role_in_a_row_name_the_row(tmp_path, row, problem):
+    path = write_jsonl(tmp_path / "data.jsonl", [{"messages": [user("q"), assistant("r")]}, row]
+                       if "messages" in row else [row])
+    with pytest.raises(DataError) as e:
+        load_demos(DataConfig(path))
+    assert problem in str(e.value) and "data.jsonl, row" in str(e.value)

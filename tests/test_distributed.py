@@ -199,3 +199,47 @@ def test_sample_killed_on_two_processes_resumes_to_the_one_process_pool(tmp_path
     assert read_pool(pool) == expected and len(expected) == 24 * 2
     complete = len(at_kill) - len(at_kill) % 2
     assert json.loads((pool.parent / "metrics.json").read_text())["resumed_rows"] == complete
+
+
+# torchrun's way of starting a worker, in a session of its own (torch.distributed.elastic's
+# SubprocessHandler: start_new_session=True), out of reach of a kill of the launcher's group
+LAUNCHER = """
+import os, subprocess, sys, time
+worker = subprocess.Popen([sys.executable, "-m", "afd", *sys.argv[1:]], start_new_session=True,
+                          env={**os.environ, "LOCAL_RANK": "0"}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+print(worker.pid, flush=True)
+time.sleep(600)
+"""
+
+
+def alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, IndexError):
+        return False
+    return state not in ("Z", "X")  # a zombie has ended: its parent (init, here) has not yet reaped it
+
+
+def test_workers_end_when_their_launcher_is_killed(tmp_path, make_jsonl):
+    """kill -9 of the launcher's process group: its worker, in another session, notices its
+    launcher is gone and ends (otherwise it would sample on to the end)."""
+    data = make_jsonl("prompts.jsonl", [{"id": f"p-{i}", "prompt": f"Question {i}"} for i in range(64)])
+    launcher = subprocess.Popen([sys.executable, "-c", LAUNCHER, "sample", "--data", data, "--device", "cpu",
+                                 "--num-samples", "2", "--batch-size", "2", "--max-new-tokens", "200",
+                                 "--out", str(tmp_path / "run")],
+                                cwd=tmp_path, stdout=subprocess.PIPE, text=True, start_new_session=True)
+    worker = int(launcher.stdout.readline())
+    pool = tmp_path / "run" / "sample" / "pool.jsonl"
+    deadline = time.time() + 120
+    while time.time() < deadline and not (pool.exists() and pool.stat().st_size):  # the worker is at work
+        time.sleep(0.05)
+    assert alive(worker), "the worker ended before its launcher was killed"
+    os.killpg(launcher.pid, signal.SIGKILL)
+    launcher.wait(timeout=30)
+    deadline = time.time() + 20
+    while time.time() < deadline and alive(worker):
+        time.sleep(0.1)
+    if alive(worker):
+        os.kill(worker, signal.SIGKILL)
+        pytest.fail("the worker outlived its launcher")
+    assert not (tmp_path / "run" / "sample" / "metrics.json").exists()  # it stopped, it did not finish

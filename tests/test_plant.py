@@ -141,7 +141,7 @@ def test_plant_stage_bad_input_is_one_sentence(tmp_path):
                                                   "sample_index": i, "response": "yes"} for i in range(3)])
     with pytest.raises(AfdError, match="prompt 'a' has 3 samples .* fewer than candidates=4"):
         plant(PlantConfig(out=str(tmp_path / "run2"), scorer="length", pool=pool, candidates=4))
-    assert os.listdir(tmp_path / "run2" / "plant") == ["config.yaml"]  # stopped before any work
+    assert sorted(os.listdir(tmp_path / "run2" / "plant")) == ["config.yaml", "inputs.json"]  # stopped before any work
 
 
 def test_plant_stage_metrics_follow_beta_and_contamination(tmp_path):

@@ -358,12 +358,14 @@ def test_scores_are_checked_one_sentence_each(tmp_path, monkeypatch):
         "def text(p, r): return ['good' for _ in r]\n"
         "def none(p, r): return None\n"
         "def nan(p, r): return [float('nan') if 'b' in x else 1.0 for x in r]\n"
+        "def inf(p, r): return [float('inf') for x in r]\n"
         "def boom(p, r): raise KeyError('label')\n"
         "def fine(p, r): return [len(x) for x in r]\n")
     monkeypatch.chdir(tmp_path)  # the current folder is importable, as the README says
     prompts, responses = [[user("q")]] * 2, ["a", "b"]
     for fn, message in (("count", "returned 1 scores for 2 responses"), ("text", "returned 'good' .* must be a number"),
                         ("none", "returned NoneType"), ("nan", "returned nan for response 2 .* finite"),
+                        ("inf", "returned inf for response 1 .* finite"),
                         ("boom", "raised KeyError")):
         with pytest.raises(AfdError, match=f"scorer 'python:golds:{fn}' {message}"):
             rewards.load(f"python:golds:{fn}").score(prompts, responses)

@@ -169,9 +169,12 @@ def test_resumed_sft_ends_where_an_uninterrupted_run_does(tmp_path, demos_file):
     (stage / "metrics.json").unlink()
     shutil.rmtree(stage / "checkpoints" / "checkpoint-6")
     resumed = sft(cfg)
-    assert (resumed["steps"], resumed["resumed"]) == (6, True)
-    assert resumed["eval_loss_before"] is None
+    assert (resumed["steps"], resumed["resumed"], resumed["resumed_from"]) == (6, True, ["checkpoints/checkpoint-4"])
     assert resumed["eval_loss_after"] == pytest.approx(first["eval_loss_after"], abs=1e-5)
+    # metrics.json describes the whole run, not the part after the resume
+    assert resumed["eval_loss_before"] == first["eval_loss_before"]
+    assert resumed["train_loss"] == pytest.approx(first["train_loss"], rel=1e-5)
+    assert resumed["train_tokens"] == first["train_tokens"]
     weights = load_file(stage / "model" / "model.safetensors")
     for name, value in uninterrupted.items():
         torch.testing.assert_close(weights[name], value, atol=1e-6, rtol=0)
