@@ -137,6 +137,12 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     run.add_argument("config", help="pipeline YAML (see examples/)")
     run.add_argument("--out", default=None, help="run folder (overrides the YAML's)")
     run.add_argument("--force", action="store_true", help="redo finished stages")
+    study = sub.add_parser("study", help="claims over seeds: each seed's pipeline, bootstrap intervals and verdicts "
+                                         "decided by a rule fixed in the study YAML (afd.study)")
+    study.add_argument("config", help="study YAML (see examples/study-*.yaml)")
+    study.add_argument("--out", default=None, help="study folder (overrides the YAML's)")
+    study.add_argument("--seeds", default=None, help="run only these seeds (e.g. 0-2 or 0,3); the claims are "
+                                                     "decided on them")
     demo = sub.add_parser("demo", help="AfD end to end on the offline default model (about 10 minutes on a CPU)")
     demo.add_argument("--out", default="runs/demo", help="run folder")
     demo.add_argument("--force", action="store_true", help="redo finished stages")
@@ -183,6 +189,19 @@ def main(argv: list[str] | None = None) -> int:
             overrides = {"force": True} if args["force"] else {}
             pipeline.run(args["config"], overrides, out=args["out"], report=_print_metrics)
             return 0
+        if command == "study":
+            from afd.study import run_study, seeds_of
+
+            seeds = seeds_of(args["seeds"], "--seeds") if args["seeds"] else None
+            summary = run_study(args["config"], out=args["out"], seeds=seeds,
+                                report=lambda where, name, m: _print_metrics(f"{where}: {name}", m))
+            from afd import dist
+
+            if dist.is_main():
+                from afd.study import table
+
+                print(table(summary["claims"], summary["seeds"]))
+            return 0
         if command == "demo":
             from afd.demo import run_demo
 
@@ -201,7 +220,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"afd {command}: error: {e}", file=sys.stderr)
         return 2
     except Exception as e:
-        where = out if command not in ("run", "demo") else args.get("out")
+        where = out if command not in ("run", "demo", "study") else args.get("out")
         if not no_space(e, where or "."):
             raise
         if os.environ.get("RANK", "0") == "0":

@@ -31,12 +31,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from afd import dist
-from afd.bon import bon_curve, bon_kl, group_by_prompt, load_reward, powers_of_two, score_pool
+from afd.bon import bon_curve, bon_expectation, bon_kl, group_by_prompt, load_reward, powers_of_two, score_pool
 from afd.config import opt
 from afd.errors import AfdError
 from afd.runs import ScoringOptions, StageDir, StageOptions, restore_on_failure
 from afd.data import prompt_key
-from afd.stats import mean_ci, spearman, within_group_correlation
+from afd.stats import gao_fit, mean_ci, spearman, within_group_correlation
 
 
 @dataclass
@@ -54,6 +54,10 @@ class EvalConfig(StageOptions, ScoringOptions):
     demos_columns: dict = opt({}, "column mapping of demos, e.g. prompt=question,response=answer")
     max_demos: int | None = opt(None, "use only the first N demonstrations")
     kl_reference: str = opt("", "policy (e.g. the SFT model) to estimate each pool's KL(policy || it) against")
+    oracle: str = opt("", "the proxy that is the golden scorer itself (Best-of-N's ceiling): every other proxy's "
+                          "Best-of-N gain is also given as a fraction of its gain")
+    length_control: bool = opt(True, "also report every golden figure length-controlled: the golden reward minus "
+                                     "its least-squares slope on response length over the init pool's samples")
 
     def validate(self) -> None:
         self.validate_model_options()
@@ -66,6 +70,50 @@ class EvalConfig(StageOptions, ScoringOptions):
 
 def per_prompt_means(rows: list[dict], key: str) -> list[float]:
     return [sum(r[key] for r in g) / len(g) for g in group_by_prompt(rows).values()]
+
+
+def prompt_means(rows: list[dict], key: str = "gold") -> dict[str, float]:
+    """prompt id -> the mean of ``key`` over its samples (what a bootstrap over prompts resamples)."""
+    return {pid: sum(r[key] for r in g) / len(g) for pid, g in group_by_prompt(rows).items()}
+
+
+def tokens(row: dict) -> int:
+    """A pool row's response length in tokens (its sampled tokens, EOS not counted)."""
+    return row.get("num_tokens", len(row.get("token_ids", [])))
+
+
+def length_slope(rows: list[dict]) -> dict | None:
+    """The least-squares fit gold = a + b * length over a pool's samples (the init pool: pi_0's),
+    the control that takes out of a golden figure what length alone would explain."""
+    xs, ys = [float(tokens(r)) for r in rows], [r["gold"] for r in rows]
+    mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
+    sxx = sum((x - mx) ** 2 for x in xs)
+    if sxx == 0:
+        return None
+    b = sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / sxx
+    return {"slope": b, "mean_tokens": mx, "spearman_gold_length": spearman(ys, xs)}
+
+
+def adjust(rows: list[dict], fit: dict) -> None:
+    """row["gold_lc"]: the golden reward less what its length explains (at the init pool's mean length)."""
+    for r in rows:
+        r["gold_lc"] = r["gold"] - fit["slope"] * (tokens(r) - fit["mean_tokens"])
+
+
+def within_prompt_pair_accuracy(groups: list) -> float | None:
+    """Over every pair of one prompt's samples whose golden rewards differ, the share the proxy
+    orders as the gold does (proxy ties half): the accuracy on gold-ranked pairs, within prompts."""
+    right = total = 0.0
+    for _, g in groups:
+        for i in range(len(g)):
+            for j in range(i + 1, len(g)):
+                a, b = g[i], g[j]
+                if a["gold"] == b["gold"]:
+                    continue
+                total += 1
+                same = (a["proxy"] - b["proxy"]) * (a["gold"] - b["gold"])
+                right += 1.0 if same > 0 else 0.5 if a["proxy"] == b["proxy"] else 0.0
+    return right / total if total else None
 
 
 def win_values(rows: list[dict], baseline_rows: list[dict], key: str = "gold", same_pool: bool = False) -> None:
@@ -114,10 +162,18 @@ def evaluate(cfg: EvalConfig) -> dict:
         score_pool(rows, golden, "gold")
         pools[name] = rows
 
+    length_fit = length_slope(pools[cfg.init_policy]) if cfg.length_control and cfg.init_policy in pools else None
     policies = {}
     for name, rows in pools.items():
         mean, ci = mean_ci(per_prompt_means(rows, "gold"))
-        policies[name] = {"gold": mean, "gold_ci95": ci, "samples": len(rows)}
+        for r in rows:
+            r["tokens"] = float(tokens(r))
+        policies[name] = {"gold": mean, "gold_ci95": ci, "samples": len(rows), "gold_per_prompt": prompt_means(rows),
+                          "mean_tokens": sum(r["tokens"] for r in rows) / len(rows)}
+        if length_fit:
+            adjust(rows, length_fit)
+            policies[name]["gold_length_controlled"] = sum(per_prompt_means(rows, "gold_lc")) / len(group_by_prompt(rows))
+            policies[name]["gold_length_controlled_per_prompt"] = prompt_means(rows, "gold_lc")
     demo_gold = None
     if demos is not None:
         rows = [{"prompt_id": d.id, "prompt": d.prompt, "response": d.response, "sample_index": 0} for d in demos]
@@ -169,12 +225,33 @@ def evaluate(cfg: EvalConfig) -> dict:
                 entry["win_rate"] = [win[n] for n in ns]
             entry["normalised"] = [x / demo_gold if demo_gold else None for x in entry["gold"]]
             entry["gap_closed"] = [gap(x, demo_gold, init_gold) for x in entry["gold"]]
+            groups = list(group_by_prompt(rows).items())
+            # per prompt (for a bootstrap paired over prompts), and Gao et al.'s d (alpha - beta d)
+            entry["gold_per_prompt"] = {str(n): {pid: bon_expectation([r["proxy"] for r in g], [r["gold"] for r in g], n)
+                                                 for pid, g in groups} for n in ns}
+            entry["pair_accuracy_within_prompts"] = within_prompt_pair_accuracy(groups)
+            entry["gao_fit"] = gao_fit(entry["kl"], [g - entry["gold"][0] for g in entry["gold"]])
+            length = bon_curve(rows, "proxy", "tokens", ns)  # Best-of-N's mean response length, beside its gold
+            entry["mean_tokens"] = [length[n] for n in ns]
+            if length_fit:
+                lc = bon_curve(rows, "proxy", "gold_lc", ns)
+                entry["gold_length_controlled"] = [lc[n] for n in ns]
+                entry["gold_length_controlled_per_prompt"] = {
+                    str(n): {pid: bon_expectation([r["proxy"] for r in g], [r["gold_lc"] for r in g], n)
+                             for pid, g in groups} for n in ns}
             bon_results[name] = entry
+        if cfg.oracle in bon_results:
+            top = bon_results[cfg.oracle]
+            for entry in bon_results.values():
+                entry["fraction_of_oracle_gain"] = [
+                    (g - entry["gold"][0]) / (o - top["gold"][0]) if o != top["gold"][0] else None
+                    for g, o in zip(entry["gold"], top["gold"])]
         plots(stage.path, bon_results, policies, cfg)
     if cfg.kl_reference:
         policy_plot(stage.path / "gold_vs_kl.png", policies, bon_results, cfg)
     metrics = {"golden": cfg.golden, "kl_reference": cfg.kl_reference or None, "policies": policies,
-               "bon_policy": cfg.bon_policy, "baseline": cfg.baseline, "bon": bon_results}
+               "bon_policy": cfg.bon_policy, "baseline": cfg.baseline, "bon": bon_results,
+               "length_fit_on_init": length_fit}
     (stage.path / "report.md").write_text(report(metrics))
     return stage.finish(metrics)
 

@@ -41,10 +41,11 @@ STAGES = {
     "ava": ("afd.ava", "AVAConfig", "ava"),
     "gold": ("afd.gold", "GoldConfig", "gold"),
     "plant": ("afd.plant", "PlantConfig", "plant"),
+    "split": ("afd.study", "SplitConfig", "split"),
 }
 # a stage's artifact, the file (or folder, "") that "@NAME" names; "model" where not listed
 ARTIFACTS = {"sample": "pool.jsonl", "demonstrate": "demos.jsonl", "bon": "chosen.jsonl", "eval": "report.md",
-             "gold": "", "plant": "demos.jsonl"}
+             "gold": "", "plant": "demos.jsonl", "split": ""}
 
 
 def stage(kind: str) -> tuple[type, Callable[[Any], dict]]:
@@ -81,10 +82,11 @@ def resolve_refs(options: dict[str, Any], artifacts: dict[str, str], where: str)
     return {key: sub(key, value) for key, value in options.items()}
 
 
-def plan(config: str | dict, overrides: dict[str, Any] | None = None,
-         out: str | None = None) -> list[tuple[str, str, Any]]:
+def plan(config: str | dict, overrides: dict[str, Any] | None = None, out: str | None = None,
+         artifacts: dict[str, str] | None = None) -> list[tuple[str, str, Any]]:
     """[(stage name, kind, config)] in order, with references resolved. ``config`` is a YAML
-    file or the same mapping in code."""
+    file or the same mapping in code. ``artifacts``: stages "@NAME" may refer to besides the
+    config's own (``afd study``'s shared stages); the config's own are added to it."""
     raw = dict(config) if isinstance(config, dict) else read_yaml(config)
     config_path = "the pipeline config" if isinstance(config, dict) else config
     stages = raw.pop("stages", None)
@@ -95,7 +97,7 @@ def plan(config: str | dict, overrides: dict[str, Any] | None = None,
     raw.pop("out", None)
     shared = {str(k).replace("-", "_"): v for k, v in {**raw, **(overrides or {})}.items()}
     reg = registry()
-    artifacts: dict[str, str] = {}
+    artifacts = {} if artifacts is None else artifacts
     result = []
     everyone = set().union(*(field_types(cls) for cls, _, _ in reg.values()))
     unknown = sorted(k for k in set(shared) - everyone if not aliases.known(k))
@@ -128,10 +130,10 @@ def plan(config: str | dict, overrides: dict[str, Any] | None = None,
 
 
 def run(config_path: str | dict, overrides: dict[str, Any] | None = None, out: str | None = None,
-        report: Callable[[str, dict], None] | None = None) -> dict[str, dict]:
+        report: Callable[[str, dict], None] | None = None, artifacts: dict[str, str] | None = None) -> dict[str, dict]:
     reg = registry()
     results = {}
-    for name, kind, cfg in plan(config_path, overrides, out):
+    for name, kind, cfg in plan(config_path, overrides, out, artifacts):
         metrics = reg[kind][1](cfg)
         results[name] = metrics
         if report:

@@ -52,6 +52,7 @@ from afd.config import check_choice, opt, options_of
 from afd.errors import AfdError
 from afd.runs import DataOptions, StageDir, StageOptions, restore_on_failure
 from afd.training import (TrainOptions, checkpointing_alias_quiet, finish_training, load_for_training, lora_config,
+                          model_width,
                           train_resuming, training_arguments)
 
 
@@ -324,10 +325,10 @@ def _dense_trainer_class():
     return DenseRLOOTrainer
 
 
-def _rloo_config(cfg: RLConfig, output_dir, has_eval: bool):
+def _rloo_config(cfg: RLConfig, output_dir, has_eval: bool, width: int | None = None):
     from trl import RLOOConfig
 
-    base = training_arguments(cfg, output_dir, has_eval).to_dict()
+    base = training_arguments(cfg, output_dir, has_eval, width=width).to_dict()
     base.update(beta=cfg.kl_coef, num_generations=cfg.num_generations, max_completion_length=cfg.max_new_tokens,
                 temperature=cfg.temperature, normalize_advantages=cfg.normalize_rewards, use_vllm=cfg.use_vllm,
                 log_completions=False)
@@ -364,7 +365,8 @@ def rl(cfg: RLConfig) -> dict:
         trainer = (_dense_trainer_class() if cfg.dense_rewards else _trainer_class())(
             model=policy, reward_funcs=reward_function(rm, cfg.reward_batch_size, cfg.reward_scaling, raw,
                                                        dense=cfg.dense_rewards),
-            args=_rloo_config(cfg, stage.path / "checkpoints", False), train_dataset=dataset, processing_class=tok,
+            args=_rloo_config(cfg, stage.path / "checkpoints", False, model_width(policy)), train_dataset=dataset,
+            processing_class=tok,
             peft_config=peft_config, callbacks=[_raw_reward_log(raw)])
     trainer.dense_store = raw
     trainer.afd_generation = cfg.generation

@@ -222,6 +222,13 @@ def heldout_loss(model, rows: list[dict], pad: int, batch_size: int) -> float:
     return total / max(count, 1)
 
 
+def model_width(model) -> int | None:
+    """A model's hidden size (its text config's, for a multimodal one), or None when it has none."""
+    config = getattr(model, "config", None)
+    config = config.get_text_config() if hasattr(config, "get_text_config") else config
+    return getattr(config, "hidden_size", None)
+
+
 def pad_id(tokenizer) -> int:
     return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
 
@@ -266,7 +273,7 @@ def make_trainer(stage, cfg, model, tokenizer, train_rows: list, eval_rows: list
     if trainer_class is None:
         from transformers import Trainer as trainer_class
     return trainer_class(model=model, args=training_arguments(cfg, stage.path / "checkpoints", bool(eval_rows),
-                                                              differenced, **args),
+                                                              differenced, model_width(model), **args),
                          train_dataset=train_rows, eval_dataset=eval_rows or None,
                          data_collator=Collator(pad_id(tokenizer), logits_for_labels), processing_class=tokenizer)
 
@@ -319,24 +326,33 @@ def _supports(cls, name: str) -> bool:
     return name in inspect.signature(cls.__init__).parameters
 
 
-def mixed_precision(cfg, device: torch.device, differenced: bool = False) -> bool:
+MIXED_PRECISION_MIN_WIDTH = 256  # narrower models train faster in fp32 (autocast's casts outweigh the matmuls)
+
+
+def mixed_precision(cfg, device: torch.device, differenced: bool = False, width: int | None = None) -> bool:
     """Whether a training stage runs in bf16 mixed precision: ``bf16`` when given; else, with
-    ``dtype`` auto, where the device computes bf16 natively (``models.pick_dtype(..., "train")``)
-    and the loss does not difference log-probabilities (``differenced``: IRFT's implicit reward
-    and AVA's TD terms, whose bf16 error, ~0.04 nats a token, is the size of what they learn).
-    An explicit ``dtype`` is the weights' own dtype, without autocast."""
+    ``dtype`` auto, where the device computes bf16 natively (``models.pick_dtype(..., "train")``),
+    the loss does not difference log-probabilities (``differenced``: IRFT's implicit reward and
+    AVA's TD terms, whose bf16 error, ~0.04 nats a token, is the size of what they learn), and the
+    model, on a CPU, is wide enough to gain (``width``, its hidden size, at least 256: on a 2-core
+    Xeon with AMX a 64-wide model trained 1.8x slower under autocast, SmolLM2's 576 1.4-1.7x
+    faster, bench/results/train-cpu.md; on CUDA any width, as TRL). An explicit ``dtype`` is the
+    weights' own dtype, without autocast."""
     if getattr(cfg, "bf16", None) is not None:
         return bool(cfg.bf16)
-    return cfg.dtype == "auto" and not differenced and models.pick_dtype("auto", device, "train") == torch.bfloat16
+    wide = width is None or width >= MIXED_PRECISION_MIN_WIDTH or device.type != "cpu"
+    return cfg.dtype == "auto" and not differenced and wide and \
+        models.pick_dtype("auto", device, "train") == torch.bfloat16
 
 
-def training_arguments(cfg: TrainOptions, output_dir: Path, has_eval: bool, differenced: bool = False, **extra):
+def training_arguments(cfg: TrainOptions, output_dir: Path, has_eval: bool, differenced: bool = False,
+                       width: int | None = None, **extra):
     """TrainingArguments from afd's options (names differ between transformers 4.x and 5); bf16
-    mixed precision by :func:`mixed_precision`."""
+    mixed precision by :func:`mixed_precision` (``width``: the model's hidden size)."""
     from transformers import TrainingArguments
 
     device = models.pick_device(cfg.device)
-    bf16 = mixed_precision(cfg, device, differenced)
+    bf16 = mixed_precision(cfg, device, differenced, width)
     fp16 = device.type == "cuda" and cfg.dtype in ("float16", "fp16")
     # transformers 5 takes the warm-up ratio as a fractional warmup_steps
     warmup = {"warmup_ratio" if _supports(TrainingArguments, "warmup_ratio") else "warmup_steps": cfg.warmup_ratio}

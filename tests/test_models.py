@@ -200,3 +200,43 @@ def test_folder_that_is_not_a_model(tmp_path):
     (tmp_path / "notes.txt").write_text("not a model")
     with pytest.raises(AfdError, match=f"model folder {tmp_path} could not be loaded"):
         models.load_causal_lm(str(tmp_path), device="cpu")
+
+
+def test_which_stages_train_in_bf16_mixed_precision(monkeypatch):
+    """The rule (afd.training.mixed_precision): on a CPU with native bf16, SFT / reward / RL of a
+    model wide enough train under bf16 autocast, IRFT and AVA (differenced log-probs) and narrow
+    models in fp32; --bf16 / --no-bf16 and an explicit dtype override it; a CPU without native
+    bf16 trains in fp32. Differenced log-probs elsewhere are asked for in fp32 explicitly."""
+    from types import SimpleNamespace
+
+    from afd.training import mixed_precision
+
+    cpu = torch.device("cpu")
+    cfg = lambda **kw: SimpleNamespace(**{"dtype": "auto", "bf16": None, **kw})  # noqa: E731
+    monkeypatch.setattr(models, "cpu_has_native_bf16", lambda: True)
+    assert mixed_precision(cfg(), cpu, width=576)  # sft, reward, rl
+    assert not mixed_precision(cfg(), cpu, differenced=True, width=576)  # irft, ava
+    assert not mixed_precision(cfg(), cpu, width=64)  # tiny: autocast costs more than it saves
+    assert mixed_precision(cfg(bf16=True), cpu, differenced=True, width=64)  # asked for
+    assert not mixed_precision(cfg(bf16=False), cpu, width=576)
+    assert not mixed_precision(cfg(dtype="float32"), cpu, width=576)
+    assert models.pick_dtype("auto", cpu, "train") == torch.bfloat16
+    assert models.pick_dtype("auto", cpu, "score") == torch.float32
+    monkeypatch.setattr(models, "cpu_has_native_bf16", lambda: False)
+    assert not mixed_precision(cfg(), cpu, width=576)
+    assert models.pick_dtype("auto", cpu, "sample") == torch.float32
+
+
+def test_differenced_log_probs_are_fp32_on_a_bf16_cpu(monkeypatch, tmp_path):
+    """On a CPU with native bf16 the density ratio, afd eval's KL reference and IRFT's opponent
+    load their models in fp32 (a bf16 policy samples; the log-probs it is scored by are fp32)."""
+    from afd import rewards
+
+    monkeypatch.setattr(models, "cpu_has_native_bf16", lambda: True)
+    loaded = []
+    real = models.load_causal_lm
+    monkeypatch.setattr(models, "load_causal_lm", lambda name, device="auto", dtype="auto", purpose="score":
+                        loaded.append((name, dtype)) or real(name, device, dtype, purpose))
+    rewards.load("density-ratio:tiny-random,tiny-random", device="cpu").score([[{"role": "user", "content": "x"}]], ["y"])
+    assert loaded == [("tiny-random", "float32")] * 2
+    assert real("tiny-random", "cpu", "auto", "sample")[0].dtype == torch.bfloat16  # sampling is bf16 there
