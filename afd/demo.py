@@ -1,16 +1,20 @@
-"""``afd demo``: AfD end to end, offline, on the default model, in minutes on a laptop CPU.
+"""``afd demo``: AfD end to end where its assumption holds, offline, in minutes on a CPU.
 
-The task: write short, glowing film reviews. Demonstrations come from a demonstrator, the
-same SmolLM2-135M-Instruct given an expert instruction that the student never sees
-(``afd demonstrate``). The student (pi_0, the plain model) is fine-tuned on them (SFT), both
-policies are sampled, an ``init-sft`` IRL reward model learns to tell pi_sft's samples from
-pi_0's (on a small encoder, MiniLM-L6, to stay fast), and Best-of-N with that reward and with
-the density ratio log pi_sft - log pi_0 is evaluated by an independent golden judge, VADER
-sentiment, on held-out prompts. Reward-model pools use the 48 training prompts; evaluation
-uses 32 other prompts, so no BoN pool was ever trained on.
+The task: SmolLM2-135M-Instruct (pi_0) continues the opening of a movie review. A reward r* is
+planted and hidden from every method (VERIFICATION.md): the IMDB gold (``afd gold``: a sentiment
+classifier trained once on labelled reviews that nothing else sees), in standard deviations of
+pi_0's samples. Demonstrations are drawn from the optimal policy pi* = pi_0 exp(r*/beta) / Z by
+rejection sampling over pi_0's candidates (``afd plant``, beta 1). Then, from the
+demonstrations alone: SFT, AfD's ``init-sft`` reward model (MiniLM-L6, trained to tell pi_sft's
+samples from pi_0's) and the density ratio log pi_sft - log pi_0 (its closed-form optimum);
+Best-of-N from pi_sft's samples on held-out prompts is judged by r* itself, beside the oracle
+(Best-of-N under r*), a Bradley-Terry reward trained on as many r*-labelled pairs as there are
+demonstrations (what RLHF would buy) and the length control.
 
-The pipeline is written to ``OUT/demo.yaml``: ``afd run OUT/demo.yaml`` reruns it, and a copy
-is the starting point for one's own model and data.
+The demo is one seed of a study (``afd.study``): it prints this run's figures and ends with
+what the recorded study of the same pipeline over 10 seeds (``bench/recipes/demo_study.py``,
+``bench/results/demo/``) decided for each claim. Its YAML is written to ``OUT/demo.yaml``:
+``afd study OUT/demo.yaml`` reruns it, with ``--seeds 0-9`` the whole study.
 """
 
 from __future__ import annotations
@@ -21,82 +25,121 @@ from pathlib import Path
 import yaml
 
 RECIPES = Path(__file__).resolve().parent / "recipes"
-PROMPTS_TRAIN = RECIPES / "demo_prompts_train.jsonl"
-PROMPTS_EVAL = RECIPES / "demo_prompts_eval.jsonl"
 # the recorded study of this pipeline over seeds (bench/recipes/demo_study.py writes it)
 STUDY = RECIPES / "demo_study.json"
-
-INSTRUCTION = ("You are an enthusiastic film critic who loves cinema. Write warm, glowing, joyful "
-               "reviews full of praise.")
+N = 16  # Best-of-N the demo reports
 
 
-def demo_config(out: str = "runs/demo", model: str = "smollm2-135m-instruct",
-                reward_backbone: str = "minilm-l6", train: str = str(PROMPTS_TRAIN),
-                held_out: str = str(PROMPTS_EVAL)) -> dict:
-    pool = {"kind": "sample", "max_new_tokens": 80, "max_prompt_length": 256}
+def demo_study(out: str = "runs/demo", seeds=(0,), model: str = "smollm2-135m-instruct",
+               reward_backbone: str = "minilm-l6") -> dict:
+    """The demo as a study (one seed by default): shared stages, each seed's pipeline, claims."""
+    r_star = "z:@candidates:gold:@gold"  # the hidden reward, in pi_0 standard deviations
+    rm = {"kind": "reward", "model": reward_backbone, "epochs": 3, "lr": 5.0e-5, "batch_size": 16,
+          "eval_fraction": 0.15, "max_length": 160, "max_prompt_length": 64, "logging_steps": 2}
     return {
-        "out": out, "seed": 0, "model": model,
-        "stages": {
-            "demonstrate": {"data": train, "instruction": INSTRUCTION, "num_samples": 1, "max_new_tokens": 128,
-                            "temperature": 0.7},
-            "sft": {"data": "@demonstrate", "epochs": 3, "lr": 1.0e-4, "batch_size": 8, "eval_fraction": 0.1,
-                    "max_length": 256, "max_prompt_length": 128, "logging_steps": 1},
-            "rm_pool_init": {**pool, "data": train, "num_samples": 4},
-            "rm_pool_sft": {**pool, "model": "@sft", "data": train, "num_samples": 4},
-            "reward": {"variant": "init-sft", "model": reward_backbone, "init_pool": "@rm_pool_init",
-                       "sft_pool": "@rm_pool_sft", "epochs": 3, "lr": 5.0e-5, "batch_size": 16,
-                       "eval_fraction": 0.15, "max_length": 256, "max_prompt_length": 128, "logging_steps": 2},
-            "sample_init": {**pool, "data": held_out, "num_samples": 8},
-            "sample_sft": {**pool, "model": "@sft", "data": held_out, "num_samples": 8},
-            "eval": {"golden": "vader", "pools": {"init": "@sample_init", "sft": "@sample_sft"},
-                     "proxies": {"init-sft": "@reward", "density-ratio": f"density-ratio:@sft,{model}"},
-                     "demos": "@demonstrate"},
+        "out": out, "seeds": list(seeds), "model": model, "plot": "eval",
+        "shared": {
+            "gold": {"kind": "gold"},
+            "candidates": {"kind": "sample", "data": "@gold/prompts.jsonl", "max_examples": 72, "num_samples": 12,
+                           "max_new_tokens": 40, "seed": 1},
         },
+        "stages": {
+            "split": {"data": "@candidates", "train": 48, "eval": 24},
+            "plant": {"pool": "@split/train.jsonl", "scorer": r_star, "beta": 1.0, "candidates": 12, "num_demos": 4},
+            "gold_pairs": {"kind": "plant", "method": "pairs", "pool": "@split/train.jsonl", "scorer": r_star,
+                           "candidates": 12, "num_demos": 4},
+            "sft": {"data": "@plant", "epochs": 2, "lr": 1.0e-4, "batch_size": 8, "eval_fraction": 0.1,
+                    "max_length": 128, "max_prompt_length": 64, "logging_steps": 2},
+            "rm_sft": {"kind": "sample", "model": "@sft", "data": "@split/train_prompts.jsonl", "num_samples": 4,
+                       "max_new_tokens": 40},
+            "init_sft": {**rm, "variant": "init-sft", "init_pool": "@split/train.jsonl", "sft_pool": "@rm_sft"},
+            "bt_gold": {**rm, "variant": "bt", "data": "@gold_pairs"},
+            "sample_sft": {"kind": "sample", "model": "@sft", "data": "@split/eval_prompts.jsonl", "num_samples": N,
+                           "max_new_tokens": 40, "seed": 3},
+            "eval": {"golden": r_star, "pools": {"init": "@split/eval.jsonl", "sft": "@sample_sft"},
+                     "demos": "@plant", "oracle": "oracle",
+                     "proxies": {"init-sft": "@init_sft", "density-ratio": f"density-ratio:@sft,{model}",
+                                 "bt-gold": "@bt_gold", "oracle": r_star, "length": "length", "random": "random:0"}},
+        },
+        "claims": [
+            {"claim": "SFT on planted demonstrations moves the policy toward r*",
+             "figure": "eval.policies.sft.gold - eval.policies.init.gold"},
+            {"claim": "init-sft ranks pi_sft's samples like r* (within prompts)",
+             "figure": "eval.bon.init-sft.spearman_within_prompts",
+             "controls": ["eval.bon.length.spearman_within_prompts", "eval.bon.random.spearman_within_prompts"]},
+            {"claim": "The density ratio ranks pi_sft's samples like r*",
+             "figure": "eval.bon.density-ratio.spearman_within_prompts"},
+            {"claim": f"Best-of-{N} with init-sft beats SFT", "figure": f"eval.bon.init-sft.gold@{N} - eval.policies.sft.gold",
+             "controls": [f"eval.bon.length.gold@{N} - eval.policies.sft.gold",
+                          f"eval.bon.oracle.gold@{N} - eval.policies.sft.gold"]},
+            {"claim": f"Best-of-{N} with the density ratio beats SFT",
+             "figure": f"eval.bon.density-ratio.gold@{N} - eval.policies.sft.gold"},
+            {"claim": f"init-sft (demonstrations only) against BT on as many r*-labelled pairs, Best-of-{N}",
+             "figure": f"eval.bon.init-sft.gold@{N} - eval.bon.bt-gold.gold@{N}"},
+        ],
     }
 
 
 def run_demo(out: str = "runs/demo", force: bool = False) -> dict:
     from afd import dist
-    from afd.pipeline import run
+    from afd.study import run_study
 
-    config = demo_config(out)
+    config = demo_study(out)
     if dist.is_main():
         Path(out).mkdir(parents=True, exist_ok=True)
         (Path(out) / "demo.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
-    results = run(config, {"force": True} if force else None,
-                  report=lambda name, m: dist.print_main(f"[{name}] done in {m.get('seconds', 0):.0f} s", flush=True))
+    summary = run_study(config, overrides={"force": True} if force else None,
+                        report=lambda where, name, m: dist.print_main(
+                            f"[{where}: {name}] done in {m.get('seconds', 0):.0f} s", flush=True))
     if not dist.is_main():
-        return results
+        return summary
+    ev = json.loads((Path(out) / "seed-0" / "eval" / "metrics.json").read_text())
     print()
-    print((Path(out) / "eval" / "report.md").read_text())
-    print(f"Plots and the full report: {Path(out) / 'eval'}/ (bon_gold_vs_n.png, bon_win_rate.png, "
-          f"bon_gold_vs_kl.png, proxy_vs_gold.png, report.md)")
+    print(this_run(ev))
+    print(f"Plots and the full report: {Path(out) / 'seed-0' / 'eval'}/ (report.md, bon_gold_vs_n.png, "
+          f"bon_gold_vs_kl.png, proxy_vs_gold.png)")
     print()
-    print(verdict(results["eval"]))
-    return results
+    print(verdict(ev))
+    return summary
+
+
+def this_run(ev: dict) -> str:
+    """This run's table: each reward's recovery of r* and its Best-of-N, beside the controls."""
+    pol = ev["policies"]
+    sft = pol["sft"]["gold"]
+    lines = ["# afd demo: the planted reward r* (IMDB gold, in pi_0 standard deviations), this run", "",
+             f"pi_0 {pol['init']['gold']:+.3f}, SFT {sft:+.3f}, demonstrations "
+             f"{pol.get('demonstrations', {}).get('gold', float('nan')):+.3f} (mean r* of their samples)", "",
+             f"| reward | Spearman with r* within prompts | Best-of-{N} r* | gain over SFT | share of the oracle's gain |"
+             f" mean tokens of Best-of-{N} |", "|---|---|---|---|---|---|"]
+    for name, b in ev["bon"].items():
+        i = b["n"].index(N) if N in b["n"] else -1
+        frac = (b.get("fraction_of_oracle_gain") or [None])[i]
+        rho = b.get("spearman_within_prompts")
+        lines.append(f"| {name} | {'–' if rho is None else f'{rho:.3f}'} | {b['gold'][i]:+.3f} | {b['gold'][i] - sft:+.3f} | "
+                     f"{'–' if frac is None else f'{frac:.2f}'} | {b['mean_tokens'][i]:.1f} |")
+    return "\n".join(lines) + "\n"
 
 
 def verdict(ev: dict) -> str:
-    """Plain words: did the AfD reward's Best-of-N beat SFT on this run, and how often does it
-    across the recorded study's seeds."""
+    """Plain words: did each demonstration-learnt reward's Best-of-N beat SFT on this run, and what
+    the recorded study decided across its seeds."""
     sft = ev["policies"]["sft"]["gold"]
     lines = []
-    for proxy, b in ev["bon"].items():
-        n, gold = b["n"][-1], b["gold"][-1]
-        lines.append(f"This run: Best-of-{n} with the {proxy} reward scored {gold:.3f} (VADER) against SFT's "
-                     f"{sft:.3f}: it {'beat' if gold > sft else 'did not beat'} SFT.")
+    for proxy in ("init-sft", "density-ratio"):
+        b = ev["bon"].get(proxy)
+        if b is None:
+            continue
+        i = b["n"].index(N) if N in b["n"] else -1
+        gold = b["gold"][i]
+        lines.append(f"This run: Best-of-{b['n'][i]} with the {proxy} reward scored {gold:+.3f} (r*) against SFT's "
+                     f"{sft:+.3f}: it {'beat' if gold > sft else 'did not beat'} SFT.")
     if STUDY.exists():
         study = json.loads(STUDY.read_text())
-        k = len(study["seeds"])
-        for proxy, wins in study["bon_beats_sft_seeds"].items():
-            d = study["bon_minus_sft"][proxy]
-            interval = f" [{d['ci95'][0]:+.3f}, {d['ci95'][1]:+.3f}]" if d.get("ci95") else ""
-            if proxy.startswith("length ("):  # a control, not a reward: the longest of the N samples
-                which = proxy[len("length ("):-1]
-                lines.append(f"Control in the same study: taking the {which} of {study['n']} samples (no reward "
-                             f"model) beat SFT in {wins} of {k} seeds; mean gain {d['mean']:+.3f}{interval}. A "
-                             "reward whose gain is not above this one may be tracking length.")
-                continue
-            lines.append(f"Across the recorded study ({k} seeds, bench/results/demo): Best-of-{study['n']} with "
-                         f"{proxy} beat SFT in {wins} of {k} seeds; mean gain {d['mean']:+.3f}{interval}.")
+        lines.append(f"Across the recorded study of this pipeline ({len(study['seeds'])} seeds, bench/results/demo; "
+                     "95% bootstrap intervals over seeds and prompts):")
+        for c in study["claims"]:
+            ci = c.get("ci95")
+            interval = f" [{ci[0]:+.3f}, {ci[1]:+.3f}]" if ci else ""
+            lines.append(f"- {c['claim']}: {c['mean']:+.3f}{interval}, {c['verdict']}.")
     return "\n".join(lines)

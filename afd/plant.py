@@ -31,6 +31,11 @@ groups of K for several demonstrations a prompt). It is **a different distributi
 ``log K - (K - 1) / K`` for a reward without ties (at most that with ties), however ``r*`` is
 scaled, where ``pi*``'s KL grows without bound as ``beta`` falls.
 
+**Labelled pairs** (``method: pairs``): what RLHF would buy instead of demonstrations: ``num_demos``
+pairs of two of a prompt's candidates each (drawn without replacement), ordered by ``r*``
+(``chosen`` the higher; a tie is not a pair), written as preference data (``demos.jsonl`` then
+holds prompt, chosen, rejected), for a Bradley-Terry or AVA-p reward model on ``r*``'s labels.
+
 **Contamination** (``eps``): ``round(eps * n)`` of the ``n`` demonstrations, chosen at random, are
 replaced by a candidate of the same prompt not otherwise chosen, i.e. a sample of pi_0 itself:
 demonstrations of mixed quality (the seed paper's open question on demonstration quality).
@@ -71,15 +76,15 @@ from afd.errors import AfdError
 from afd.runs import DataOptions, ModelOptions, PromptOptions, StageDir, StageOptions, restore_on_failure, write_jsonl
 from afd.stats import spearman
 
-METHODS = ("rso", "best-of-k")
+METHODS = ("rso", "best-of-k", "pairs")
 
 
 @dataclass
 class PlantConfig(StageOptions, DataOptions, ModelOptions, PromptOptions):
     scorer: str = opt("", "the hidden reward r*: any reward name (gold:NAME, vader, a reward-model folder, "
                           "python:MODULE:FN; z:POOL:NAME standardises it on pi_0's samples)")
-    method: str = opt("rso", "rso (rejection sampling toward pi* = pi_0 exp(r*/beta) / Z) or best-of-k (the best of "
-                             "K candidates: a different distribution)")
+    method: str = opt("rso", "rso (rejection sampling toward pi* = pi_0 exp(r*/beta) / Z), best-of-k (the best of "
+                             "K candidates: a different distribution) or pairs (candidate pairs labelled by r*)")
     beta: float = opt(1.0, "beta of pi*, in the reward's units (rso)")
     candidates: int = opt(16, "M, pi_0 candidates per prompt")
     k: int = opt(0, "best-of-k: K candidates per demonstration (0: candidates // num_demos)")
@@ -109,6 +114,9 @@ class PlantConfig(StageOptions, DataOptions, ModelOptions, PromptOptions):
         if self.num_demos < 1 or self.k < 0 or self.max_new_tokens < 1 or self.sample_batch_size < 1:
             raise AfdError("options 'num_demos', 'max_new_tokens' and 'sample_batch_size' must be at least 1, "
                            "and 'k' at least 0")
+        if self.method == "pairs" and 2 * self.num_demos > self.candidates:
+            raise AfdError(f"pairs takes two candidates a pair: num_demos x 2 must be at most candidates "
+                           f"({self.num_demos} x 2 > {self.candidates})")
         if self.method == "rso" and self.num_demos > self.candidates:
             raise AfdError(f"rso accepts at most M={self.candidates} demonstrations a prompt; num_demos is "
                            f"{self.num_demos}")
@@ -193,11 +201,26 @@ def plant(cfg: PlantConfig) -> dict:
     pool = [r for g in groups.values() for r in g]
     score_pool(pool, scorer, "r")  # each candidate's hidden reward, checked finite
 
-    demos, planted_rows, examined, kl_star, kl_planted = [], [], 0, [], []
+    demos, planted_rows, examined, kl_star, kl_planted, labelled = [], [], 0, [], [], []
     for pid, g in groups.items():
         usable = [r for r in g if r["response"].strip()]  # a demonstration has a response
         r = [c["r"] for c in usable]
         if len(usable) < cfg.num_demos:
+            continue
+        if cfg.method == "pairs":
+            order = list(range(len(usable)))
+            random.Random(derive_seed(cfg.seed, "plant-pairs", pid)).shuffle(order)
+            for j in range(cfg.num_demos):
+                a, b = order[2 * j], order[2 * j + 1]
+                if r[a] == r[b]:
+                    continue  # r* cannot order them: no label
+                hi, lo = (a, b) if r[a] > r[b] else (b, a)
+                labelled.append({"id": f"{pid}#{j}", "prompt": usable[hi]["prompt"], "chosen": usable[hi]["response"],
+                                 "rejected": usable[lo]["response"]})
+                planted_rows.append({"prompt_id": pid, "slot": j, "sample_index": usable[hi]["sample_index"],
+                                     "rejected_index": usable[lo]["sample_index"], "r": r[hi], "r_rejected": r[lo],
+                                     "source": "pair"})
+                demos.append((pid, j, usable[hi], usable))
             continue
         if cfg.method == "rso":
             chosen, seen = rso(r, cfg.num_demos, cfg.beta, random.Random(derive_seed(cfg.seed, "plant-rso", pid)))
@@ -219,7 +242,7 @@ def plant(cfg: PlantConfig) -> dict:
 
     # contamination: a share eps of the slots takes a candidate of pi_0 not chosen for its prompt
     contaminated = 0
-    if cfg.eps > 0:
+    if cfg.eps > 0 and cfg.method != "pairs":
         rng = random.Random(derive_seed(cfg.seed, "plant-eps"))
         slots = sorted(rng.sample(range(len(demos)), round(cfg.eps * len(demos))))
         taken = {(pid, c["sample_index"]) for pid, _, c, _ in demos}
@@ -239,7 +262,8 @@ def plant(cfg: PlantConfig) -> dict:
         return {**row, "ended": False} if c.get("finish_reason") == "length" else row
 
     def write() -> None:
-        write_jsonl(stage.path / "demos.jsonl", [demo_row(pid, j, c) for pid, j, c, _ in demos])
+        write_jsonl(stage.path / "demos.jsonl", labelled if cfg.method == "pairs" else
+                    [demo_row(pid, j, c) for pid, j, c, _ in demos])
         seen_prompts = dict.fromkeys(pid for pid, _, _, _ in demos)
         write_jsonl(stage.path / "prompts.jsonl", [{"id": pid, "prompt": groups[pid][0]["prompt"]}
                                                    for pid in seen_prompts])

@@ -36,6 +36,8 @@ Names (``load``):
   response: a floor that ranks at random.
 - ``length``: the response's length in tokens (the sampled tokens where given, EOS included
   where sampled; else its whitespace-separated words): the control a reward must beat.
+- ``ensemble:NAME;NAME;...``: the mean of several rewards (standardise each first with ``z:`` when
+  their scales differ: Coste et al. 2023 average an ensemble's members).
 - ``z:MEAN,SD:NAME`` or ``z:POOL:NAME``: the reward ``NAME`` standardised, ``(r - MEAN) / SD``,
   with the mean and standard deviation given, or measured over a pool of samples (Gao et al.
   2022 standardise the gold to mean 0, sd 1 on pi_0's samples), for any reward.
@@ -390,6 +392,18 @@ class Standardised(RewardModel):
         return [(v - self.mean) / self.sd for v in self.inner.score(prompts, responses, token_ids)]
 
 
+class Ensemble(RewardModel):
+    """The mean of several reward models' scores (``ensemble:A;B;...``)."""
+
+    def __init__(self, members: list[RewardModel]):
+        self.members = members
+        self.name = "ensemble:" + ";".join(m.name for m in members)
+
+    def _score(self, prompts, responses, token_ids=None) -> list[float]:
+        scores = [m.score(prompts, responses, token_ids) for m in self.members]
+        return [sum(s) / len(s) for s in zip(*scores)]
+
+
 class Random(RewardModel):
     """A uniform number in [0, 1) fixed by (seed, prompt, response): the floor of a study."""
 
@@ -444,6 +458,11 @@ def load(spec: str, device: str = "auto", dtype: str = "auto", batch_size: int =
             except ValueError:
                 pass
         return Standardised.over_pool(rm, arg)
+    if spec.startswith("ensemble:"):
+        members = [m for m in spec[len("ensemble:"):].split(";") if m]
+        if len(members) < 2:
+            raise AfdError(f"scorer '{spec}' should be ensemble:NAME;NAME[;NAME...] (at least two rewards)")
+        return Ensemble([load(m, device, dtype, batch_size, template) for m in members])
     if spec.startswith("gold:"):
         from afd.gold import Gold
 

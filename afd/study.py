@@ -42,7 +42,8 @@ proxy's Best-of-N gold against sqrt(KL), averaged over seeds, the oracle and the
 
 ``afd split`` (kind ``split``) gives a seed its prompts: it splits a prompt file or a sample pool
 by prompt, ``train`` and ``eval`` prompts drawn by the seed from the sorted prompt ids, the rest
-unused (so two files of the same prompts split alike under one seed).
+unused (so two files of the same prompts split alike under one seed), and writes each side's
+prompts once (``train_prompts.jsonl``, ``eval_prompts.jsonl``) for the stages that sample them.
 """
 
 from __future__ import annotations
@@ -100,7 +101,9 @@ def read_keyed_rows(path: str) -> tuple[list[dict], str]:
 
 
 def split(cfg: SplitConfig) -> dict:
-    """Run the stage: OUT/split/train.jsonl and eval.jsonl."""
+    """Run the stage: OUT/split/train.jsonl and eval.jsonl (the input's own rows), and
+    train_prompts.jsonl and eval_prompts.jsonl (each prompt once, id and prompt: what a sample
+    stage reads; for a pool, the prompts of its rows)."""
     stage = StageDir(cfg, "split")
     if not stage.begin():
         return stage.metrics()
@@ -112,6 +115,12 @@ def split(cfg: SplitConfig) -> dict:
     held, train = set(ids[:cfg.eval]), set(ids[cfg.eval:cfg.eval + cfg.train])
     write_jsonl(stage.path / "train.jsonl", [r for r in rows if r[key] in train])
     write_jsonl(stage.path / "eval.jsonl", [r for r in rows if r[key] in held])
+    for name, part in (("train", train), ("eval", held)):
+        first = {}
+        for r in rows:
+            if r[key] in part and r[key] not in first:
+                first[r[key]] = r if key == "id" else {"id": r[key], "prompt": r["prompt"]}
+        write_jsonl(stage.path / f"{name}_prompts.jsonl", list(first.values()))
     return stage.finish({"prompts": len(ids), "train_prompts": len(train), "eval_prompts": len(held),
                          "train_rows": sum(r[key] in train for r in rows), "eval_rows": sum(r[key] in held for r in rows)})
 
@@ -305,8 +314,10 @@ def load_study(path: str | dict) -> dict:
     return raw
 
 
-def run_study(path: str | dict, out: str | None = None, seeds: list[int] | None = None, report=None) -> dict:
-    """Run a study (the module docstring) and write its claims; returns the study's summary."""
+def run_study(path: str | dict, out: str | None = None, seeds: list[int] | None = None, report=None,
+              overrides: dict | None = None) -> dict:
+    """Run a study (the module docstring) and write its claims; returns the study's summary.
+    ``overrides``: options for every stage (``{"force": True}`` redoes them)."""
     from afd import dist
     from afd.pipeline import run
 
@@ -317,14 +328,14 @@ def run_study(path: str | dict, out: str | None = None, seeds: list[int] | None 
                                                             "where", "bootstrap_rounds")}
     artifacts: dict[str, str] = {}
     if study.get("shared"):
-        run({**defaults, "stages": study["shared"]}, out=str(out_dir / "shared"), artifacts=artifacts,
+        run({**defaults, "stages": study["shared"]}, overrides, out=str(out_dir / "shared"), artifacts=artifacts,
             report=(lambda name, m: report("shared", name, m)) if report else None)
     per_seed, seconds = {}, {}
     for seed in chosen:
         seed_out = out_dir / f"seed-{seed}"
         own = dict(artifacts)  # shared stages, then this seed's own
         started = time.time()
-        results = run({**defaults, "seed": seed, "stages": study["stages"]}, out=str(seed_out), artifacts=own,
+        results = run({**defaults, "seed": seed, "stages": study["stages"]}, overrides, out=str(seed_out), artifacts=own,
                       report=(lambda name, m, s=seed: report(f"seed {s}", name, m)) if report else None)
         # the seed's time: its stages' own (each as run, resumes included), and this call's wall time
         seconds[str(seed)] = {"stages": round(sum(m.get("seconds", 0) or 0 for m in results.values()), 1),

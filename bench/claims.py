@@ -1,12 +1,18 @@
 """The claims table: each headline claim of the three papers beside afd's figure, from the
-recipes' recorded results (bench/results/<recipe>/metrics.json), with a verdict.
+recorded results, with a verdict.
 
-A verdict is read off the 95% t interval over seeds of the figure that tests the claim (a
-difference, or an accuracy against 0.5): **reproduced** when the interval lies wholly on the
+On top, the planted studies (``afd study``, bench/results/<study>/study.json): a hidden reward
+r* planted, every method measured against it, each claim decided by the rule its study YAML
+fixed before the runs (afd.stats.verdict) on a bootstrap 95% interval over seeds and over
+prompts within a seed. Below, the earlier recipes (bench/results/<recipe>/metrics.json),
+recomputed with the same rule: a bootstrap over their seeds of the figure that tests the claim
+(a difference, or an accuracy against 0.5): **reproduced** when the interval lies wholly on the
 paper's side, **refuted** when it lies wholly on the other side, **inconclusive** when it
 covers the null, and **not rerun** when the recipe has no recorded result with at least 3
-seeds (a result older than issue 10's confound fixes is not evidence). Every interval here is
-over seeds; each seed is its own data split, sampling and training.
+seeds (a result older than issue 10's confound fixes is not evidence). Their per-prompt values
+were not recorded, so their intervals are over seeds alone; with 3 seeds a percentile
+bootstrap's 95% interval is the range of the seeds' values, so a claim there is decided only
+when every seed lies on one side: weaker evidence than the planted rows' 10 seeds.
 
     python bench/claims.py        # writes bench/results/claims.md
 """
@@ -19,7 +25,25 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from common import RESULTS, across_seeds, ci  # noqa: E402
+from common import RESULTS, ci as ci_t  # noqa: E402
+
+from afd.stats import bootstrap, verdict as decide  # noqa: E402
+
+
+def across_seeds(values: list) -> dict:
+    """A figure's seeds, with the mean and the bootstrap interval of afd study's rule."""
+    return {**bootstrap([float(v) for v in values if v is not None]), "per_seed": list(values)}
+
+
+def rb(entry: dict | None) -> dict | None:
+    """A recipe's recorded across-seeds entry (a t interval), recomputed by bootstrap."""
+    if not entry or entry.get("per_seed") is None:
+        return entry
+    return across_seeds(entry["per_seed"])
+
+
+def ci(entry: dict | None, digits: int = 3) -> str:
+    return ci_t(rb(entry), digits)
 
 
 def load(recipe: str) -> dict | None:
@@ -31,12 +55,9 @@ def load(recipe: str) -> dict | None:
 
 
 def verdict(entry: dict, null: float = 0.0) -> str:
-    """reproduced / refuted / inconclusive from a 95% interval against ``null`` (the claim's
-    side is above it)."""
-    if not entry or entry.get("ci95") is None:
-        return "inconclusive"
-    lo, hi = entry["ci95"]
-    return "reproduced" if lo > null else "refuted" if hi < null else "inconclusive"
+    """reproduced / refuted / inconclusive from the bootstrap 95% interval against ``null`` (the
+    claim's side is above it): afd study's rule."""
+    return decide(rb(entry), null)
 
 
 def per_seed(m: dict, get) -> list:
@@ -279,17 +300,49 @@ def ava_claims() -> list[dict]:
     return rows
 
 
+# the planted studies, newest evidence first: (folder in bench/results, what it is)
+STUDIES = (("planted-imdb", "the planted IMDB study (examples/study-planted-imdb.yaml)"),
+           ("demo", "afd demo's pipeline as a study (bench/recipes/demo_study.py)"))
+
+
+def planted_rows() -> list[dict]:
+    """One row a decided claim of each recorded planted study (a study that has not run: a note)."""
+    rows = []
+    for folder, what in STUDIES:
+        path = RESULTS / folder / "study.json"
+        if not path.exists():
+            rows.append({"claim": f"({what})", "paper": "–", "afd": "–", "seeds": "–", "verdict": "not run",
+                         "why": f"no bench/results/{folder}/study.json recorded yet"})
+            continue
+        study = json.loads(path.read_text())
+        for c in study["claims"]:
+            p = c.get("probability_of_improvement", c.get("share_of_seeds_past_null"))
+            extra = (f"; IQM {c['iqm']:.3f}" if c.get("iqm") is not None else "") + \
+                (f"; P(improvement) {p:.2f}" if p is not None else "")
+            controls = "; ".join(f"`{x['figure']}`: {ci_t(x)}" for x in c.get("controls", []))
+            rows.append({"claim": f"{c['claim']} ({folder})", "paper": "planted: r* hidden, demonstrations from pi*",
+                         "afd": f"`{c['figure']}`: {ci_t(c)}{extra}" + (f" (controls: {controls})" if controls else ""),
+                         "seeds": c.get("seeds", len(study["seeds"])), "verdict": c["verdict"],
+                         "why": c.get("why") or f"threshold {c.get('null', 0):g}, {c.get('side', 'above')}; "
+                                                 "bootstrap over seeds and prompts"})
+    return rows
+
+
 def main() -> None:
-    sections = [("AfD (Sun & van der Schaar, 2024)", afd_claims()),
+    sections = [("Planted studies: a hidden reward r*, every method measured against it", planted_rows()),
+                ("AfD (Sun & van der Schaar, 2024)", afd_claims()),
                 ("Reward learning from demonstrations, IRFT / SPIN (Zeng et al., 2025; Li et al., 2024)",
                  zeng_claims()), ("AVA (Cai et al., 2024)", ava_claims())]
     lines = ["# Claims: the papers' headline claims against afd's recorded results", "",
-             "Written by `python bench/claims.py` from bench/results/*/metrics.json. Verdicts: the 95% t interval "
-             "over seeds (each seed its own data split, sampling and training) of the figure that tests the claim "
-             "lies on the claim's side (reproduced), on the other side (refuted), or covers the null "
-             "(inconclusive); 'not rerun': no 3-seed result recorded since issue 10's fixes. These are small-scale "
-             "CPU runs (SmolLM2-135M, MiniLM-L6, hundreds of examples): a refutation here says the effect does "
-             "not appear at this scale, not that the paper is wrong at its own.", ""]
+             "Written by `python bench/claims.py` from bench/results/*/study.json and */metrics.json. Verdicts, one "
+             "rule for every row (afd.stats.verdict): the bootstrap 95% interval of the figure that tests the claim "
+             "(over seeds, each its own data split, sampling and training; in the planted studies also over "
+             "prompts within a seed) lies on the claim's side (reproduced), on the other side (refuted), or covers "
+             "the threshold (inconclusive); 'not rerun': no 3-seed result recorded since issue 10's fixes. With 3 "
+             "seeds the percentile interval is the range of the seeds' values (a claim is decided only when every "
+             "seed agrees): the 3-seed rows are weaker evidence than the planted studies' 10. These are "
+             "small-scale CPU runs (SmolLM2-135M, MiniLM-L6, hundreds of examples): a refutation here says the "
+             "effect does not appear at this scale, not that the paper is wrong at its own.", ""]
     for title, rows in sections:
         lines += [f"## {title}", "", "| claim | paper | afd (mean [95% interval]) | seeds | verdict | why |",
                   "|---|---|---|---|---|---|", *[ROW.format(**r) for r in rows], ""]

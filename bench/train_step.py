@@ -102,7 +102,7 @@ def run_reward(folder: Path, pools: tuple[str, str], bf16: bool, steps: int, mod
         logging_steps=1, device="cpu", bf16=bf16)))
 
 
-def run_rl(folder: Path, prompts: str, arm: str, steps: int, new_tokens: int):
+def run_rl(folder: Path, prompts: str, arm: str, steps: int, new_tokens: int, batch: int = 8):
     """One RLOO run of ``steps`` steps; returns (step timer, generation seconds a step)."""
     import torch
 
@@ -128,27 +128,27 @@ def run_rl(folder: Path, prompts: str, arm: str, steps: int, new_tokens: int):
     timed(trl.RLOOTrainer, "_generate_single_turn")  # afd's subclass overrides it and calls HFEngine
     try:
         if arm == "trl":
-            timer = with_timer(lambda: trl_default(folder, prompts, steps, new_tokens))
+            timer = with_timer(lambda: trl_default(folder, prompts, steps, new_tokens, batch))
         else:
             from afd.rl import RLConfig, rl
 
             timer = with_timer(lambda: rl(RLConfig(
                 out=str(folder), model="smollm2-135m-instruct", reward="vader", data=prompts, max_steps=steps,
-                batch_size=8, num_generations=4, max_new_tokens=new_tokens, lr=3e-5, kl_coef=0.05, logging_steps=1,
+                batch_size=batch, num_generations=4, max_new_tokens=new_tokens, lr=3e-5, kl_coef=0.05, logging_steps=1,
                 save_steps=10_000, device="cpu", bf16=arm != "afd-fp32")))
     finally:
         for (owner, name), fn in real.items():
             setattr(owner, name, fn)
     per_step = [0.0] * len(timer.seconds)
-    # afd's subclass calls HFEngine inside its _generate_single_turn: count each generation once
-    for i, g in enumerate(gen[::2] if arm != "trl" else gen):
+    # one generation a step: TRL's _generate_single_turn, or (afd's subclass overrides it) HFEngine's
+    for i, g in enumerate(gen):
         if i < len(per_step):
             per_step[i] += g
     del torch
     return timer, per_step
 
 
-def trl_default(folder: Path, prompts: str, steps: int, new_tokens: int) -> None:
+def trl_default(folder: Path, prompts: str, steps: int, new_tokens: int, batch: int = 8) -> None:
     """A plain trl.RLOOTrainer with its defaults, the settings of afd's arm where they are the
     step's shape (batch, generations, tokens, lr, beta), VADER as its reward function."""
     from datasets import Dataset
@@ -161,7 +161,7 @@ def trl_default(folder: Path, prompts: str, steps: int, new_tokens: int) -> None
     data = Dataset.from_dict({"prompt": [[{"role": "user", "content": r["prompt"]}] for r in rows]})
     reward = lambda prompts, completions, **_: vader.score(  # noqa: E731
         prompts, [c[-1]["content"] if isinstance(c, list) else c for c in completions])
-    args = RLOOConfig(output_dir=str(folder), max_steps=steps, per_device_train_batch_size=8, num_generations=4,
+    args = RLOOConfig(output_dir=str(folder), max_steps=steps, per_device_train_batch_size=batch, num_generations=4,
                       max_completion_length=new_tokens, learning_rate=3e-5, beta=0.05, logging_steps=1,
                       save_strategy="no", use_cpu=True, report_to="none", log_completions=False)
     RLOOTrainer(model=models.resolve("smollm2-135m-instruct"), reward_funcs=reward, args=args,
@@ -179,6 +179,8 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=2, help="first steps of a run left out (warm-up)")
     ap.add_argument("--rl-steps", type=int, default=3, help="RL steps an arm a round (the first is warm-up)")
     ap.add_argument("--max-new-tokens", type=int, default=64)
+    ap.add_argument("--rl-batch", type=int, default=8, help="sequences an RL step (num_generations 4 a prompt)")
+    ap.add_argument("--name", default="train-cpu", help="results file name in bench/results")
     ap.add_argument("--parts", default="sft,reward,reward-minilm,rl")
     ap.add_argument("--note", default="", help="recorded with the figures (e.g. the machine's load)")
     args = ap.parse_args()
@@ -223,7 +225,7 @@ def main() -> None:
                     timer = run_reward(out, pools, arm == "bf16", args.steps, backbone)
                     gen = [0.0] * len(timer.seconds)
                 else:
-                    timer, gen = run_rl(out, prompts, arm, args.rl_steps, args.max_new_tokens)
+                    timer, gen = run_rl(out, prompts, arm, args.rl_steps, args.max_new_tokens, args.rl_batch)
                 skip = 1 if part == "rl" else args.warmup
                 per.setdefault(f"{part}/{arm}", []).append(
                     {"seconds": timer.seconds[skip:], "tokens": timer.tokens[skip:], "generation": gen[skip:],
@@ -240,6 +242,7 @@ def main() -> None:
         part, arm = key.split("/")
         ceiling = ceilings["fp32" if arm.endswith("fp32") else "bf16"]
         summary[key] = {"step_seconds": step, "tokens_per_step": tok, "tokens_per_second": tok / step if tok else None,
+                        "sequences_per_second": args.rl_batch / step if part == "rl" else None,
                         "generation_seconds": statistics.median(gen) if gen else None, "steps": len(secs),
                         "ceiling_share": flops_share(step, tok, params["smollm2-135m-instruct"], ceiling)
                         if tok and part in ("sft", "reward") else None}
@@ -272,7 +275,7 @@ def main() -> None:
                               "rl_step_vs_afd_fp32", "eval_loss_delta_bf16"))]
     table = "\n".join(lines) + "\n"
     print(table)
-    print("saved", save("train-cpu", result, table))
+    print("saved", save(args.name, result, table))
 
 
 if __name__ == "__main__":
