@@ -340,7 +340,7 @@ def training_rows(cfg, objective: str, tok) -> tuple[list[dict], list[dict], int
                                                                              False))
                  for d in load_demos(cfg.data_config())[0]]
     else:
-        from afd.reward import check_pairs
+        from afd.data import check_pairs
 
         items = [(p.prompt, (p.chosen, p.rejected)) for p in check_pairs(load_pairs(cfg.data_config())[0], cfg.data)]
     if not items:

@@ -284,6 +284,21 @@ def check_unique_ids(items: list, source: str, what: str, why: str) -> None:
         seen.add(item.id)
 
 
+def check_pairs(pairs: list, source: str) -> list:
+    """Preference pairs whose chosen reply differs from the rejected one: a pair of two equal
+    replies teaches a pairwise loss nothing (its gradients cancel; Bradley-Terry's loss stays
+    ln 2). Every pair equal is an error, some equal a note; they are kept either way."""
+    same = sum(p.chosen == p.rejected for p in pairs)
+    if pairs and same == len(pairs):
+        raise DataError(f"every pair in {source} ({same}) has its chosen reply equal to its rejected one, so a reward "
+                       f"model learns nothing from them (the loss stays at ln 2); check which columns hold chosen "
+                       f"and rejected (--columns chosen=...,rejected=...)")
+    if same:
+        note(f"{same} of {len(pairs)} pairs in {source} have their chosen reply equal to their rejected one; they "
+             f"teach the reward model nothing")
+    return pairs
+
+
 def prompt_key(prompt: list[dict]) -> str:
     """A prompt as one string: the key by which samples, pairs and splits are grouped by prompt."""
     return json.dumps(prompt, sort_keys=True, ensure_ascii=False)

@@ -41,7 +41,6 @@ from pathlib import Path
 from afd import models
 from afd.config import opt
 from afd.errors import AfdError
-from afd.rewards import RewardModel
 from afd.runs import StageDir, StageOptions, atomic_write_text, restore_on_failure, write_jsonl
 
 GOLD_FILE = "gold.json"
@@ -120,36 +119,36 @@ def read_labelled(cfg: GoldConfig) -> list[tuple[str, bool]]:
     return rows
 
 
-class Gold(RewardModel):
-    """A trained gold as a reward: the logit of positive sentiment of each response's text."""
+class GoldScorer:
+    """A trained gold: the logit of positive sentiment of each text (``afd.rewards`` serves it
+    as a reward model under the name ``gold:NAME``)."""
 
-    def __init__(self, saved: dict, name: str = "gold"):
+    def __init__(self, saved: dict):
         import numpy as np
         from sklearn.feature_extraction.text import TfidfVectorizer
 
-        self.name = name
         self.vectorizer = TfidfVectorizer(ngram_range=(1, saved["ngram_max"]), vocabulary=saved["vocabulary"],
                                           sublinear_tf=True, dtype=np.float64)
         self.vectorizer.idf_ = np.asarray(saved["idf"])
         self.coef, self.intercept = np.asarray(saved["coef"]), float(saved["intercept"])
 
-    def _score(self, prompts, responses, token_ids=None) -> list[float]:
-        return (self.vectorizer.transform([clean(r) for r in responses]) @ self.coef + self.intercept).tolist()
+    def score(self, texts: list[str]) -> list[float]:
+        return (self.vectorizer.transform([clean(t) for t in texts]) @ self.coef + self.intercept).tolist()
 
-    @classmethod
-    def load(cls, name: str, batch_size: int = 16) -> Gold:
-        """``gold:FOLDER`` (an ``afd gold`` stage folder), or a built-in name."""
-        if name in BUILTIN:
-            folder = builtin_folder(name)
-        else:
-            folder = Path(name)
-            if folder.is_file():
-                folder = folder.parent
-        path = folder / GOLD_FILE
-        if not path.is_file():
-            raise AfdError(f"gold '{name}' is neither a built-in ({', '.join(BUILTIN)}) nor an afd gold folder "
-                           f"(no {path}); make one with afd gold")
-        return cls(json.loads(path.read_text()), f"gold:{name}")
+
+def load_gold(name: str) -> GoldScorer:
+    """``gold:NAME``'s scorer: an ``afd gold`` stage folder (or its gold.json), or a built-in name."""
+    if name in BUILTIN:
+        folder = builtin_folder(name)
+    else:
+        folder = Path(name)
+        if folder.is_file():
+            folder = folder.parent
+    path = folder / GOLD_FILE
+    if not path.is_file():
+        raise AfdError(f"gold '{name}' is neither a built-in ({', '.join(BUILTIN)}) nor an afd gold folder "
+                       f"(no {path}); make one with afd gold")
+    return GoldScorer(json.loads(path.read_text()))
 
 
 def builtin_folder(name: str) -> Path:
@@ -189,22 +188,20 @@ def fit(cfg: GoldConfig, rows: list[tuple[str, bool]]) -> tuple[dict, dict]:
     saved = {"kind": "tfidf-logistic-regression", "ngram_max": cfg.ngram_max,
              "vocabulary": {k: int(v) for k, v in vectorizer.vocabulary_.items()},
              "idf": vectorizer.idf_.tolist(), "coef": clf.coef_[0].tolist(), "intercept": float(clf.intercept_[0])}
-    scored = Gold(saved).score([[]] * len(test), [t for t, _ in test])
+    scored = GoldScorer(saved).score([t for t, _ in test])
     accuracy = sum((s > 0) == p for s, (_, p) in zip(scored, test)) / len(test)
     return saved, {"held_out_accuracy": accuracy, "train_rows": len(train), "held_out_rows": len(test),
                    "features": len(saved["vocabulary"]), "positive_share_train": sum(p for _, p in train) / len(train),
                    "c": c, "cv_accuracy": cv}
 
 
-def calibration(scorer: RewardModel, pool: str) -> dict:
+def calibration(scorer: GoldScorer, pool: str) -> dict:
     """The gold's mean, sd and Spearman with response length over a pool of pi_0 samples."""
-    from afd.bon import score_pool
     from afd.sampling import read_pool
     from afd.stats import spearman
 
     rows = read_pool(pool)
-    score_pool(rows, scorer, "gold")
-    values = [r["gold"] for r in rows]
+    values = scorer.score([r["response"] for r in rows])
     mean = sum(values) / len(values)
     sd = (sum((v - mean) ** 2 for v in values) / max(len(values) - 1, 1)) ** 0.5
     lengths = [r.get("num_tokens", len(r["response"].split())) for r in rows]
@@ -229,5 +226,5 @@ def gold(cfg: GoldConfig) -> dict:
                "prompts": len(prompts), "prompt_source_positive_share": sum(p["source_positive"] for p in prompts)
                / len(prompts)}
     if cfg.pool:
-        metrics.update(calibration(Gold(saved, f"gold:{stage.path}"), cfg.pool))
+        metrics.update(calibration(GoldScorer(saved), cfg.pool))
     return stage.finish(metrics)

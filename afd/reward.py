@@ -40,8 +40,8 @@ import torch
 from afd import models
 from afd.ava import AVAOptions
 from afd.config import check_choice, opt
-from afd.data import prompt_key
-from afd.errors import AfdError, note
+from afd.data import check_pairs, prompt_key
+from afd.errors import AfdError
 from afd.rewards import Classifier, InputSettings, classifier_input
 from afd.runs import DataOptions, EvalPairsOptions, StageDir, StageOptions, restore_on_failure
 from afd.stats import auc, pair_accuracy
@@ -134,21 +134,6 @@ def examples(cfg: RewardConfig) -> list[Example]:
         positives = [e for e in positives if e.group in shared]
         negatives = [e for e in negatives if e.group in shared]
     return positives + negatives
-
-
-def check_pairs(pairs: list, source: str) -> list:
-    """Preference pairs whose chosen reply differs from the rejected one: a pair of two equal
-    replies teaches a pairwise loss nothing (its gradients cancel; Bradley-Terry's loss stays
-    ln 2). Every pair equal is an error, some equal a note; they are kept either way."""
-    same = sum(p.chosen == p.rejected for p in pairs)
-    if pairs and same == len(pairs):
-        raise AfdError(f"every pair in {source} ({same}) has its chosen reply equal to its rejected one, so a reward "
-                       f"model learns nothing from them (the loss stays at ln 2); check which columns hold chosen "
-                       f"and rejected (--columns chosen=...,rejected=...)")
-    if same:
-        note(f"{same} of {len(pairs)} pairs in {source} have their chosen reply equal to their rejected one; they "
-             f"teach the reward model nothing")
-    return pairs
 
 
 def split_groups(items: list[Example], fraction: float, seed: int) -> tuple[list[Example], list[Example]]:

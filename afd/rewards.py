@@ -392,6 +392,17 @@ class Standardised(RewardModel):
         return [(v - self.mean) / self.sd for v in self.inner.score(prompts, responses, token_ids)]
 
 
+class Gold(RewardModel):
+    """A golden scorer trained by ``afd gold`` (``gold:NAME``): the logit of positive sentiment
+    of the response's text (the prompt is not scored)."""
+
+    def __init__(self, scorer, name: str = "gold"):
+        self.scorer, self.name = scorer, name
+
+    def _score(self, prompts, responses, token_ids=None) -> list[float]:
+        return self.scorer.score(responses)
+
+
 class Ensemble(RewardModel):
     """The mean of several reward models' scores (``ensemble:A;B;...``)."""
 
@@ -464,9 +475,9 @@ def load(spec: str, device: str = "auto", dtype: str = "auto", batch_size: int =
             raise AfdError(f"scorer '{spec}' should be ensemble:NAME;NAME[;NAME...] (at least two rewards)")
         return Ensemble([load(m, device, dtype, batch_size, template) for m in members])
     if spec.startswith("gold:"):
-        from afd.gold import Gold
+        from afd.gold import load_gold
 
-        return Gold.load(spec[len("gold:"):], batch_size=batch_size)
+        return Gold(load_gold(spec[len("gold:"):]), spec)
     if spec.startswith("python:"):
         return Python(spec[len("python:"):])
     for prefix, normalise in (("density-ratio:", False), ("density-ratio-norm:", True)):

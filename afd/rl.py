@@ -43,6 +43,7 @@ checkpoints and distributes (a subclass of its ``RLOOTrainer`` swaps in these ad
 from __future__ import annotations
 
 import json
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -74,8 +75,8 @@ class RLOptions:
                                  "prompt for its num_generations samples, a seed per sample) or trl (TRL's "
                                  "model.generate)")
     generation_dtype: str = opt("auto", "dtype of the weights afd's sampler draws RL's completions with: auto "
-                                        "(bf16 on a CPU with native bf16, else the policy's own), float32 or "
-                                        "bfloat16; log-probs, ratios and the KL stay in the policy's dtype")
+                                        "(the policy's own, outside mixed precision's autocast), float32 or "
+                                        "bfloat16 (a copy); log-probs, ratios and the KL stay the policy's")
     dense_rewards: bool = opt(False, "per-token rewards mu_t from an AVA reward model (Eq. 19), credited by "
                                      "reward-to-go")
 
@@ -257,8 +258,9 @@ def _trainer_class():
                 if getattr(self, "_afd_engine_model", None) is not model:
                     self._afd_engine = HFEngine(model, self._tokenizer, list(self.eos_token_ids))
                     self._afd_engine_model = model
-                outs = self._afd_engine.generate(prompts, seeds, self.max_completion_length, self.temperature,
-                                                 self.top_k or 0, self.top_p if self.top_p is not None else 1.0)
+                with own_precision(model):
+                    outs = self._afd_engine.generate(prompts, seeds, self.max_completion_length, self.temperature,
+                                                     self.top_k or 0, self.top_p if self.top_p is not None else 1.0)
             # TRL's completions end with their EOS where one was sampled
             return [c.token_ids + ([c.stop_id] if c.stop_id is not None else []) for row in outs for c in row]
 
@@ -409,17 +411,34 @@ def check_dense_reward(rm, name: str, tokenizer) -> None:
                        f"(its per-token rewards are read on the sampled tokens)")
 
 
+@contextmanager
+def own_precision(model):
+    """Run ``model`` in its weights' own precision for the block: under bf16 mixed precision
+    accelerate wraps its forward in autocast (``model._original_forward`` keeps the plain one),
+    which the sampler sets aside (measured below, ``generation_dtype``)."""
+    original = getattr(model, "_original_forward", None)
+    if original is None:
+        yield
+        return
+    patched = model.forward
+    model.forward = original
+    try:
+        yield
+    finally:
+        model.forward = patched
+
+
 def generation_dtype(cfg: RLOptions, device: torch.device, trainer=None) -> torch.dtype | None:
-    """The dtype afd's sampler draws RL's completions in, or None for the policy's own. ``auto``:
-    bf16 on a CPU with native bf16 (models.pick_dtype's rule for sampling); on a GPU the
-    policy's own (no second copy of the weights there). Sharded policies (FSDP, DeepSpeed)
-    always sample in their own dtype."""
+    """The dtype afd's sampler draws RL's completions in, or None for the policy's own. ``auto``
+    is the policy's own (fp32 weights, outside autocast): at RL's batches a bf16 copy sampled
+    slower on a 2-core Xeon with AMX (6.3 against 4.5 s a step at 8 sequences, 7.5 against 6.9 s
+    at 32; bench/results/train-cpu-rl8.md, -rl32.md: decoding a few sequences is bound by
+    per-step latency, and the copy is refreshed every step), though bf16 samples 1.8x faster at
+    afd sample's 256 sequences. ``bfloat16`` asks for the copy. Sharded policies (FSDP,
+    DeepSpeed) always sample in their own dtype."""
     sharded = trainer is not None and str(trainer.accelerator.distributed_type).split(".")[-1] in ("FSDP", "DEEPSPEED")
     if cfg.generation_dtype == "auto":
-        if device.type != "cpu" or sharded:
-            return None
-        dtype = models.pick_dtype("auto", device, purpose="sample")
-        return dtype if dtype != torch.float32 else None
+        return None
     if sharded:
         raise AfdError("option 'generation_dtype' other than auto is not supported with FSDP or DeepSpeed")
     return models.pick_dtype(cfg.generation_dtype, device)

@@ -58,7 +58,7 @@ from typing import Any
 
 from afd.config import opt, read_yaml
 from afd.errors import AfdError, ConfigError
-from afd.runs import StageDir, StageOptions, atomic_write_text, write_json, write_jsonl
+from afd.runs import StageDir, StageOptions, atomic_write_text, restore_on_failure, write_json, write_jsonl
 
 
 # --------------------------------------------------------------------------------------------
@@ -100,6 +100,7 @@ def read_keyed_rows(path: str) -> tuple[list[dict], str]:
     return rows, key
 
 
+@restore_on_failure
 def split(cfg: SplitConfig) -> dict:
     """Run the stage: OUT/split/train.jsonl and eval.jsonl (the input's own rows), and
     train_prompts.jsonl and eval_prompts.jsonl (each prompt once, id and prompt: what a sample
