@@ -172,6 +172,15 @@ def parse(argv: list[str]):
 
 
 def main(argv: list[str] | None = None) -> int:
+    code = _main(argv)
+    if "LOCAL_RANK" in os.environ:  # every rank leaves the process group together
+        from afd.dist import finish
+
+        return finish(code)
+    return code
+
+
+def _main(argv: list[str] | None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     if "LOCAL_RANK" in os.environ:  # a worker of torchrun / accelerate launch ends with its launcher
         from afd.dist import watch_launcher

@@ -72,6 +72,28 @@ def _destroy() -> None:
         dist.destroy_process_group()
 
 
+def finish(code: int) -> int:
+    """End this process's part in the process group as the command ends with exit status ``code``.
+    A clean end waits for every rank at a barrier before the group is destroyed: a rank that
+    destroyed it while another still used it had gloo's threads abort that one ("terminate called
+    without an active exception", exit -6) after all its work was written. A failed end exits at
+    once, output flushed: its peers may be inside a collective it never reaches, and the launcher
+    ends them."""
+    import sys
+
+    import torch.distributed as dist
+
+    if world() < 2 or not dist.is_initialized():
+        return code
+    if code == 0:
+        dist.barrier()
+        dist.destroy_process_group()
+        return code
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 def barrier() -> None:
     if init():
         torch.distributed.barrier()
