@@ -135,3 +135,23 @@ def test_the_toy_study_decides_its_claims_and_resumes_without_redoing_anything(t
     assert again["claims"] == summary["claims"]
     assert {p: p.stat().st_mtime_ns for p in out.rglob("metrics.json") if p.exists()
             and "seed-2/eval" not in str(p)} == {p: t for p, t in stamps.items() if "seed-2/eval" not in str(p)}
+
+
+@pytest.mark.parametrize("which", ["examples/study-planted-imdb.yaml", "examples/study-toy.yaml", "demo"])
+def test_every_recorded_study_plans_every_stage_before_a_run(which, tmp_path):
+    """Each stage of each committed study (and the demo's) has options its stage accepts, and
+    every @reference names a stage before it: a typo stops before hours of earlier stages."""
+    from afd.demo import demo_study
+    from afd.pipeline import plan
+
+    study = load_study(demo_study(str(tmp_path)) if which == "demo" else which)
+    defaults = {k: v for k, v in study.items() if k not in ("stages", "shared", "claims", "seeds", "out", "plot",
+                                                            "where", "bootstrap_rounds")}
+    artifacts: dict = {}
+    if study.get("shared"):
+        plan({**defaults, "stages": study["shared"]}, None, str(tmp_path / "shared"), artifacts)
+    planned = plan({**defaults, "seed": 0, "stages": study["stages"]}, None, str(tmp_path / "seed-0"), artifacts)
+    assert [name for name, _, _ in planned] == list(study["stages"])
+    assert not any("@" in str(v) for _, _, cfg in planned for v in vars(cfg).values())
+    stages = {s.split(".")[0] for c in study["claims"] for s in c.figure.replace(" - ", " ").split()}
+    assert stages <= set(study["stages"]), stages - set(study["stages"])
