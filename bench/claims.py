@@ -315,6 +315,8 @@ def planted_rows() -> list[dict]:
                          "why": f"no bench/results/{folder}/study.json recorded yet"})
             continue
         study = json.loads(path.read_text())
+        planned = study.get("planned_seeds")
+        partial = f" of {len(planned)} planned" if planned and not study.get("complete", True) else ""
         for c in study["claims"]:
             p = c.get("probability_of_improvement", c.get("share_of_seeds_past_null"))
             extra = (f"; IQM {c['iqm']:.3f}" if c.get("iqm") is not None else "") + \
@@ -322,7 +324,7 @@ def planted_rows() -> list[dict]:
             controls = "; ".join(f"`{x['figure']}`: {ci_t(x)}" for x in c.get("controls", []))
             rows.append({"claim": f"{c['claim']} ({folder})", "paper": "planted: r* hidden, demonstrations from pi*",
                          "afd": f"`{c['figure']}`: {ci_t(c)}{extra}" + (f" (controls: {controls})" if controls else ""),
-                         "seeds": c.get("seeds", len(study["seeds"])), "verdict": c["verdict"],
+                         "seeds": f"{c.get('seeds', len(study['seeds']))}{partial}", "verdict": c["verdict"],
                          "why": c.get("why") or f"threshold {c.get('null', 0):g}, {c.get('side', 'above')}; "
                                                  "bootstrap over seeds and prompts"})
     return rows

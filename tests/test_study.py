@@ -137,7 +137,8 @@ def test_the_toy_study_decides_its_claims_and_resumes_without_redoing_anything(t
             and "seed-2/eval" not in str(p)} == {p: t for p, t in stamps.items() if "seed-2/eval" not in str(p)}
 
 
-@pytest.mark.parametrize("which", ["examples/study-planted-imdb.yaml", "examples/study-toy.yaml", "demo"])
+@pytest.mark.parametrize("which", ["examples/study-planted-imdb.yaml", "examples/study-planted-imdb-variants.yaml",
+                                   "examples/study-toy.yaml", "demo"])
 def test_every_recorded_study_plans_every_stage_before_a_run(which, tmp_path):
     """Each stage of each committed study (and the demo's) has options its stage accepts, and
     every @reference names a stage before it: a typo stops before hours of earlier stages."""
