@@ -16,6 +16,7 @@ The stage functions do the work; this file only resolves options and calls them.
 from __future__ import annotations
 
 import importlib
+import os
 import re
 from pathlib import Path
 from typing import Any, Callable
@@ -61,6 +62,9 @@ def registry() -> dict[str, tuple[type, Callable[[Any], dict], Callable[[Path], 
 
 
 REF = re.compile(r"@([A-Za-z0-9_.\-]+)")
+# "@NAME/PATH": a path from stage NAME's artifact, ".." read lexically (``@irl/../iter_0/rl/model``
+# is the policy of irl's first iteration, whatever OUT/irl/model links to)
+TAILED = re.compile(r"@([A-Za-z0-9_.\-]+)/.*")
 
 
 def resolve_refs(options: dict[str, Any], artifacts: dict[str, str], where: str) -> dict[str, Any]:
@@ -73,10 +77,12 @@ def resolve_refs(options: dict[str, Any], artifacts: dict[str, str], where: str)
             return {k: sub(key, v) for k, v in value.items()}
         if not isinstance(value, str) or "@" not in value:
             return value
-        whole = REF.fullmatch(value)
+        whole = REF.fullmatch(value) or TAILED.fullmatch(value)
         if whole and whole.group(1) not in artifacts:
             raise ConfigError(f"{where}: option '{key}' refers to stage '{whole.group(1)}', "
                               f"which is not an earlier stage")
+        if TAILED.fullmatch(value):  # a path from the artifact, "..": lexically (OUT/irl/model is a link)
+            return os.path.normpath(artifacts[whole.group(1)] + value[len(whole.group(1)) + 1:])
         return REF.sub(lambda m: artifacts.get(m.group(1), m.group(0)), value)
 
     return {key: sub(key, value) for key, value in options.items()}

@@ -180,6 +180,23 @@ def test_pipeline_reference_to_a_later_or_missing_stage(tmp_path, demos_file, pr
     assert_one_sentence(err, "'samples'", "'model'", f"'{ref[1:]}'", "not an earlier stage")
 
 
+def test_a_reference_with_a_path_reads_from_the_stages_artifact_lexically(tmp_path, capsys):
+    """``@NAME/PATH`` is a path from stage NAME's artifact with ".." read lexically, so
+    ``@irl/../iter_0/rl/model`` names irl's first policy although OUT/irl/model links elsewhere;
+    an unknown NAME with a path is refused like a bare one."""
+    from afd.errors import ConfigError
+    from afd.pipeline import resolve_refs
+
+    arts = {"irl": str(tmp_path / "irl" / "model"), "split": str(tmp_path / "split")}
+    got = resolve_refs({"model": "@irl/../iter_0/rl/model", "data": "@split/train.jsonl",
+                        "golden": "density-ratio:@irl,tiny-random"}, arts, "here")
+    assert got == {"model": str(tmp_path / "irl" / "iter_0" / "rl" / "model"),
+                   "data": str(tmp_path / "split" / "train.jsonl"),
+                   "golden": f"density-ratio:{arts['irl']},tiny-random"}
+    with pytest.raises(ConfigError, match="refers to stage 'irk', which is not an earlier stage"):
+        resolve_refs({"model": "@irk/../iter_0/rl/model"}, arts, "here")
+
+
 def test_pipeline_unknown_option_in_a_stage(tmp_path, demos_file, capsys):
     config = write_yaml(tmp_path / "pipe.yaml", {"stages": {"sft": {"data": demos_file, "epoch": 2}}})
     code, _, err = run_cli(["run", config], capsys)

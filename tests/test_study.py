@@ -138,6 +138,7 @@ def test_the_toy_study_decides_its_claims_and_resumes_without_redoing_anything(t
 
 
 @pytest.mark.parametrize("which", ["examples/study-planted-imdb.yaml", "examples/study-planted-imdb-variants.yaml",
+                                   "examples/study-planted-imdb-iterated.yaml",
                                    "examples/study-toy.yaml", "demo"])
 def test_every_recorded_study_plans_every_stage_before_a_run(which, tmp_path):
     """Each stage of each committed study (and the demo's) has options its stage accepts, and
