@@ -159,6 +159,20 @@ def saves_result(seeds: list, quick: bool) -> bool:
     return True
 
 
+def save_study(summary: dict, out: str, name: str, **extra) -> Path:
+    """An ``afd study`` run's record in bench/results/NAME: study.json (the summary, the machine
+    and ``extra``), claims.md and the gold-vs-sqrt(KL) plot copied from the study's folder OUT."""
+    import shutil
+
+    dest = RESULTS / name
+    dest.mkdir(parents=True, exist_ok=True)
+    (dest / "study.json").write_text(json.dumps({**summary, "machine": machine(), **extra}, indent=1) + "\n")
+    shutil.copy(Path(out) / "claims.md", dest / "claims.md")
+    if (Path(out) / "gold_vs_sqrt_kl.png").exists():
+        shutil.copy(Path(out) / "gold_vs_sqrt_kl.png", dest / "gold_vs_sqrt_kl.png")
+    return dest
+
+
 def run_seeds(out: str, seeds: list[int], data, pipeline, figures) -> dict[str, dict]:
     """Each seed's run in OUT/seed-S (seed = data split, sampling and training): its data
     files ``data(seed_out, seed)``, its stages ``pipeline(seed_out, files, seed)`` run by afd's

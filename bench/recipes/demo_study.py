@@ -18,13 +18,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
-from common import RESULTS, machine, saves_result, seeds_arg  # noqa: E402
+from common import save_study, saves_result, seeds_arg  # noqa: E402
 
 from afd.demo import STUDY, demo_study  # noqa: E402
 
@@ -40,14 +39,7 @@ def main() -> None:
     print(table(summary["claims"], summary["seeds"]))
     if not saves_result(args.seeds, False):
         return
-    dest = RESULTS / "demo"
-    dest.mkdir(parents=True, exist_ok=True)
-    out = Path(args.out)
-    summary["machine"] = machine()
-    (dest / "study.json").write_text(json.dumps(summary, indent=1) + "\n")
-    shutil.copy(out / "claims.md", dest / "claims.md")
-    if (out / "gold_vs_sqrt_kl.png").exists():
-        shutil.copy(out / "gold_vs_sqrt_kl.png", dest / "gold_vs_sqrt_kl.png")
+    dest = save_study(summary, args.out, "demo")
     STUDY.write_text(json.dumps({"seeds": summary["seeds"], "claims": [
         {k: c.get(k) for k in ("claim", "figure", "mean", "ci95", "verdict")} for c in summary["claims"]]}, indent=1)
         + "\n")

@@ -16,14 +16,12 @@ puts its rows on top of the claims table.
 from __future__ import annotations
 
 import argparse
-import json
-import shutil
 import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
-from common import RESULTS, machine, saves_result, seeds_arg  # noqa: E402
+from common import save_study, saves_result, seeds_arg  # noqa: E402
 
 STUDY = HERE.parent.parent / "examples" / "study-planted-imdb.yaml"
 
@@ -40,16 +38,8 @@ def main() -> None:
     print(table(summary["claims"], summary["seeds"]))
     if not saves_result(args.seeds, False):
         return
-    dest = RESULTS / "planted-imdb"
-    dest.mkdir(parents=True, exist_ok=True)
-    out = Path(args.out)
-    summary["machine"] = machine()
-    summary["planned_seeds"] = planned
-    summary["complete"] = sorted(args.seeds) == sorted(planned)
-    (dest / "study.json").write_text(json.dumps(summary, indent=1) + "\n")
-    shutil.copy(out / "claims.md", dest / "claims.md")
-    if (out / "gold_vs_sqrt_kl.png").exists():
-        shutil.copy(out / "gold_vs_sqrt_kl.png", dest / "gold_vs_sqrt_kl.png")
+    dest = save_study(summary, args.out, "planted-imdb", planned_seeds=planned,
+                      complete=sorted(args.seeds) == sorted(planned))
     print("saved", dest, f"({len(args.seeds)} of the {len(planned)} planned seeds)")
 
 
