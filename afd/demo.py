@@ -145,5 +145,7 @@ def verdict(ev: dict) -> str:
         for c in study["claims"]:
             ci = c.get("ci95")
             interval = f" [{ci[0]:+.3f}, {ci[1]:+.3f}]" if ci else ""
-            lines.append(f"- {c['claim']}: {c['mean']:+.3f}{interval}, {c['verdict']}.")
+            lines.append(f"- {c['claim']}: {c['mean']:+.3f}{interval}, {c['verdict']}" + "".join(
+                f"; control {x['figure']}: {x['mean']:+.3f}" for x in c.get("controls", [])
+                if x.get("mean") is not None) + ".")
     return "\n".join(lines)

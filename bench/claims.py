@@ -123,12 +123,12 @@ def bon_rows(claim: str, paper: str, proxy: str, recipes, why: str) -> list[dict
 
 def afd_claims() -> list[dict]:
     rows = []
-    imdb, demo = load("imdb-positive"), load("demo")
+    imdb, demo = load("imdb-positive"), load("demo-vader")  # the demo before r* was planted
     matched = load("imdb-positive-length-matched")  # an extra control: listed only once it has run
     paper_bon = ("BoN with the init-sft RM beats SFT on HH-RLHF Harmless / Helpful (GPT-2, Gemma; golden RM "
                  "and GPT-4 win rate); no figure read here (only the method section was available)")
     pos = (lambda s: s["positive_openings"])
-    recipes = (("imdb-positive", imdb, pos), ("demo", demo, lambda s: s))
+    recipes = (("imdb-positive", imdb, pos), ("demo-vader", demo, lambda s: s))
     lm = (("imdb-positive, reward models length-matched", matched, pos),) if matched else ()
     rows += bon_rows("AfD: Best-of-N with the init-sft reward beats SFT", paper_bon, "init-sft", recipes + lm,
                      "interval over seeds of the per-seed difference, on held-out prompts drawn like the "

@@ -28,6 +28,17 @@ from common import save_study, saves_result, seeds_arg  # noqa: E402
 from afd.demo import STUDY, demo_study  # noqa: E402
 
 
+def write_demo_summary(summary: dict) -> None:
+    """What ``afd demo`` quotes of the recorded study: each claim's mean, interval and verdict,
+    with its controls beside it."""
+    keep = ("figure", "mean", "ci95")
+    STUDY.parent.mkdir(parents=True, exist_ok=True)
+    STUDY.write_text(json.dumps({"seeds": summary["seeds"], "claims": [
+        {**{k: c.get(k) for k in ("claim", *keep, "verdict")},
+         "controls": [{k: x.get(k) for k in keep} for x in c.get("controls", [])]} for c in summary["claims"]]},
+        indent=1) + "\n")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seeds", type=seeds_arg, default=list(range(10)))
@@ -40,9 +51,7 @@ def main() -> None:
     if not saves_result(args.seeds, False):
         return
     dest = save_study(summary, args.out, "demo")
-    STUDY.write_text(json.dumps({"seeds": summary["seeds"], "claims": [
-        {k: c.get(k) for k in ("claim", "figure", "mean", "ci95", "verdict")} for c in summary["claims"]]}, indent=1)
-        + "\n")
+    write_demo_summary(summary)
     print("saved", dest, "and", STUDY)
 
 
