@@ -41,15 +41,15 @@ def test_claims_verdicts_from_per_seed_differences(tmp_path, monkeypatch):
     # 0.2 +- 4.303 x 0.01 / sqrt(3), lies above 0 (0.1, 0.2, 0.3 would not: +- 0.248)
     demo = {"seeds": [0, 1, 2], "per_seed": {str(i): seed(0.2, {"init-sft": 0.39 + 0.01 * i, "density-ratio": 0.2 - 0.1 * i})
                                              for i in range(3)}}
-    (tmp_path / "demo").mkdir()
-    (tmp_path / "demo" / "metrics.json").write_text(json.dumps(demo))
+    (tmp_path / "demo-vader").mkdir()
+    (tmp_path / "demo-vader" / "metrics.json").write_text(json.dumps(demo))
     (tmp_path / "imdb-positive").mkdir()  # two seeds only: not evidence
     (tmp_path / "imdb-positive" / "metrics.json").write_text(json.dumps({**demo, "seeds": [0, 1]}))
     monkeypatch.setattr(claims, "RESULTS", tmp_path)
     rows = {r["claim"]: r for r in claims.afd_claims()}
-    bon = rows["AfD: Best-of-N with the init-sft reward beats SFT (demo)"]
+    bon = rows["AfD: Best-of-N with the init-sft reward beats SFT (demo-vader)"]
     assert bon["verdict"] == "reproduced" and bon["seeds"] == 3 and "BoN-8 minus SFT: 0.200 [" in bon["afd"]
-    ratio = [r for name, r in rows.items() if "density ratio" in name and "(demo)" in name][0]
+    ratio = [r for name, r in rows.items() if "density ratio" in name and "(demo-vader)" in name][0]
     assert ratio["verdict"] == "inconclusive"  # 0, -0.1, -0.2: the interval covers 0
     assert rows["AfD: Best-of-N with the init-sft reward beats SFT (imdb-positive)"]["verdict"] == "not rerun"
     assert not any("length-matched" in name for name in rows)  # an extra control: no row before it has run
@@ -102,3 +102,21 @@ def test_claims_iteration_rows_difference_last_minus_first(tmp_path, monkeypatch
     (tmp_path / "hh-iterated" / "metrics.json").write_text(json.dumps(it))
     gain = [r for r in claims.zeng_claims() if r["claim"].startswith("Iterating")][0]
     assert gain["verdict"] == "inconclusive"
+
+
+def test_planted_rows_read_a_study_and_say_when_it_holds_fewer_seeds_than_planned(tmp_path, monkeypatch):
+    import json
+
+    import claims
+
+    monkeypatch.setattr(claims, "RESULTS", tmp_path)
+    rows = claims.planted_rows()
+    assert all(r["verdict"] == "not run" for r in rows)  # nothing recorded yet
+    claim = {"claim": "BoN beats SFT", "figure": "eval.x - eval.y", "mean": 0.3, "ci95": [0.1, 0.5], "seeds": 4,
+             "verdict": "reproduced", "null": 0, "side": "above", "controls": [], "probability_of_improvement": 0.9}
+    (tmp_path / "planted-imdb").mkdir()
+    (tmp_path / "planted-imdb" / "study.json").write_text(json.dumps(
+        {"seeds": [0, 1, 2, 3], "planned_seeds": list(range(10)), "complete": False, "claims": [claim]}))
+    row = next(r for r in claims.planted_rows() if r["claim"].startswith("BoN beats SFT"))
+    assert row["seeds"] == "4 of 10 planned" and row["verdict"] == "reproduced"
+    assert "0.300 [0.100, 0.500]" in row["afd"] and "P(improvement) 0.90" in row["afd"]
