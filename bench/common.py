@@ -170,6 +170,16 @@ def save_study(summary: dict, out: str, name: str, **extra) -> Path:
     shutil.copy(Path(out) / "claims.md", dest / "claims.md")
     if (Path(out) / "gold_vs_sqrt_kl.png").exists():
         shutil.copy(Path(out) / "gold_vs_sqrt_kl.png", dest / "gold_vs_sqrt_kl.png")
+    # each seed's metrics of the stages the claims read (per-prompt figures included): the record
+    # a claim can be recomputed from without the run folder
+    read = {term.strip().split(".")[0] for c in summary["claims"]
+            for x in [c, *c.get("controls", [])] for term in x["figure"].split(" - ")}
+    for seed in summary["seeds"]:
+        for stage in sorted(read):
+            src = Path(out) / f"seed-{seed}" / stage / "metrics.json"
+            if src.exists():
+                (dest / "seeds" / f"seed-{seed}").mkdir(parents=True, exist_ok=True)
+                shutil.copy(src, dest / "seeds" / f"seed-{seed}" / f"{stage}.json")
     return dest
 
 
