@@ -164,6 +164,16 @@ def test_bad_eval_pairs_stop_irl_before_it_samples(tmp_path, monkeypatch, demos_
         irl(IRLConfig(data=demos_file, eval_pairs=missing, out=str(tmp_path / "run"), device="cpu"))
 
 
+def test_bad_eval_pairs_stop_gail_before_it_samples(tmp_path, monkeypatch, demos_file):
+    from afd import sampling
+    from afd.irl import IRLConfig, gail
+
+    monkeypatch.setattr(sampling, "sample", lambda *a, **k: pytest.fail("sampled before reading the eval pairs"))
+    folder = write_hub_folder(tmp_path / "pairs", {"test_prefs": [{"q": "x", "good": "y", "bad": "z"}]})
+    with pytest.raises(DataError, match="--eval-pairs-split"):
+        gail(IRLConfig(data=demos_file, eval_pairs=folder, out=str(tmp_path / "run"), device="cpu"))
+
+
 def test_evals_demonstrations_take_the_options_of_data_and_are_read_before_scoring(tmp_path, monkeypatch):
     from afd import eval as afd_eval
 
