@@ -77,12 +77,13 @@ def resolve_refs(options: dict[str, Any], artifacts: dict[str, str], where: str)
             return {k: sub(key, v) for k, v in value.items()}
         if not isinstance(value, str) or "@" not in value:
             return value
-        whole = REF.fullmatch(value) or TAILED.fullmatch(value)
+        tailed = TAILED.fullmatch(value)
+        whole = REF.fullmatch(value) or tailed
         if whole and whole.group(1) not in artifacts:
             raise ConfigError(f"{where}: option '{key}' refers to stage '{whole.group(1)}', "
                               f"which is not an earlier stage")
-        if TAILED.fullmatch(value):  # a path from the artifact, "..": lexically (OUT/irl/model is a link)
-            return os.path.normpath(artifacts[whole.group(1)] + value[len(whole.group(1)) + 1:])
+        if tailed:  # a path from the artifact, "..": lexically (OUT/irl/model is a link)
+            return os.path.normpath(artifacts[tailed.group(1)] + value[len(tailed.group(1)) + 1:])
         return REF.sub(lambda m: artifacts.get(m.group(1), m.group(0)), value)
 
     return {key: sub(key, value) for key, value in options.items()}

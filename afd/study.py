@@ -184,12 +184,24 @@ def split_path(path: str, results: dict) -> list[str]:
     return keys
 
 
+def terms(expression: str) -> list[str]:
+    """The terms of a figure ``A`` or ``A - B``."""
+    return [t.strip() for t in re.split(r"\s+-\s+", expression.strip())]
+
+
+def stages_read(expressions, stages) -> set[str]:
+    """Which of ``stages`` the figures ``expressions`` read (a term begins with a stage's name;
+    a name may hold dots)."""
+    names = list(stages)
+    return {s for e in expressions for t in terms(e) for s in names if t == s or t.startswith(s + ".")}
+
+
 def figure(results: dict, expression: str) -> Value:
     """``A`` or ``A - B`` (A and B terms) in one seed's results; per prompt where both sides have it."""
-    terms = [t.strip() for t in re.split(r"\s+-\s+", expression.strip())]
-    if not 1 <= len(terms) <= 2:
+    parts = terms(expression)
+    if not 1 <= len(parts) <= 2:
         raise ConfigError(f"figure '{expression}' should be a term or the difference of two")
-    values = [lookup(results, t) for t in terms]
+    values = [lookup(results, t) for t in parts]
     if any(v.value is None for v in values):
         return Value(None)
     if len(values) == 1:
@@ -242,10 +254,10 @@ def decide(claim: Claim, per_seed: dict[str, dict], rounds: int = 4000) -> dict:
         entry = bootstrap([v.per_prompt or v.value for v in values.values() if v.value is not None], rounds)
         entry["figure"] = expression
         entry["paired_over_prompts"] = all(v.per_prompt for v in values.values() if v.value is not None)
-        terms = [t.strip() for t in re.split(r"\s+-\s+", expression.strip())]
-        if len(terms) == 2:  # rliable's probability that a seed of A beats a seed of B
-            a = [lookup(r, terms[0]).value for r in per_seed.values()]
-            b = [lookup(r, terms[1]).value for r in per_seed.values()]
+        parts = terms(expression)
+        if len(parts) == 2:  # rliable's probability that a seed of A beats a seed of B
+            a = [lookup(r, parts[0]).value for r in per_seed.values()]
+            b = [lookup(r, parts[1]).value for r in per_seed.values()]
             entry["probability_of_improvement"] = probability_of_improvement(a, b)
         else:
             xs = [v.value for v in values.values() if v.value is not None]

@@ -172,11 +172,13 @@ def save_study(summary: dict, out: str, name: str, **extra) -> Path:
         shutil.copy(Path(out) / "gold_vs_sqrt_kl.png", dest / "gold_vs_sqrt_kl.png")
     # each seed's metrics of the stages the claims read (per-prompt figures included): the record
     # a claim can be recomputed from without the run folder
-    read = {term.strip().split(".")[0] for c in summary["claims"]
-            for x in [c, *c.get("controls", [])] for term in x["figure"].split(" - ")}
+    from afd.study import stages_read
+
+    figures = [x["figure"] for c in summary["claims"] for x in [c, *c.get("controls", [])]]
     for seed in summary["seeds"]:
-        for stage in sorted(read):
-            src = Path(out) / f"seed-{seed}" / stage / "metrics.json"
+        folder = Path(out) / f"seed-{seed}"
+        for stage in sorted(stages_read(figures, (p.name for p in folder.iterdir() if p.is_dir()))):
+            src = folder / stage / "metrics.json"
             if src.exists():
                 (dest / "seeds" / f"seed-{seed}").mkdir(parents=True, exist_ok=True)
                 shutil.copy(src, dest / "seeds" / f"seed-{seed}" / f"{stage}.json")

@@ -155,5 +155,7 @@ def test_every_recorded_study_plans_every_stage_before_a_run(which, tmp_path):
     planned = plan({**defaults, "seed": 0, "stages": study["stages"]}, None, str(tmp_path / "seed-0"), artifacts)
     assert [name for name, _, _ in planned] == list(study["stages"])
     assert not any("@" in str(v) for _, _, cfg in planned for v in vars(cfg).values())
-    stages = {s.split(".")[0] for c in study["claims"] for s in c.figure.replace(" - ", " ").split()}
-    assert stages <= set(study["stages"]), stages - set(study["stages"])
+    from afd.study import terms
+
+    read = {t.split(".")[0] for c in study["claims"] for f in (c.figure, *c.controls) for t in terms(f)}
+    assert read <= set(study["stages"]), read - set(study["stages"])
