@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from afd.errors import AfdError, ConfigError
-from afd.stats import bootstrap, gao_fit, iqm, probability_of_improvement, verdict
+from afd.stats import bootstrap, gao_fit, iqm, probability_of_improvement
 from afd.study import Claim, decide, figure, load_study, lookup
 
 REPO = Path(__file__).resolve().parents[1]
