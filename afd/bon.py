@@ -99,11 +99,13 @@ class BonConfig(StageOptions, ScoringOptions):
             raise AfdError(f"option 'n' must be 0 (all samples) or positive; got {self.n}")
 
 
-def load_reward(spec: str, cfg: ScoringOptions):
-    """The reward model ``spec`` names (:func:`afd.rewards.load`), with a scoring stage's options."""
+def load_reward(spec: str, cfg: ScoringOptions, memo: dict | None = None):
+    """The reward model ``spec`` names (:func:`afd.rewards.load`), with a scoring stage's options
+    (and ``memo``, where the stage scores the same rows under several names)."""
     from afd import rewards
 
-    return rewards.load(spec, device=cfg.device, dtype=cfg.dtype, batch_size=cfg.batch_size, template=cfg.template)
+    return rewards.load(spec, device=cfg.device, dtype=cfg.dtype, batch_size=cfg.batch_size, template=cfg.template,
+                        memo=memo)
 
 
 def score_pool(rows: list[dict], reward, key: str, **options) -> None:

@@ -205,8 +205,9 @@ def evaluate(cfg: EvalConfig) -> dict:
             win_values(rows, baseline, same_pool=same)
         m = min(len(g) for g in group_by_prompt(rows).values())
         ns = powers_of_two(m)
+        memo: dict = {}  # an ensemble's or a z: reward's members score each row once
         for name, spec in cfg.proxies.items():
-            score_pool(rows, load_reward(spec, cfg), "proxy")
+            score_pool(rows, load_reward(spec, cfg, memo), "proxy")
             gold = bon_curve(rows, "proxy", "gold", ns)
             proxy = bon_curve(rows, "proxy", "proxy", ns)
             entry = {

@@ -44,6 +44,11 @@ Names (``load``):
 
 Every score is checked: one finite number per response, or one sentence naming the scorer and
 the row.
+
+``load(..., memo={})`` remembers the scores of every model-based reward (a trained folder, the
+density ratio) by name and (prompt, response, sampled tokens), in the dict given: a stage that
+loads several names over the same rows (``afd eval``'s proxies, whose ensemble and ``z:``
+members repeat a reward already scored) scores each row with each model once.
 """
 
 from __future__ import annotations
@@ -368,6 +373,28 @@ class Python(Function):
         super().__init__(function, name)
 
 
+class Remembered(RewardModel):
+    """Another reward model whose scores are kept in ``store``, keyed by (prompt, response,
+    sampled tokens): a row it has scored is never scored again (``load(..., memo=...)``)."""
+
+    def __init__(self, inner: RewardModel, store: dict):
+        self.inner, self.store, self.name, self.has_dense = inner, store, inner.name, inner.has_dense
+
+    def _score(self, prompts, responses, token_ids=None) -> list[float]:
+        ids = _each(token_ids, len(responses))
+        keys = [json.dumps([p, r, list(i) if i is not None else None], ensure_ascii=False)
+                for p, r, i in zip(prompts, responses, ids)]
+        todo = [i for i, k in enumerate(keys) if k not in self.store]  # the order (and batches) as asked
+        if todo:
+            new = self.inner.score([prompts[i] for i in todo], [responses[i] for i in todo],
+                                   [ids[i] for i in todo] if token_ids is not None else None)
+            self.store.update({keys[i]: v for i, v in zip(todo, new)})
+        return [self.store[k] for k in keys]
+
+    def dense_rewards(self, prompts, responses, token_ids=None) -> list[list[float]]:
+        return self.inner.dense_rewards(prompts, responses, token_ids)
+
+
 class Standardised(RewardModel):
     """``(r - mean) / sd`` of another reward model (``z:`` names)."""
 
@@ -442,9 +469,10 @@ class Length(RewardModel):
 # --------------------------------------------------------------------------- names
 
 def load(spec: str, device: str = "auto", dtype: str = "auto", batch_size: int = 16,
-         template: str = "auto") -> RewardModel:
+         template: str = "auto", memo: dict | None = None) -> RewardModel:
     """A reward model from its name (see the module docstring). ``device``, ``dtype``,
-    ``batch_size`` and ``template`` reach the model-based ones; the others ignore them."""
+    ``batch_size`` and ``template`` reach the model-based ones; the others ignore them. With
+    ``memo`` (a dict a caller keeps), model-based rewards remember their scores in it (:class:`Remembered`)."""
     if not isinstance(spec, str) or not spec:
         raise AfdError("a reward or scorer name is required (a reward-model folder, density-ratio:P,R, vader, "
                        "gold:NAME, python:MODULE:FUNCTION, random or length)")
@@ -461,7 +489,7 @@ def load(spec: str, device: str = "auto", dtype: str = "auto", batch_size: int =
         arg, sep, inner = spec[2:].partition(":")
         if not sep or not arg or not inner:
             raise AfdError(f"scorer '{spec}' should be z:MEAN,SD:NAME or z:POOL:NAME")
-        rm = load(inner, device, dtype, batch_size, template)
+        rm = load(inner, device, dtype, batch_size, template, memo)
         numbers = arg.split(",")
         if len(numbers) == 2 and not Path(arg).exists():
             try:
@@ -473,7 +501,7 @@ def load(spec: str, device: str = "auto", dtype: str = "auto", batch_size: int =
         members = [m for m in spec[len("ensemble:"):].split(";") if m]
         if len(members) < 2:
             raise AfdError(f"scorer '{spec}' should be ensemble:NAME;NAME[;NAME...] (at least two rewards)")
-        return Ensemble([load(m, device, dtype, batch_size, template) for m in members])
+        return Ensemble([load(m, device, dtype, batch_size, template, memo) for m in members])
     if spec.startswith("gold:"):
         from afd.gold import load_gold
 
@@ -485,12 +513,17 @@ def load(spec: str, device: str = "auto", dtype: str = "auto", batch_size: int =
             parts = spec[len(prefix):].split(",")
             if len(parts) != 2 or not all(parts):
                 raise AfdError(f"scorer '{spec}' should be {prefix}POLICY,REFERENCE")
-            return DensityRatio(parts[0], parts[1], normalise, device, template, batch_size, dtype)
+            return _remembered(DensityRatio(parts[0], parts[1], normalise, device, template, batch_size, dtype),
+                               spec, memo)
     path = trained_path(spec)
     if path is not None:
-        return load_trained(path, device, dtype, batch_size, template)
+        return _remembered(load_trained(path, device, dtype, batch_size, template), spec, memo)
     raise AfdError(f"unknown scorer '{spec}': use a reward-model folder, rm:PATH_OR_HUB_ID, "
                    f"density-ratio:POLICY,REFERENCE, vader, gold:NAME, python:MODULE:FUNCTION, random or length")
+
+
+def _remembered(rm: RewardModel, spec: str, memo: dict | None) -> RewardModel:
+    return rm if memo is None else Remembered(rm, memo.setdefault(spec, {}))
 
 
 def trained_path(spec: str) -> str | None:

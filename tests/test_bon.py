@@ -90,3 +90,51 @@ def test_win_rate_against_its_own_pool_leaves_the_sample_itself_out():
     other = [{"prompt_id": "p", "sample_index": i, "gold": g} for i, g in enumerate([3.0, 0.0])]
     win_values(rows, other)
     assert [r["win"] for r in rows] == [0.5, 0.5, 0.75]
+
+
+class Counting:
+    """A stand-in for a trained reward-model folder: scores by the response's length plus an
+    offset, and counts the rows it is asked to score."""
+
+    def __init__(self, offset):
+        from afd.rewards import RewardModel
+
+        outer = self
+
+        class _RM(RewardModel):
+            name = f"counting+{offset}"
+
+            def _score(self, prompts, responses, token_ids=None):
+                outer.rows += len(responses)
+                return [len(r) + offset for r in responses]
+
+        self.rows, self.rm = 0, _RM()
+
+
+def test_ensembles_and_z_average_their_members_and_a_memo_scores_each_row_once(tmp_path, monkeypatch):
+    from afd import rewards
+
+    folders = {name: tmp_path / name for name in ("a", "b")}
+    for f in folders.values():
+        f.mkdir()
+    counters = {str(f): Counting(offset) for f, offset in zip(folders.values(), (0.0, 10.0))}
+    monkeypatch.setattr(rewards, "load_trained", lambda path, *a, **k: counters[path].rm)
+    a, b = (str(f) for f in folders.values())
+    prompts = [[{"role": "user", "content": "q"}]] * 4
+    responses = ["x", "xx", "xxx", "xxx"]
+    ensemble = f"ensemble:z:1,2:{a};{b}"
+    plain = rewards.load(ensemble).score(prompts, responses)
+    # the mean of (len - 1) / 2 and len + 10
+    assert plain == pytest.approx([((n - 1) / 2 + n + 10) / 2 for n in (1, 2, 3, 3)])
+    assert counters[a].rows == counters[b].rows == 4
+
+    memo: dict = {}
+    assert rewards.load(a, memo=memo).score(prompts, responses) == [1.0, 2.0, 3.0, 3.0]
+    assert counters[a].rows == 8
+    assert rewards.load(ensemble, memo=memo).score(prompts, responses) == plain
+    assert counters[a].rows == 8 and counters[b].rows == 8  # a's rows came from the memo, b's were new
+    # a new row, or the same text under other sampled tokens, is scored
+    rm = rewards.load(a, memo=memo)
+    assert rm.score(prompts[:2], ["xxxx", "x"], [[1, 2, 3, 4], [9]]) == [4.0, 1.0]
+    assert counters[a].rows == 10
+    assert rm.score(prompts[:1], ["xxxx"], [[1, 2, 3, 4]]) == [4.0] and counters[a].rows == 10
