@@ -24,6 +24,17 @@ probabilities, which does not encode which reply people preferred.
     python bench/ava_d_diagnosis.py --runs runs/hh-ava --seeds 0 --limit 8 --no-save  # smoke
 
 Writes bench/results/hh-ava/ava_d_diagnosis.{md,json} (with at least 3 seeds).
+
+``--planted`` reads the planted IMDB study instead (issue 21: AVA-d's Best-of-16 fell below SFT
+there). The truth is known: for each seed's AVA-d model (``ava_d``) and that seed's pi_sft pool
+on held-out prompts (``sample_sft``, the pool Best-of-N picks from), it gives the within-prompt
+Spearman with r* (the hidden gold) of every score above, of the response's length and of whether
+it ended (EOS), and the within-prompt Spearman of the head's score with its TD target and with
+length and ending:
+
+    python bench/ava_d_diagnosis.py --planted --runs runs/study-planted-imdb --seeds 0,1,2 --prompts 12
+
+Writes bench/results/planted-imdb/ava_d_diagnosis.{md,json} (with at least 3 seeds).
 """
 
 from __future__ import annotations
@@ -128,6 +139,66 @@ def report(agg: dict, seeds: list[int], host: dict, stage: str = "rm_ava_d") -> 
     return "\n".join(lines)
 
 
+PLANTED_EXTRA = ("tokens", "ended")
+
+
+def planted_seed_figures(seed_dir: Path, gold: str, prompts_limit: int | None, base: str, stage: str = "ava_d") -> dict:
+    """Within-prompt Spearman with r* of every score on one planted seed's pi_sft pool."""
+    from afd import models
+    from afd.ava import attach
+    from afd.bon import group_by_prompt
+    from afd.rewards import AVAReward, load
+    from afd.sampling import read_pool
+    from afd.stats import within_group_correlation
+
+    rows = read_pool(str(seed_dir / "sample_sft" / "pool.jsonl"))
+    keep = list(group_by_prompt(rows))[:prompts_limit] if prompts_limit else None
+    if keep is not None:
+        rows = [r for r in rows if r["prompt_id"] in set(keep)]
+    prompts, responses = [r["prompt"] for r in rows], [r["response"] for r in rows]
+    folder = Path(stage.format(seed=seed_dir.name.removeprefix("seed-"))) if "/" in stage else seed_dir / stage
+    rm = AVAReward.from_pretrained(str(folder / "model"), "cpu", "float32")
+    scores = response_scores(rm, prompts, responses)
+    lm, tok = models.load_causal_lm(base, "cpu", "float32")
+    attach(lm, rm.opts)
+    base_scores = response_scores(AVAReward(lm, tok, rm.opts, rm.settings, rm.objective), prompts, responses)
+    for k in ("td_weighted", "td_sum", "loglik_mean"):
+        scores["base_" + k] = base_scores[k]
+    scores["tokens"] = [float(r.get("num_tokens", len(r.get("token_ids", [])))) for r in rows]
+    scores["ended"] = [float(r.get("finish_reason") == "stop") for r in rows]
+    r_star = load(f"gold:{gold}").score(prompts, responses)
+    for i, r in enumerate(rows):
+        r.update({k: v[i] for k, v in scores.items()}, gold=r_star[i])
+    groups = list(group_by_prompt(rows).values())
+
+    def within(a: str, b: str) -> float | None:
+        return within_group_correlation([([r[a] for r in g], [r[b] for r in g]) for g in groups], "spearman")
+
+    figs = {k: within(k, "gold") for k in SCORES + PLANTED_EXTRA}
+    figs.update({f"weighted_vs_{k}": within("weighted", k) for k in ("td_weighted", "loglik_mean") + PLANTED_EXTRA})
+    figs["prompts"], figs["responses"] = len(groups), len(rows)
+    return figs
+
+
+PLANTED_LABELS = {**LABELS, "tokens": "length (tokens)", "ended": "ended with EOS (1) or cut at 48 tokens (0)"}
+
+
+def planted_report(agg: dict, seeds: list[int], host: dict, stage: str = "ava_d") -> str:
+    lines = [f"# AVA-d on the planted IMDB study: what its reward ranks by (`{stage}`, seeds {seeds})", "",
+             f"Machine: {host['cpu']}, {host['cores']} cores. Each seed's AVA-d model (`{stage}`, trained on that seed's "
+             f"planted demonstrations only) scores {agg['responses']['mean']:.0f} samples of pi_sft on "
+             f"{agg['prompts']['mean']:.0f} held-out prompts (`sample_sft`, the pool Best-of-N picks from). Figures are "
+             "the within-prompt Spearman with r* (the hidden gold), averaged over prompts; mean [95% t interval] over "
+             "seeds. Forward passes only (`python bench/ava_d_diagnosis.py --planted`).", "",
+             "| score | Spearman with r* within prompts |", "|---|---|"]
+    lines += [f"| {PLANTED_LABELS[k]} | {ci(agg[k])} |" for k in SCORES + PLANTED_EXTRA]
+    lines += ["", "Within-prompt Spearman of afd's AVA-d score (sum_t w_t mu_t) with: its TD target "
+              f"{ci(agg['weighted_vs_td_weighted'])}; the trained backbone's mean log-likelihood "
+              f"{ci(agg['weighted_vs_loglik_mean'])}; length {ci(agg['weighted_vs_tokens'])}; ending with EOS "
+              f"{ci(agg['weighted_vs_ended'])}.", ""]
+    return "\n".join(lines)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--runs", default="runs/hh-ava", help="hh-ava's run folder (seed-N/rm_ava_d, seed-N/data)")
@@ -137,7 +208,13 @@ def main() -> None:
     ap.add_argument("--stage", default="rm_ava_d", help="the AVA-d model's stage in each seed folder (e.g. "
                                                           "rm_ava_d_head_lr, hh-ava's ablation)")
     ap.add_argument("--no-save", action="store_true")
+    ap.add_argument("--planted", action="store_true", help="read the planted IMDB study (runs/study-planted-imdb)")
+    ap.add_argument("--prompts", type=int, default=None, help="--planted: the first N held-out prompts only")
+    ap.add_argument("--name", default=None, help="--planted: the results' name suffix, for a --stage given as a "
+                                                 "path (e.g. runs/ava-long/seed-{seed}/reward)")
     args = ap.parse_args()
+    if args.planted:
+        return main_planted(args)
     per_seed = {}
     for seed in args.seeds:
         d = Path(args.runs) / f"seed-{seed}"
@@ -154,6 +231,28 @@ def main() -> None:
         (dest / f"{name}.md").write_text(text)
         (dest / f"{name}.json").write_text(json.dumps(
             {"seeds": args.seeds, "across_seeds": agg, "per_seed": per_seed, "machine": host}, indent=2))
+        print("saved", dest / f"{name}.md")
+
+
+def main_planted(args) -> None:
+    runs = Path(args.runs if args.runs != "runs/hh-ava" else "runs/study-planted-imdb")
+    per_seed = {}
+    for seed in args.seeds:
+        per_seed[str(seed)] = planted_seed_figures(runs / f"seed-{seed}", str(runs / "shared" / "gold"), args.prompts,
+                                                   args.base, "ava_d" if args.stage == "rm_ava_d" else args.stage)
+        print(seed, json.dumps(per_seed[str(seed)]), flush=True)
+    agg = {k: across_seeds([s[k] for s in per_seed.values()]) for k in next(iter(per_seed.values()))}
+    host = machine()
+    stage = "ava_d" if args.stage == "rm_ava_d" else args.stage
+    text = planted_report(agg, args.seeds, host, stage)
+    print(text)
+    if not args.no_save and len(args.seeds) >= 3:
+        suffix = args.name or ("" if stage == "ava_d" else stage)
+        dest, name = RESULTS / "planted-imdb", "ava_d_diagnosis" + ("_" + suffix if suffix else "")
+        (dest / f"{name}.md").write_text(text)
+        (dest / f"{name}.json").write_text(json.dumps(
+            {"seeds": args.seeds, "prompts_limit": args.prompts, "across_seeds": agg, "per_seed": per_seed,
+             "machine": host}, indent=2))
         print("saved", dest / f"{name}.md")
 
 
