@@ -302,6 +302,10 @@ def ava_claims() -> list[dict]:
 
 # the planted studies, newest evidence first: (folder in bench/results, what it is)
 STUDIES = (("planted-imdb", "the planted IMDB study (examples/study-planted-imdb.yaml)"),
+           ("planted-imdb-iterated", "the planted study's RL loops: irl, SPIN, IRFT "
+                                     "(examples/study-planted-imdb-iterated.yaml)"),
+           ("planted-imdb-variants", "the planted study's variants: beta 0.5, Best-of-4, 25% of pi_0 "
+                                     "(examples/study-planted-imdb-variants.yaml)"),
            ("demo", "afd demo's pipeline as a study (bench/recipes/demo_study.py)"))
 
 

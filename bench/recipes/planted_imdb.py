@@ -1,16 +1,19 @@
-"""Recipe `planted-imdb`: the planted Best-of-N study (examples/study-planted-imdb.yaml) over seeds.
+"""Recipe `planted-imdb`: the planted studies (examples/study-planted-imdb*.yaml) over seeds.
 
 The hidden reward r* is the IMDB gold; demonstrations come from pi* = pi_0 exp(r*/beta) / Z at
 beta 1; every reward afd learns from them (init-sft, init-demo, sft-demo, the density ratio,
 AVA-d), BT and AVA-p on as many r*-labelled pairs, their ensemble, the oracle and the floors are
 judged against r* on held-out prompts. The claims and their decision rule are fixed in the YAML
 before the runs. Each seed resumes from its folder, so the study can be run a few seeds at a
-time; what is recorded says how many of the planned seeds it holds.
+time; what is recorded says how many of the planned seeds it holds. ``--study`` picks the
+study: ``main`` (Best-of-N, 10 seeds), ``iterated`` (irl's 3 iterations, SPIN and IRFT, 5 seeds)
+or ``variants`` (demonstrations at beta 0.5, from Best-of-4, and with 25% of pi_0; 10 seeds).
 
-    python bench/recipes/planted_imdb.py --seeds 0-9        # ~15 min a seed on 2 CPU cores
+    python bench/recipes/planted_imdb.py --seeds 0-9                   # ~22 min a seed on 2 CPU cores
+    python bench/recipes/planted_imdb.py --study iterated --seeds 0-4
 
-Results: bench/results/planted-imdb/ (study.json, claims.md, gold_vs_sqrt_kl.png); bench/claims.py
-puts its rows on top of the claims table.
+Results: bench/results/planted-imdb[-iterated|-variants]/ (study.json, claims.md,
+gold_vs_sqrt_kl.png); bench/claims.py puts their rows on top of the claims table.
 """
 
 from __future__ import annotations
@@ -23,24 +26,31 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 from common import save_study, saves_result, seeds_arg  # noqa: E402
 
-STUDY = HERE.parent.parent / "examples" / "study-planted-imdb.yaml"
+EXAMPLES = HERE.parent.parent / "examples"
+STUDIES = {"main": "study-planted-imdb", "iterated": "study-planted-imdb-iterated",
+           "variants": "study-planted-imdb-variants"}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--seeds", type=seeds_arg, default=list(range(10)))
-    ap.add_argument("--out", default="runs/study-planted-imdb")
+    ap.add_argument("--study", choices=sorted(STUDIES), default="main")
+    ap.add_argument("--seeds", type=seeds_arg, default=None, help="default: the study's planned seeds")
+    ap.add_argument("--out", default=None, help="run folder (default: the study's, runs/<study>)")
     args = ap.parse_args()
     from afd.study import load_study, run_study, table
 
-    planned = load_study(str(STUDY))["seeds"]
-    summary = run_study(str(STUDY), out=args.out, seeds=args.seeds)
+    name = STUDIES[args.study]
+    study = EXAMPLES / f"{name}.yaml"
+    planned = load_study(str(study))["seeds"]
+    seeds = planned if args.seeds is None else args.seeds
+    out = args.out or f"runs/{name}"
+    summary = run_study(str(study), out=out, seeds=seeds)
     print(table(summary["claims"], summary["seeds"]))
-    if not saves_result(args.seeds, False):
+    if not saves_result(seeds, False):
         return
-    dest = save_study(summary, args.out, "planted-imdb", planned_seeds=planned,
-                      complete=sorted(args.seeds) == sorted(planned))
-    print("saved", dest, f"({len(args.seeds)} of the {len(planned)} planned seeds)")
+    dest = save_study(summary, out, name.removeprefix("study-"), planned_seeds=planned,
+                      complete=sorted(seeds) == sorted(planned))
+    print("saved", dest, f"({len(seeds)} of the {len(planned)} planned seeds)")
 
 
 if __name__ == "__main__":
