@@ -89,9 +89,19 @@ def corr(a: list[float], b: list[float]) -> float:
     return float(torch.corrcoef(torch.stack([x, y]))[0, 1])
 
 
-def seed_figures(model_dir: Path, pairs_path: Path, limit: int | None, base: str) -> dict:
-    from afd.ava import attach
+def base_reward(rm, base: str):
+    """The base LM (before AVA training) with ``rm``'s options and fresh heads: its pretrained Q
+    head gives the TD targets and likelihoods before training."""
     from afd import models
+    from afd.ava import attach
+    from afd.rewards import AVAReward
+
+    lm, tok = models.load_causal_lm(base, "cpu", "float32")
+    attach(lm, rm.opts)
+    return AVAReward(lm, tok, rm.opts, rm.settings, rm.objective)
+
+
+def seed_figures(model_dir: Path, pairs_path: Path, limit: int | None, base: str) -> dict:
     from afd.data import DataConfig, load_pairs
     from afd.rewards import AVAReward
     from afd.stats import pair_accuracy
@@ -101,10 +111,7 @@ def seed_figures(model_dir: Path, pairs_path: Path, limit: int | None, base: str
     rm = AVAReward.from_pretrained(str(model_dir), "cpu", "float32")
     chosen = response_scores(rm, prompts, [p.chosen for p in pairs])
     rejected = response_scores(rm, prompts, [p.rejected for p in pairs])
-    # the base LM with the same options: its pretrained Q head gives the TD targets before training
-    lm, tok = models.load_causal_lm(base, "cpu", "float32")
-    attach(lm, rm.opts)
-    base_rm = AVAReward(lm, tok, rm.opts, rm.settings, rm.objective)
+    base_rm = base_reward(rm, base)
     bc = response_scores(base_rm, prompts, [p.chosen for p in pairs])
     br = response_scores(base_rm, prompts, [p.rejected for p in pairs])
     for k in ("td_weighted", "td_sum", "loglik_mean"):
@@ -144,24 +151,20 @@ PLANTED_EXTRA = ("tokens", "ended")
 
 def planted_seed_figures(seed_dir: Path, gold: str, prompts_limit: int | None, base: str, stage: str = "ava_d") -> dict:
     """Within-prompt Spearman with r* of every score on one planted seed's pi_sft pool."""
-    from afd import models
-    from afd.ava import attach
     from afd.bon import group_by_prompt
     from afd.rewards import AVAReward, load
     from afd.sampling import read_pool
     from afd.stats import within_group_correlation
 
     rows = read_pool(str(seed_dir / "sample_sft" / "pool.jsonl"))
-    keep = list(group_by_prompt(rows))[:prompts_limit] if prompts_limit else None
-    if keep is not None:
-        rows = [r for r in rows if r["prompt_id"] in set(keep)]
+    if prompts_limit:
+        keep = set(list(group_by_prompt(rows))[:prompts_limit])
+        rows = [r for r in rows if r["prompt_id"] in keep]
     prompts, responses = [r["prompt"] for r in rows], [r["response"] for r in rows]
     folder = Path(stage.format(seed=seed_dir.name.removeprefix("seed-"))) if "/" in stage else seed_dir / stage
     rm = AVAReward.from_pretrained(str(folder / "model"), "cpu", "float32")
     scores = response_scores(rm, prompts, responses)
-    lm, tok = models.load_causal_lm(base, "cpu", "float32")
-    attach(lm, rm.opts)
-    base_scores = response_scores(AVAReward(lm, tok, rm.opts, rm.settings, rm.objective), prompts, responses)
+    base_scores = response_scores(base_reward(rm, base), prompts, responses)
     for k in ("td_weighted", "td_sum", "loglik_mean"):
         scores["base_" + k] = base_scores[k]
     scores["tokens"] = [float(r.get("num_tokens", len(r.get("token_ids", [])))) for r in rows]
@@ -215,45 +218,48 @@ def main() -> None:
     args = ap.parse_args()
     if args.planted:
         return main_planted(args)
-    per_seed = {}
-    for seed in args.seeds:
+    def one(seed):
         d = Path(args.runs) / f"seed-{seed}"
-        per_seed[str(seed)] = seed_figures(d / args.stage / "model", d / "data" / "eval_pairs.jsonl", args.limit,
-                                           args.base)
-        print(seed, json.dumps(per_seed[str(seed)]), flush=True)
-    agg = {k: across_seeds([s[k] for s in per_seed.values()]) for k in next(iter(per_seed.values()))}
-    host = machine()
+        return seed_figures(d / args.stage / "model", d / "data" / "eval_pairs.jsonl", args.limit, args.base)
+
+    per_seed, agg, host = over_seeds(args.seeds, one)
     text = report(agg, args.seeds, host, args.stage)
     print(text)
     if not args.no_save and len(args.seeds) >= 3 and args.limit is None:
-        dest = RESULTS / "hh-ava"
-        name = "ava_d_diagnosis" + ("" if args.stage == "rm_ava_d" else "_" + args.stage.removeprefix("rm_ava_d_"))
-        (dest / f"{name}.md").write_text(text)
-        (dest / f"{name}.json").write_text(json.dumps(
-            {"seeds": args.seeds, "across_seeds": agg, "per_seed": per_seed, "machine": host}, indent=2))
-        print("saved", dest / f"{name}.md")
+        suffix = "" if args.stage == "rm_ava_d" else args.stage.removeprefix("rm_ava_d_")
+        save(RESULTS / "hh-ava", suffix, text, {"seeds": args.seeds, "across_seeds": agg, "per_seed": per_seed,
+                                                "machine": host})
+
+
+def over_seeds(seeds: list[int], one) -> tuple[dict, dict, dict]:
+    """Each seed's figures (printed as they come), their mean and t interval across seeds, and
+    the machine."""
+    per_seed = {}
+    for seed in seeds:
+        per_seed[str(seed)] = one(seed)
+        print(seed, json.dumps(per_seed[str(seed)]), flush=True)
+    agg = {k: across_seeds([s[k] for s in per_seed.values()]) for k in next(iter(per_seed.values()))}
+    return per_seed, agg, machine()
+
+
+def save(dest: Path, suffix: str, text: str, record: dict) -> None:
+    name = "ava_d_diagnosis" + ("_" + suffix if suffix else "")
+    (dest / f"{name}.md").write_text(text)
+    (dest / f"{name}.json").write_text(json.dumps(record, indent=2))
+    print("saved", dest / f"{name}.md")
 
 
 def main_planted(args) -> None:
     runs = Path(args.runs if args.runs != "runs/hh-ava" else "runs/study-planted-imdb")
-    per_seed = {}
-    for seed in args.seeds:
-        per_seed[str(seed)] = planted_seed_figures(runs / f"seed-{seed}", str(runs / "shared" / "gold"), args.prompts,
-                                                   args.base, "ava_d" if args.stage == "rm_ava_d" else args.stage)
-        print(seed, json.dumps(per_seed[str(seed)]), flush=True)
-    agg = {k: across_seeds([s[k] for s in per_seed.values()]) for k in next(iter(per_seed.values()))}
-    host = machine()
     stage = "ava_d" if args.stage == "rm_ava_d" else args.stage
+    per_seed, agg, host = over_seeds(args.seeds, lambda seed: planted_seed_figures(
+        runs / f"seed-{seed}", str(runs / "shared" / "gold"), args.prompts, args.base, stage))
     text = planted_report(agg, args.seeds, host, stage)
     print(text)
     if not args.no_save and len(args.seeds) >= 3:
-        suffix = args.name or ("" if stage == "ava_d" else stage)
-        dest, name = RESULTS / "planted-imdb", "ava_d_diagnosis" + ("_" + suffix if suffix else "")
-        (dest / f"{name}.md").write_text(text)
-        (dest / f"{name}.json").write_text(json.dumps(
-            {"seeds": args.seeds, "prompts_limit": args.prompts, "across_seeds": agg, "per_seed": per_seed,
-             "machine": host}, indent=2))
-        print("saved", dest / f"{name}.md")
+        save(RESULTS / "planted-imdb", args.name or ("" if stage == "ava_d" else stage), text,
+             {"seeds": args.seeds, "prompts_limit": args.prompts, "across_seeds": agg, "per_seed": per_seed,
+              "machine": host})
 
 
 if __name__ == "__main__":
