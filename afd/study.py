@@ -12,6 +12,7 @@ controls that would explain a result away (length, a random reward, the oracle) 
 A study YAML::
 
     out: runs/study                   # the study folder
+    summary: ""                       # its study.json, claims.md and plot in OUT/SUMMARY (default: OUT)
     seeds: 0-9                        # or [0, 1, 2]
     model: smollm2-135m-instruct      # any other top-level key: a default for every stage that has it
     shared:                           # stages run once, before any seed, in OUT/shared/
@@ -35,9 +36,9 @@ holds N); ``[i]`` an index. Where the metrics keep the same figure per prompt (t
 prompts within each seed too, pairing a difference's two sides on the same prompts.
 
 Every stage is cached and resumes (``afd.runs``): a study killed anywhere redoes nothing that
-finished. It writes ``OUT/claims.md`` and ``OUT/study.json`` (every claim's per-seed figures,
+finished. It writes ``claims.md`` and ``study.json`` in OUT (or OUT/SUMMARY) (every claim's per-seed figures,
 mean, bootstrap 95% interval, interquartile mean, probability of improvement, verdict, and each
-seed's time), and, for the eval stage named by ``plot``, ``OUT/gold_vs_sqrt_kl.png``: each
+seed's time), and, for the eval stage named by ``plot``, ``gold_vs_sqrt_kl.png``: each
 proxy's Best-of-N gold against sqrt(KL), averaged over seeds, the oracle and the floors with them.
 
 ``afd split`` (kind ``split``) gives a seed its prompts: it splits a prompt file or a sample pool
@@ -327,6 +328,20 @@ def load_study(path: str | dict) -> dict:
     return raw
 
 
+# a study's own keys; any other top-level key is a default for every stage that has it
+STUDY_KEYS = ("stages", "shared", "claims", "seeds", "out", "summary", "plot", "where", "bootstrap_rounds")
+
+
+def stage_defaults(study: dict) -> dict:
+    return {k: v for k, v in study.items() if k not in STUDY_KEYS}
+
+
+def summary_folder(study: dict, out_dir: Path) -> Path:
+    """Where a study writes study.json, claims.md and its plot: OUT, or OUT/SUMMARY (two studies
+    sharing one run folder, and so every stage they have in common, each keep their own)."""
+    return out_dir / str(study["summary"]) if study.get("summary") else out_dir
+
+
 def run_study(path: str | dict, out: str | None = None, seeds: list[int] | None = None, report=None,
               overrides: dict | None = None) -> dict:
     """Run a study (the module docstring) and write its claims; returns the study's summary.
@@ -337,8 +352,7 @@ def run_study(path: str | dict, out: str | None = None, seeds: list[int] | None 
     study = load_study(path)
     out_dir = Path(out or study.get("out") or "runs/study")
     chosen = seeds if seeds is not None else study["seeds"]
-    defaults = {k: v for k, v in study.items() if k not in ("stages", "shared", "claims", "seeds", "out", "plot",
-                                                            "where", "bootstrap_rounds")}
+    defaults = stage_defaults(study)
     artifacts: dict[str, str] = {}
     if study.get("shared"):
         run({**defaults, "stages": study["shared"]}, overrides, out=str(out_dir / "shared"), artifacts=artifacts,
@@ -357,13 +371,16 @@ def run_study(path: str | dict, out: str | None = None, seeds: list[int] | None 
                                                           "stages": list(results)})
         per_seed[str(seed)] = results
     decided = [decide(c, per_seed, int(study.get("bootstrap_rounds", 4000))) for c in study["claims"]]
-    summary = {"study": study["where"], "seeds": chosen, "seconds": seconds, "claims": decided}
+    folder = summary_folder(study, out_dir)
+    summary = {"study": study["where"], "seeds": chosen, "seconds": seconds, "claims": decided,
+               "folder": str(folder)}
 
     def write() -> None:
-        write_json(out_dir / "study.json", summary)
-        atomic_write_text(out_dir / "claims.md", f"# {study['where']}: {len(chosen)} seed(s)\n\n" + table(decided, chosen))
+        folder.mkdir(parents=True, exist_ok=True)
+        write_json(folder / "study.json", summary)
+        atomic_write_text(folder / "claims.md", f"# {study['where']}: {len(chosen)} seed(s)\n\n" + table(decided, chosen))
         if study.get("plot"):
-            gold_vs_sqrt_kl(out_dir / "gold_vs_sqrt_kl.png", per_seed, str(study["plot"]))
+            gold_vs_sqrt_kl(folder / "gold_vs_sqrt_kl.png", per_seed, str(study["plot"]))
 
     dist.on_main(write)
     return summary

@@ -161,15 +161,17 @@ def saves_result(seeds: list, quick: bool) -> bool:
 
 def save_study(summary: dict, out: str, name: str, **extra) -> Path:
     """An ``afd study`` run's record in bench/results/NAME: study.json (the summary, the machine
-    and ``extra``), claims.md and the gold-vs-sqrt(KL) plot copied from the study's folder OUT."""
+    and ``extra``), claims.md and the gold-vs-sqrt(KL) plot copied from where the study wrote them
+    (``summary["folder"]``: OUT or OUT/SUMMARY), and each seed's metrics from its folder OUT."""
     import shutil
 
     dest = RESULTS / name
     dest.mkdir(parents=True, exist_ok=True)
     (dest / "study.json").write_text(json.dumps({**summary, "machine": machine(), **extra}, indent=1) + "\n")
-    shutil.copy(Path(out) / "claims.md", dest / "claims.md")
-    if (Path(out) / "gold_vs_sqrt_kl.png").exists():
-        shutil.copy(Path(out) / "gold_vs_sqrt_kl.png", dest / "gold_vs_sqrt_kl.png")
+    written = Path(summary.get("folder") or out)
+    shutil.copy(written / "claims.md", dest / "claims.md")
+    if (written / "gold_vs_sqrt_kl.png").exists():
+        shutil.copy(written / "gold_vs_sqrt_kl.png", dest / "gold_vs_sqrt_kl.png")
     # each seed's metrics of the stages the claims read (per-prompt figures included): the record
     # a claim can be recomputed from without the run folder
     from afd.study import stages_read

@@ -135,6 +135,20 @@ def test_the_toy_study_decides_its_claims_and_resumes_without_redoing_anything(t
     assert again["claims"] == summary["claims"]
     assert {p: p.stat().st_mtime_ns for p in out.rglob("metrics.json") if p.exists()
             and "seed-2/eval" not in str(p)} == {p: t for p, t in stamps.items() if "seed-2/eval" not in str(p)}
+    # a second study in the same folder (as the planted iterated study shares the main one's):
+    # the stages both have are found finished, its own summary goes to OUT/SUMMARY, the first's stays
+    from afd.config import read_yaml
+
+    first = (out / "study.json").read_text()
+    stamps = {p: p.stat().st_mtime_ns for p in out.rglob("metrics.json")}
+    second = {**read_yaml(str(REPO / "examples/study-toy.yaml")), "summary": "second", "seeds": [0, 1]}
+    second["claims"] = second["claims"][:1]
+    other = run_study(second, out=str(out))
+    assert other["folder"] == str(out / "second")
+    assert other["claims"][0]["per_seed"] == summary["claims"][0]["per_seed"][:2]  # seeds 0 and 1 of 0-2
+    assert json.loads((out / "second" / "study.json").read_text())["seeds"] == [0, 1]
+    assert (out / "study.json").read_text() == first
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("metrics.json")} == stamps
 
 
 @pytest.mark.parametrize("which", ["examples/study-planted-imdb.yaml", "examples/study-planted-imdb-variants.yaml",
@@ -145,10 +159,10 @@ def test_every_recorded_study_plans_every_stage_before_a_run(which, tmp_path):
     every @reference names a stage before it: a typo stops before hours of earlier stages."""
     from afd.demo import demo_study
     from afd.pipeline import plan
+    from afd.study import stage_defaults
 
     study = load_study(demo_study(str(tmp_path)) if which == "demo" else which)
-    defaults = {k: v for k, v in study.items() if k not in ("stages", "shared", "claims", "seeds", "out", "plot",
-                                                            "where", "bootstrap_rounds")}
+    defaults = stage_defaults(study)
     artifacts: dict = {}
     if study.get("shared"):
         plan({**defaults, "stages": study["shared"]}, None, str(tmp_path / "shared"), artifacts)

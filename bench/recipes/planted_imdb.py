@@ -35,15 +35,16 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--study", choices=sorted(STUDIES), default="main")
     ap.add_argument("--seeds", type=seeds_arg, default=None, help="default: the study's planned seeds")
-    ap.add_argument("--out", default=None, help="run folder (default: the study's, runs/<study>)")
+    ap.add_argument("--out", default=None, help="run folder (default: the study's 'out')")
     args = ap.parse_args()
     from afd.study import load_study, run_study, table
 
     name = STUDIES[args.study]
     study = EXAMPLES / f"{name}.yaml"
-    planned = load_study(str(study))["seeds"]
+    loaded = load_study(str(study))
+    planned = loaded["seeds"]
     seeds = planned if args.seeds is None else args.seeds
-    out = args.out or f"runs/{name}"
+    out = args.out or loaded["out"]
     summary = run_study(str(study), out=out, seeds=seeds)
     print(table(summary["claims"], summary["seeds"]))
     if not saves_result(seeds, False):
