@@ -178,7 +178,8 @@ def irft(cfg: IRFTConfig) -> dict:
             data=str(stage.path / f"stage_{t}" / "prompts.jsonl"), data_format="prompt", template=cfg.template,
             num_samples=cfg.num_samples, max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
             seed=derive_seed(cfg.seed, "irft-stage", t), batch_size=cfg.sample_batch_size,
-            max_prompt_length=cfg.max_prompt_length, long_prompts="error", device=cfg.device, dtype=cfg.dtype)
+            max_prompt_length=cfg.max_prompt_length, long_prompts=cfg.long_prompts, device=cfg.device,
+            dtype=cfg.dtype)
 
     negatives(0, cfg.model).validate()  # the sampler's options too, before anything runs
     if not stage.begin():
@@ -200,7 +201,10 @@ def irft(cfg: IRFTConfig) -> dict:
                                      data=demos_path, pool=str(folder / "samples" / POOL),
                                      beta=cfg.beta))
         policy = step["model"]
+        # a demonstration whose prompt is over max_prompt_length has no negative, so no pair (as
+        # SFT drops it; long_prompts: error stops instead, naming it)
         history.append({"stage": t, "policy": policy, "demonstrations": len(part),
+                        "prompts_dropped_too_long": samples["prompts_dropped_too_long"],
                         "negative_mean_tokens": samples["mean_num_tokens"], **{
                             k: step[k] for k in ("pairs", "train_loss", "steps",
                                                  "implicit_reward_accuracy_last_quarter")}})

@@ -229,6 +229,24 @@ def test_irft_negatives_are_the_sampled_tokens(tiny, tmp_path):
     assert m["opponent_logp_rejected"] == pytest.approx(response_logprobs(model, tok, [(prompt, ids)])[0], abs=1e-4)
 
 
+def test_irft_drops_a_demonstration_whose_prompt_is_too_long_as_sft_does(tmp_path):
+    """The one rule for over-long prompts (long_prompts, default drop) holds in IRFT's negatives
+    too: such a demonstration gets no negative and no pair, and is counted; "error" stops there,
+    naming it (the planted iterated study's SPIN stopped on one prompt of 65 tokens over 64)."""
+    from afd.errors import AfdError
+    from afd.irft import IRFTConfig, irft
+
+    demos = write_jsonl(tmp_path / "demos.jsonl", [{"id": "d0", "prompt": "Write " + "a " * 100, "completion": "b"},
+                                                   *({"id": f"d{i}", "prompt": f"Write {i}", "completion": "a a"}
+                                                     for i in range(1, 5))])
+    opts = dict(data=demos, stages=1, max_new_tokens=4, max_length=80, max_prompt_length=48, batch_size=2,
+                max_steps=1, eval_fraction=0.0, save_steps=1000, device="cpu")
+    m = irft(IRFTConfig(out=str(tmp_path / "drop"), **opts))
+    assert m["stages"][0]["prompts_dropped_too_long"] == 1 and m["stages"][0]["pairs"] == 4
+    with pytest.raises(AfdError, match="prompt 'd0' in .* over max_prompt_length=48"):
+        irft(IRFTConfig(out=str(tmp_path / "error"), long_prompts="error", **opts))
+
+
 def test_rl_with_standardised_rewards_logs_the_raw_scale(tmp_path):
     from afd.cli import main
 
