@@ -39,7 +39,8 @@ Every stage is cached and resumes (``afd.runs``): a study killed anywhere redoes
 finished. It writes ``claims.md`` and ``study.json`` in OUT (or OUT/SUMMARY) (every claim's per-seed figures,
 mean, bootstrap 95% interval, interquartile mean, probability of improvement, verdict, and each
 seed's time), and, for the eval stage named by ``plot``, ``gold_vs_sqrt_kl.png``: each
-proxy's Best-of-N gold against sqrt(KL), averaged over seeds, the oracle and the floors with them.
+proxy's Best-of-N gold against sqrt(KL), averaged over seeds, the oracle and the floors with them,
+and each policy with a KL to the eval's reference (RL policies against SFT) as a point.
 
 ``afd split`` (kind ``split``) gives a seed its prompts: it splits a prompt file or a sample pool
 by prompt, ``train`` and ``eval`` prompts drawn by the seed from the sorted prompt ids, the rest
@@ -387,17 +388,26 @@ def run_study(path: str | dict, out: str | None = None, seeds: list[int] | None 
 
 
 def gold_vs_sqrt_kl(path: Path, per_seed: dict, stage: str) -> None:
-    """Each proxy's Best-of-N golden reward against sqrt(KL), averaged over the seeds."""
+    """Each proxy's Best-of-N golden reward against sqrt(KL(BoN || its sampler)), and each policy
+    with a KL to the eval's reference (an RL policy against SFT, say) as a point at
+    sqrt(KL(policy || reference)), both averaged over the seeds. In the planted studies the
+    Best-of-N sampler and the KL reference are both pi_sft, so curves and points share the axis."""
     import math
 
-    from afd.plots import line_plot
+    from afd.plots import points_and_curves_plot
 
     curves: dict[str, dict[float, list]] = {}
+    points: dict[str, list[tuple[float, float]]] = {}
     for results in per_seed.values():
         for proxy, b in (results.get(stage, {}).get("bon") or {}).items():
             for kl, g in zip(b["kl"], b["gold"]):
                 curves.setdefault(proxy, {}).setdefault(math.sqrt(kl), []).append(g)
+        for name, p in (results.get(stage, {}).get("policies") or {}).items():
+            if p.get("kl_to_reference") is not None and p.get("gold") is not None:
+                points.setdefault(name, []).append((math.sqrt(max(p["kl_to_reference"], 0.0)), p["gold"]))
     series = {p: (sorted(c), [sum(c[d]) / len(c[d]) for d in sorted(c)]) for p, c in curves.items()}
-    if series:
-        line_plot(path, series, "sqrt(KL(BoN || sampler)), sqrt(nats)", "golden reward (mean over seeds)",
-                  f"Best-of-N against sqrt(KL), {len(per_seed)} seed(s)")
+    means = {name: (sum(x for x, _ in v) / len(v), sum(y for _, y in v) / len(v)) for name, v in points.items()}
+    if series or means:
+        points_and_curves_plot(path, means, series, "sqrt(KL to pi_sft), sqrt(nats): Best-of-N's to its sampler, "
+                               "a policy's to the reference", "golden reward (mean over seeds)",
+                               f"gold against sqrt(KL), {len(per_seed)} seed(s)")

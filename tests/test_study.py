@@ -175,3 +175,23 @@ def test_every_recorded_study_plans_every_stage_before_a_run(which, tmp_path):
     unread = {t for c in study["claims"] for f in (c.figure, *c.controls) for t in terms(f)
               if not stages_read([t], study["stages"])}
     assert not unread, unread
+
+
+def test_the_study_plot_puts_each_policy_at_its_mean_sqrt_kl_and_gold(tmp_path, monkeypatch):
+    """RL policies' gold against their KL to SFT (the issue's figure): each policy with a KL is a
+    point at the seeds' mean sqrt(KL) and mean gold, beside the Best-of-N curves; none: no plot."""
+    import afd.plots
+    from afd.study import gold_vs_sqrt_kl
+
+    drawn = {}
+    monkeypatch.setattr(afd.plots, "points_and_curves_plot",
+                        lambda path, points, curves, *a: drawn.update(points=points, curves=curves))
+    seed = lambda kl, gold: {"e": {"policies": {"init": {"gold": 0.0, "kl_to_reference": None},  # noqa: E731
+                                                "irl_1": {"gold": gold, "kl_to_reference": kl}},
+                                   "bon": {"r": {"kl": [0.0, 1.0], "gold": [gold, gold + 1]}}}}
+    gold_vs_sqrt_kl(tmp_path / "p.png", {"0": seed(1.0, 0.2), "1": seed(4.0, 0.4)}, "e")
+    assert drawn["points"] == {"irl_1": (pytest.approx(1.5), pytest.approx(0.3))}
+    assert drawn["curves"] == {"r": ([0.0, 1.0], [pytest.approx(0.3), pytest.approx(1.3)])}
+    drawn.clear()
+    gold_vs_sqrt_kl(tmp_path / "q.png", {"0": {"e": {"policies": {"init": {"gold": 0.0}}}}}, "e")
+    assert drawn == {}
