@@ -344,9 +344,13 @@ def summary_folder(study: dict, out_dir: Path) -> Path:
 
 
 def run_study(path: str | dict, out: str | None = None, seeds: list[int] | None = None, report=None,
-              overrides: dict | None = None) -> dict:
+              overrides: dict | None = None, recorded=None) -> dict:
     """Run a study (the module docstring) and write its claims; returns the study's summary.
-    ``overrides``: options for every stage (``{"force": True}`` redoes them)."""
+    ``overrides``: options for every stage (``{"force": True}`` redoes them).
+    ``recorded``: seeds finished in another run folder, decided beside those run here: a function
+    of this run folder, called once the shared stages are made (so it can check that its seeds
+    drew on the same shared pools, and raise if not), returning ``{seed: {"results": {stage:
+    metrics}, "seconds": ...}}`` for seeds not in ``seeds``."""
     from afd import dist
     from afd.pipeline import run
 
@@ -358,6 +362,10 @@ def run_study(path: str | dict, out: str | None = None, seeds: list[int] | None 
     if study.get("shared"):
         run({**defaults, "stages": study["shared"]}, overrides, out=str(out_dir / "shared"), artifacts=artifacts,
             report=(lambda name, m: report("shared", name, m)) if report else None)
+    earlier = recorded(out_dir) if recorded else {}
+    clash = sorted(set(map(str, chosen)) & set(map(str, earlier)))
+    if clash:
+        raise ConfigError(f"seed {clash[0]} is both recorded and to be run; run it or take it from the record, not both")
     per_seed, seconds = {}, {}
     for seed in chosen:
         seed_out = out_dir / f"seed-{seed}"
@@ -371,15 +379,22 @@ def run_study(path: str | dict, out: str | None = None, seeds: list[int] | None 
         dist.on_main(write_json, seed_out / "seed.json", {"seed": seed, "seconds": seconds[str(seed)],
                                                           "stages": list(results)})
         per_seed[str(seed)] = results
+    for seed, entry in earlier.items():
+        per_seed[str(seed)], seconds[str(seed)] = entry["results"], entry.get("seconds")
+    order = sorted(per_seed, key=int)
+    per_seed, seconds = {s: per_seed[s] for s in order}, {s: seconds[s] for s in order}
     decided = [decide(c, per_seed, int(study.get("bootstrap_rounds", 4000))) for c in study["claims"]]
     folder = summary_folder(study, out_dir)
-    summary = {"study": study["where"], "seeds": chosen, "seconds": seconds, "claims": decided,
+    summary = {"study": study["where"], "seeds": [int(s) for s in order], "seconds": seconds, "claims": decided,
                "folder": str(folder)}
+    if earlier:
+        summary["recorded_seeds"] = sorted(int(s) for s in earlier)
 
     def write() -> None:
         folder.mkdir(parents=True, exist_ok=True)
         write_json(folder / "study.json", summary)
-        atomic_write_text(folder / "claims.md", f"# {study['where']}: {len(chosen)} seed(s)\n\n" + table(decided, chosen))
+        atomic_write_text(folder / "claims.md", f"# {study['where']}: {len(order)} seed(s)\n\n"
+                          + table(decided, summary["seeds"]))
         if study.get("plot"):
             gold_vs_sqrt_kl(folder / "gold_vs_sqrt_kl.png", per_seed, str(study["plot"]))
 

@@ -167,7 +167,8 @@ def save_study(summary: dict, out: str, name: str, **extra) -> Path:
 
     dest = RESULTS / name
     dest.mkdir(parents=True, exist_ok=True)
-    (dest / "study.json").write_text(json.dumps({**summary, "machine": machine(), **extra}, indent=1) + "\n")
+    record = {**summary, "machine": machine(), "shared_files": shared_files(out), **extra}
+    (dest / "study.json").write_text(json.dumps(record, indent=1) + "\n")
     written = Path(summary.get("folder") or out)
     shutil.copy(written / "claims.md", dest / "claims.md")
     if (written / "gold_vs_sqrt_kl.png").exists():
@@ -179,12 +180,70 @@ def save_study(summary: dict, out: str, name: str, **extra) -> Path:
     figures = [x["figure"] for c in summary["claims"] for x in [c, *c.get("controls", [])]]
     for seed in summary["seeds"]:
         folder = Path(out) / f"seed-{seed}"
+        if str(seed) in map(str, summary.get("recorded_seeds", [])):
+            continue  # taken from this record: its files are already here
         for stage in sorted(stages_read(figures, (p.name for p in folder.iterdir() if p.is_dir()))):
             src = folder / stage / "metrics.json"
             if src.exists():
                 (dest / "seeds" / f"seed-{seed}").mkdir(parents=True, exist_ok=True)
                 shutil.copy(src, dest / "seeds" / f"seed-{seed}" / f"{stage}.json")
     return dest
+
+
+# a shared stage's bookkeeping, not what it made
+_NOT_MADE = {"metrics.json", "inputs.json", "config.yaml"}
+
+
+def shared_files(out: str) -> dict[str, str]:
+    """SHA-256 of each file the study's shared stages made (OUT/shared: the gold, the pools), so
+    that seeds run in two run folders are decided together only when they drew on the same ones."""
+    import hashlib
+
+    root = Path(out) / "shared"
+    found = {}
+    for path in sorted(root.rglob("*")) if root.is_dir() else []:
+        rel = path.relative_to(root)
+        if (path.is_file() and path.name not in _NOT_MADE and not path.name.endswith(".meta.json")
+                and not any(part.startswith(".") for part in rel.parts)):
+            found[str(rel)] = hashlib.sha256(path.read_bytes()).hexdigest()
+    return found
+
+
+def seeds_on_record(name: str) -> list[int]:
+    """The seeds bench/results/NAME/study.json holds (none without one)."""
+    path = RESULTS / name / "study.json"
+    return [int(s) for s in json.loads(path.read_text()).get("seeds", [])] if path.exists() else []
+
+
+def recorded_seeds(name: str, skip) -> callable:
+    """For ``afd.study.run_study(recorded=...)``: the seeds bench/results/NAME records (each seed's
+    stage metrics, as :func:`save_study` keeps them) except those in ``skip``, checked once the run
+    folder's shared stages are made: decided beside new seeds only if every shared file the record
+    hashed is the same (sampling is seeded, so a fresh run folder on the same software draws the
+    same pools). A record without hashes, or with other pools, is an error, not a silent mix."""
+    dest = RESULTS / name
+
+    def load(out_dir: Path) -> dict:
+        if not (dest / "study.json").exists():
+            return {}
+        record = json.loads((dest / "study.json").read_text())
+        seeds = [s for s in record.get("seeds", []) if str(s) not in {str(x) for x in skip}]
+        if not seeds:
+            return {}
+        old, now = record.get("shared_files"), shared_files(str(out_dir))
+        if not old:
+            raise SystemExit(f"{dest}/study.json does not say which shared pools its seeds drew on; "
+                             f"rerun its seeds ({seeds}) here instead of taking them from the record (--rerun-recorded)")
+        differ = sorted(k for k in set(old) | set(now) if old.get(k) != now.get(k))
+        if differ:
+            raise SystemExit(f"the run folder's shared file {differ[0]} is not the one the seeds recorded in "
+                             f"{dest} drew on; rerun those seeds ({seeds}) here instead (--rerun-recorded)")
+        seconds = record.get("seconds", {})
+        return {str(s): {"results": {p.stem: json.loads(p.read_text())
+                                     for p in sorted((dest / "seeds" / f"seed-{s}").glob("*.json"))},
+                         "seconds": seconds.get(str(s))} for s in seeds}
+
+    return load
 
 
 def run_seeds(out: str, seeds: list[int], data, pipeline, figures) -> dict[str, dict]:

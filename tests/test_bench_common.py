@@ -120,3 +120,42 @@ def test_planted_rows_read_a_study_and_say_when_it_holds_fewer_seeds_than_planne
     row = next(r for r in claims.planted_rows() if r["claim"].startswith("BoN beats SFT"))
     assert row["seeds"] == "4 of 10 planned" and row["verdict"] == "reproduced"
     assert "0.300 [0.100, 0.500]" in row["afd"] and "P(improvement) 0.90" in row["afd"]
+
+
+def test_a_study_goes_on_from_its_record_on_a_new_machine_only_with_the_same_pools(tmp_path, monkeypatch):
+    """Seeds recorded in bench/results (each seed's stage metrics and the shared files' hashes)
+    are decided beside seeds run in a fresh run folder exactly as if all had run in one; a fresh
+    folder whose shared pool differs is refused, not mixed."""
+    import json
+    import shutil
+
+    import common
+    from afd.study import run_study
+
+    monkeypatch.chdir(REPO)
+    monkeypatch.setattr(common, "RESULTS", tmp_path / "results")
+    monkeypatch.setattr(common, "machine", lambda: {})
+    whole = run_study("examples/study-toy.yaml", out=str(tmp_path / "whole"))
+    first = run_study("examples/study-toy.yaml", out=str(tmp_path / "first"), seeds=[0, 1])
+    common.save_study(first, str(tmp_path / "first"), "toy")
+    record = json.loads((tmp_path / "results" / "toy" / "study.json").read_text())
+    assert set(record["shared_files"]) >= {"candidates/pool.jsonl", "pi0/pool.jsonl"}
+    assert common.seeds_on_record("toy") == [0, 1]
+
+    fresh = tmp_path / "fresh"  # another machine: the shared stages drawn again, seeds 0 and 1 absent
+    went_on = run_study("examples/study-toy.yaml", out=str(fresh), seeds=[2],
+                        recorded=common.recorded_seeds("toy", skip=[2]))
+    assert went_on["seeds"] == [0, 1, 2] and went_on["recorded_seeds"] == [0, 1]
+    assert not (fresh / "seed-0").exists()
+    for a, b in zip(went_on["claims"], whole["claims"]):
+        assert a["per_seed"] == pytest.approx(b["per_seed"]) and a["ci95"] == pytest.approx(b["ci95"])
+    common.save_study(went_on, str(fresh), "toy")  # the record now holds all three; seeds 0, 1 kept
+    assert common.seeds_on_record("toy") == [0, 1, 2]
+    assert (tmp_path / "results" / "toy" / "seeds" / "seed-0").is_dir()
+
+    other = tmp_path / "other"
+    shutil.copytree(fresh / "shared", other / "shared")
+    with (other / "shared" / "pi0" / "pool.jsonl").open("a") as f:
+        f.write("\n")
+    with pytest.raises(SystemExit, match="pi0/pool.jsonl"):
+        common.recorded_seeds("toy", skip=[])(other)

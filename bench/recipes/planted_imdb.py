@@ -5,7 +5,10 @@ beta 1; every reward afd learns from them (init-sft, init-demo, sft-demo, the de
 AVA-d), BT and AVA-p on as many r*-labelled pairs, their ensemble, the oracle and the floors are
 judged against r* on held-out prompts. The claims and their decision rule are fixed in the YAML
 before the runs. Each seed resumes from its folder, so the study can be run a few seeds at a
-time; what is recorded says how many of the planned seeds it holds. ``--study`` picks the
+time; what is recorded says how many of the planned seeds it holds. A seed recorded in
+bench/results but absent from the run folder (a new machine) is taken from the record, not run
+again, when the run folder's shared pools are byte for byte the ones it drew on (--rerun-recorded
+runs it anyway). ``--study`` picks the
 study: ``main`` (Best-of-N, 10 seeds), ``iterated`` (irl's 3 iterations, SPIN and IRFT, 5 seeds)
 or ``variants`` (demonstrations at beta 0.5, from Best-of-4, and with 25% of pi_0; 10 seeds).
 
@@ -24,7 +27,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
-from common import save_study, saves_result, seeds_arg  # noqa: E402
+from common import recorded_seeds, save_study, seeds_on_record, saves_result, seeds_arg  # noqa: E402
 
 EXAMPLES = HERE.parent.parent / "examples"
 STUDIES = {"main": "study-planted-imdb", "iterated": "study-planted-imdb-iterated",
@@ -36,6 +39,8 @@ def main() -> None:
     ap.add_argument("--study", choices=sorted(STUDIES), default="main")
     ap.add_argument("--seeds", type=seeds_arg, default=None, help="default: the study's planned seeds")
     ap.add_argument("--out", default=None, help="run folder (default: the study's 'out')")
+    ap.add_argument("--rerun-recorded", action="store_true",
+                    help="run seeds the record holds but the run folder lacks, instead of taking them from the record")
     args = ap.parse_args()
     from afd.study import load_study, run_study, table
 
@@ -45,13 +50,22 @@ def main() -> None:
     planned = loaded["seeds"]
     seeds = planned if args.seeds is None else args.seeds
     out = args.out or loaded["out"]
-    summary = run_study(str(study), out=out, seeds=seeds)
-    print(table(summary["claims"], summary["seeds"]))
-    if not saves_result(seeds, False):
+    record = name.removeprefix("study-")
+    finished = {s for s in seeds if (Path(out) / f"seed-{s}" / "seed.json").exists()}
+    recorded = None
+    if not args.rerun_recorded:
+        on_record = set(seeds_on_record(record)) - finished
+        seeds = [s for s in seeds if s not in on_record]
+        recorded = recorded_seeds(record, skip=seeds)
+        if on_record:
+            print(f"seeds {sorted(on_record)}: taken from bench/results/{record} (not in {out})")
+    summary = run_study(str(study), out=out, seeds=seeds, recorded=recorded)
+    every = summary["seeds"]
+    print(table(summary["claims"], every))
+    if not saves_result(every, False):
         return
-    dest = save_study(summary, out, name.removeprefix("study-"), planned_seeds=planned,
-                      complete=sorted(seeds) == sorted(planned))
-    print("saved", dest, f"({len(seeds)} of the {len(planned)} planned seeds)")
+    dest = save_study(summary, out, record, planned_seeds=planned, complete=sorted(every) == sorted(planned))
+    print("saved", dest, f"({len(every)} of the {len(planned)} planned seeds)")
 
 
 if __name__ == "__main__":
