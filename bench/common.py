@@ -167,10 +167,25 @@ def save_study(summary: dict, out: str, name: str, **extra) -> Path:
 
     dest = RESULTS / name
     dest.mkdir(parents=True, exist_ok=True)
-    record = {**summary, "machine": machine(), "shared_files": shared_files(out), **extra}
+    files = shared_files(out)
+    old = json.loads((dest / "study.json").read_text()) if (dest / "study.json").exists() else {}
+    earlier = old.get("pools") or {str(s): pools_digest(old.get("shared_files")) for s in old.get("seeds", [])}
+    recorded = {str(s) for s in summary.get("recorded_seeds", [])}
+    # which draw of the shared files each seed drew on (more than one only with --other-pools)
+    pools = {str(s): earlier.get(str(s), "unrecorded") if str(s) in recorded else pools_digest(files)
+             for s in summary["seeds"]}
+    record = {**summary, "machine": machine(), "shared_files": files, "pools": pools, **extra}
     (dest / "study.json").write_text(json.dumps(record, indent=1) + "\n")
     written = Path(summary.get("folder") or out)
     shutil.copy(written / "claims.md", dest / "claims.md")
+    if len(set(pools.values())) > 1:
+        draws = {}
+        for seed, digest in pools.items():
+            draws.setdefault(digest, []).append(seed)
+        with (dest / "claims.md").open("a") as f:
+            f.write("\nThe seeds drew on " + str(len(draws)) + " draws of the shared pools (same options, other "
+                    "machines: --other-pools): " + "; ".join(f"seeds {', '.join(v)}: {k}" for k, v in draws.items())
+                    + ". Within a seed every method shares its pools.\n")
     if (written / "gold_vs_sqrt_kl.png").exists():
         shutil.copy(written / "gold_vs_sqrt_kl.png", dest / "gold_vs_sqrt_kl.png")
     # each seed's metrics of the stages the claims read (per-prompt figures included): the record
@@ -209,18 +224,31 @@ def shared_files(out: str) -> dict[str, str]:
     return found
 
 
+def pools_digest(files: dict | None) -> str:
+    """One short name for a draw of the shared files (their hashes'), "unrecorded" without any."""
+    import hashlib
+
+    if not files:
+        return "unrecorded"
+    return hashlib.sha256(json.dumps(sorted(files.items())).encode()).hexdigest()[:12]
+
+
 def seeds_on_record(name: str) -> list[int]:
     """The seeds bench/results/NAME/study.json holds (none without one)."""
     path = RESULTS / name / "study.json"
     return [int(s) for s in json.loads(path.read_text()).get("seeds", [])] if path.exists() else []
 
 
-def recorded_seeds(name: str, skip) -> callable:
+def recorded_seeds(name: str, skip, other_pools: bool = False) -> callable:
     """For ``afd.study.run_study(recorded=...)``: the seeds bench/results/NAME records (each seed's
     stage metrics, as :func:`save_study` keeps them) except those in ``skip``, checked once the run
     folder's shared stages are made: decided beside new seeds only if every shared file the record
-    hashed is the same (sampling is seeded, so a fresh run folder on the same software draws the
-    same pools). A record without hashes, or with other pools, is an error, not a silent mix."""
+    hashed is the same. Sampling is seeded, but its floating point follows the CPU: another kind
+    of machine draws other pools from the same options. A record without hashes, or with other
+    pools, is then an error, not a silent mix, unless ``other_pools``: each seed is still its own
+    split, draws and training with every method on its pools, so seeds on two draws of pi_0 are
+    two honest samples of the same study (their spread in the interval); the record says which
+    seed drew on which (``pools``) and claims.md says so."""
     dest = RESULTS / name
 
     def load(out_dir: Path) -> dict:
@@ -231,13 +259,16 @@ def recorded_seeds(name: str, skip) -> callable:
         if not seeds:
             return {}
         old, now = record.get("shared_files"), shared_files(str(out_dir))
-        if not old:
-            raise SystemExit(f"{dest}/study.json does not say which shared pools its seeds drew on; "
-                             f"rerun its seeds ({seeds}) here instead of taking them from the record (--rerun-recorded)")
-        differ = sorted(k for k in set(old) | set(now) if old.get(k) != now.get(k))
-        if differ:
-            raise SystemExit(f"the run folder's shared file {differ[0]} is not the one the seeds recorded in "
-                             f"{dest} drew on; rerun those seeds ({seeds}) here instead (--rerun-recorded)")
+        differ = sorted(k for k in set(old or {}) | set(now) if (old or {}).get(k) != now.get(k))
+        if other_pools and (not old or differ):
+            print(f"seeds {seeds} from {dest}: drawn on other shared pools (--other-pools)")
+        elif not old:
+            raise SystemExit(f"{dest}/study.json does not say which shared pools its seeds drew on; rerun its "
+                             f"seeds ({seeds}) here (--rerun-recorded), or take them anyway (--other-pools)")
+        elif differ:
+            raise SystemExit(f"the run folder's shared file {differ[0]} is not the one the seeds recorded in {dest} "
+                             f"drew on (another machine draws other pools); rerun those seeds ({seeds}) here "
+                             f"(--rerun-recorded), or decide them beside these, on other pools (--other-pools)")
         seconds = record.get("seconds", {})
         return {str(s): {"results": {p.stem: json.loads(p.read_text())
                                      for p in sorted((dest / "seeds" / f"seed-{s}").glob("*.json"))},

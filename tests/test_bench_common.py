@@ -159,3 +159,11 @@ def test_a_study_goes_on_from_its_record_on_a_new_machine_only_with_the_same_poo
         f.write("\n")
     with pytest.raises(SystemExit, match="pi0/pool.jsonl"):
         common.recorded_seeds("toy", skip=[])(other)
+    # --other-pools: another machine's draw is taken, and the record says which seed drew on which
+    mixed = run_study("examples/study-toy.yaml", out=str(other), seeds=[3],
+                      recorded=common.recorded_seeds("toy", skip=[3], other_pools=True))
+    assert mixed["seeds"] == [0, 1, 2, 3]
+    common.save_study(mixed, str(other), "toy")
+    pools = json.loads((tmp_path / "results" / "toy" / "study.json").read_text())["pools"]
+    assert pools["0"] == pools["1"] == pools["2"] != pools["3"]
+    assert "2 draws of the shared pools" in (tmp_path / "results" / "toy" / "claims.md").read_text()

@@ -7,8 +7,9 @@ judged against r* on held-out prompts. The claims and their decision rule are fi
 before the runs. Each seed resumes from its folder, so the study can be run a few seeds at a
 time; what is recorded says how many of the planned seeds it holds. A seed recorded in
 bench/results but absent from the run folder (a new machine) is taken from the record, not run
-again, when the run folder's shared pools are byte for byte the ones it drew on (--rerun-recorded
-runs it anyway). ``--study`` picks the
+again, when the run folder's shared pools are byte for byte the ones it drew on (another kind of
+CPU draws other samples from the same seeds: --rerun-recorded runs such seeds again,
+--other-pools decides them beside the new ones and records which seed drew on which pools). ``--study`` picks the
 study: ``main`` (Best-of-N, 10 seeds), ``iterated`` (irl's 3 iterations, SPIN and IRFT, 5 seeds)
 or ``variants`` (demonstrations at beta 0.5, from Best-of-4, and with 25% of pi_0; 10 seeds).
 
@@ -41,6 +42,9 @@ def main() -> None:
     ap.add_argument("--out", default=None, help="run folder (default: the study's 'out')")
     ap.add_argument("--rerun-recorded", action="store_true",
                     help="run seeds the record holds but the run folder lacks, instead of taking them from the record")
+    ap.add_argument("--other-pools", action="store_true",
+                    help="take recorded seeds even if they drew on other shared pools (another kind of CPU "
+                         "draws other samples from the same seed); the record says which seed drew on which")
     args = ap.parse_args()
     from afd.study import load_study, run_study, table
 
@@ -56,7 +60,7 @@ def main() -> None:
     if not args.rerun_recorded:
         on_record = set(seeds_on_record(record)) - finished
         seeds = [s for s in seeds if s not in on_record]
-        recorded = recorded_seeds(record, skip=seeds)
+        recorded = recorded_seeds(record, skip=seeds, other_pools=args.other_pools)
         if on_record:
             print(f"seeds {sorted(on_record)}: taken from bench/results/{record} (not in {out})")
     summary = run_study(str(study), out=out, seeds=seeds, recorded=recorded)
