@@ -63,7 +63,9 @@ def main() -> None:
         recorded = recorded_seeds(record, skip=seeds, other_pools=args.other_pools)
         if on_record:
             print(f"seeds {sorted(on_record)}: taken from bench/results/{record} (not in {out})")
-    summary = run_study(str(study), out=out, seeds=seeds, recorded=recorded)
+    summary = run_study(str(study), out=out, seeds=seeds, recorded=recorded,
+                        report=lambda where, stage, m: print(f"[{where}: {stage}] done in {m.get('seconds') or 0:.0f} s",
+                                                             flush=True))
     every = summary["seeds"]
     print(table(summary["claims"], every))
     if not saves_result(every, False):
