@@ -195,7 +195,7 @@ def save_study(summary: dict, out: str, name: str, **extra) -> Path:
     figures = [x["figure"] for c in summary["claims"] for x in [c, *c.get("controls", [])]]
     for seed in summary["seeds"]:
         folder = Path(out) / f"seed-{seed}"
-        if str(seed) in map(str, summary.get("recorded_seeds", [])):
+        if str(seed) in recorded:
             continue  # taken from this record: its files are already here
         for stage in sorted(stages_read(figures, (p.name for p in folder.iterdir() if p.is_dir()))):
             src = folder / stage / "metrics.json"
