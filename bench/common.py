@@ -10,7 +10,8 @@ from pathlib import Path
 
 import torch
 
-RESULTS = Path(__file__).resolve().parent / "results"
+REPO = Path(__file__).resolve().parents[1]
+RESULTS = REPO / "bench" / "results"
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
@@ -159,6 +160,15 @@ def saves_result(seeds: list, quick: bool) -> bool:
     return True
 
 
+def _in_repo(where: str) -> str:
+    """A study's YAML path as the record names it: relative to the repository when inside it, so
+    that a record does not carry the path of the machine that ran it."""
+    try:
+        return str(Path(where).resolve().relative_to(REPO))
+    except ValueError:
+        return where
+
+
 def save_study(summary: dict, out: str, name: str, **extra) -> Path:
     """An ``afd study`` run's record in bench/results/NAME: study.json (the summary, the machine
     and ``extra``), claims.md and the gold-vs-sqrt(KL) plot copied from where the study wrote them
@@ -174,10 +184,14 @@ def save_study(summary: dict, out: str, name: str, **extra) -> Path:
     # which draw of the shared files each seed drew on (more than one only with --other-pools)
     pools = {str(s): earlier.get(str(s), "unrecorded") if str(s) in recorded else pools_digest(files)
              for s in summary["seeds"]}
-    record = {**summary, "machine": machine(), "shared_files": files, "pools": pools, **extra}
+    where = _in_repo(summary.get("study", ""))
+    record = {**summary, "study": where, "machine": machine(), "shared_files": files, "pools": pools, **extra}
     (dest / "study.json").write_text(json.dumps(record, indent=1) + "\n")
     written = Path(summary.get("folder") or out)
-    shutil.copy(written / "claims.md", dest / "claims.md")
+    claims = (written / "claims.md").read_text()
+    if summary.get("study") and claims.startswith(f"# {summary['study']}:"):
+        claims = f"# {where}:" + claims[len(f"# {summary['study']}:"):]
+    (dest / "claims.md").write_text(claims)
     if len(set(pools.values())) > 1:
         draws = {}
         for seed, digest in pools.items():

@@ -136,9 +136,12 @@ def test_a_study_goes_on_from_its_record_on_a_new_machine_only_with_the_same_poo
     monkeypatch.setattr(common, "RESULTS", tmp_path / "results")
     monkeypatch.setattr(common, "machine", lambda: {})
     whole = run_study("examples/study-toy.yaml", out=str(tmp_path / "whole"))
-    first = run_study("examples/study-toy.yaml", out=str(tmp_path / "first"), seeds=[0, 1])
+    first = run_study(str(REPO / "examples" / "study-toy.yaml"), out=str(tmp_path / "first"), seeds=[0, 1])
     common.save_study(first, str(tmp_path / "first"), "toy")
     record = json.loads((tmp_path / "results" / "toy" / "study.json").read_text())
+    # the record names the study as the repository does, not by this machine's path
+    assert record["study"] == "examples/study-toy.yaml"
+    assert (tmp_path / "results" / "toy" / "claims.md").read_text().startswith("# examples/study-toy.yaml: 2 seed(s)")
     assert set(record["shared_files"]) >= {"candidates/pool.jsonl", "pi0/pool.jsonl"}
     assert common.seeds_on_record("toy") == [0, 1]
 
