@@ -144,6 +144,12 @@ def _sha256(path: Path, size: int, mtime: int) -> str:
     return _hashes[key]
 
 
+def file_sha256(path: str | Path) -> str:
+    """A file's SHA-256, read in blocks and remembered while its size and mtime stay the same."""
+    st = Path(path).stat()
+    return _sha256(Path(path), st.st_size, st.st_mtime_ns)
+
+
 def _signature(path: str) -> dict:
     """A file: its size, modification time and SHA-256; a folder: the size and modification
     time of each file in it (a model folder's weights are not read), hidden files left out."""

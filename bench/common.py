@@ -226,7 +226,7 @@ _NOT_MADE = {"metrics.json", "inputs.json", "config.yaml"}
 def shared_files(out: str) -> dict[str, str]:
     """SHA-256 of each file the study's shared stages made (OUT/shared: the gold, the pools), so
     that seeds run in two run folders are decided together only when they drew on the same ones."""
-    import hashlib
+    from afd.runs import file_sha256
 
     root = Path(out) / "shared"
     found = {}
@@ -234,7 +234,7 @@ def shared_files(out: str) -> dict[str, str]:
         rel = path.relative_to(root)
         if (path.is_file() and path.name not in _NOT_MADE and not path.name.endswith(".meta.json")
                 and not any(part.startswith(".") for part in rel.parts)):
-            found[str(rel)] = hashlib.sha256(path.read_bytes()).hexdigest()
+            found[str(rel)] = file_sha256(path)
     return found
 
 
