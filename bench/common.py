@@ -12,7 +12,7 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "bench" / "results"
-SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+SHARED_DATA = REPO.parent / "shared" / "data"
 
 
 def machine() -> dict:
@@ -184,12 +184,12 @@ def save_study(summary: dict, out: str, name: str, **extra) -> Path:
     # which draw of the shared files each seed drew on (more than one only with --other-pools)
     pools = {str(s): earlier.get(str(s), "unrecorded") if str(s) in recorded else pools_digest(files)
              for s in summary["seeds"]}
-    where = _in_repo(summary.get("study", ""))
+    where = _in_repo(summary["study"])
     record = {**summary, "study": where, "machine": machine(), "shared_files": files, "pools": pools, **extra}
     (dest / "study.json").write_text(json.dumps(record, indent=1) + "\n")
     written = Path(summary.get("folder") or out)
     claims = (written / "claims.md").read_text()
-    if summary.get("study") and claims.startswith(f"# {summary['study']}:"):
+    if claims.startswith(f"# {summary['study']}:"):
         claims = f"# {where}:" + claims[len(f"# {summary['study']}:"):]
     (dest / "claims.md").write_text(claims)
     if len(set(pools.values())) > 1:
